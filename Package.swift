@@ -1,0 +1,63 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+/// Hot loops use SIMD types; without a target CPU Swift lowers `addProduct` to scalar `fmaf` calls.
+/// x86-64-v3 (AVX2, FMA, F16C) is the 2013+ baseline every machine this runs on has.
+#if arch(x86_64)
+let simdFlags: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-march=x86-64-v3"])]
+#else
+let simdFlags: [SwiftSetting] = []
+#endif
+
+let package = Package(
+    name: "moe",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "moe", targets: ["moe"]),
+        .library(name: "Models", targets: ["Models"]),
+        .library(name: "Kernels", targets: ["Kernels"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "COpenBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        .target(
+            name: "Kernels",
+            dependencies: ["COpenBLAS"],
+            swiftSettings: simdFlags
+        ),
+        .target(
+            name: "Models",
+            dependencies: ["Kernels"],
+            swiftSettings: simdFlags
+        ),
+        .executableTarget(
+            name: "moe",
+            dependencies: [
+                "Models",
+                "Kernels",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: simdFlags
+        ),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: simdFlags),
+        .testTarget(
+            name: "ModelsTests",
+            dependencies: ["Models", "Kernels"],
+            swiftSettings: simdFlags
+        ),
+        .testTarget(
+            name: "moeTests",
+            dependencies: ["moe", "Models"],
+            swiftSettings: simdFlags
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,72 @@
+import COpenBLAS
+
+/// Dense products through OpenBLAS, split by output features over the worker threads.
+public enum GEMM {
+    /// Below this many multiply-adds a product runs on the calling thread alone.
+    @usableFromInline static let parallelThreshold = 1 << 18
+
+    /// Floats in one widened weight tile: 256 KiB, so a tile and its GEMM stay in a core's L2.
+    @usableFromInline static let tileFloats = 1 << 16
+
+    /// `y = x · Wᵀ` (or `y += x · Wᵀ` with `accumulate`): x `[tokens, W.cols]` with row stride `ldx` (default
+    /// `W.cols`), y `[tokens, W.rows]` with row stride `ldy` (default `W.rows`).
+    ///
+    /// f32 weights go straight to `sgemm`/`sgemv`; bf16 and f16 weights are widened to f32 a tile of rows at a
+    /// time on the thread that multiplies them, so they stay 16-bit in memory and results equal the f32 path.
+    public static func linear(
+        _ x: UnsafePointer<Float>, tokens: Int, ldx: Int? = nil, weight w: WeightMatrix,
+        into y: UnsafeMutablePointer<Float>, ldy: Int? = nil, accumulate: Bool = false
+    ) {
+        guard tokens > 0, w.rows > 0 else { return }
+        let ldy = ldy ?? w.rows, ldx = ldx ?? w.cols
+        let work = tokens * w.rows * w.cols
+        let parts = work < parallelThreshold ? 1 : Parallel.workers
+        let chunks = Parallel.ranges(w.rows, parts: parts)
+        nonisolated(unsafe) let (xp, yp) = (x, y)
+        Parallel.run(chunks.count) { c in
+            let rows = chunks[c]
+            if w.type == .f32 {
+                multiply(xp, tokens: tokens, ldx: ldx, cols: w.cols,
+                         weights: w.base.assumingMemoryBound(to: Float.self) + rows.lowerBound * w.cols,
+                         rows: rows.count, into: yp + rows.lowerBound, ldy: ldy, accumulate: accumulate)
+                return
+            }
+            let tileRows = max(8, min(rows.count, tileFloats / max(w.cols, 1)))
+            let tile = ThreadScratch.buffer(.weightTile, count: tileRows * w.cols)
+            var r = rows.lowerBound
+            while r < rows.upperBound {
+                let n = min(tileRows, rows.upperBound - r)
+                w.widen(rows: r..<(r + n), into: tile)
+                multiply(xp, tokens: tokens, ldx: ldx, cols: w.cols, weights: tile, rows: n,
+                         into: yp + r, ldy: ldy, accumulate: accumulate)
+                r += n
+            }
+        }
+    }
+
+    /// One single-threaded BLAS call: `y[:, 0..<rows] (+)= x · W[0..<rows]ᵀ`.
+    @inlinable
+    static func multiply(
+        _ x: UnsafePointer<Float>, tokens: Int, ldx: Int, cols: Int, weights: UnsafePointer<Float>, rows: Int,
+        into y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool
+    ) {
+        let beta: Float = accumulate ? 1 : 0
+        if tokens == 1 {
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(rows), blasint(cols), 1, weights, blasint(cols),
+                        x, 1, beta, y, 1)
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(tokens), blasint(rows), blasint(cols),
+                        1, x, blasint(ldx), weights, blasint(cols), beta, y, blasint(ldy))
+        }
+    }
+
+    /// Plain `C = A · B` for row-major f32 matrices, A `[m, k]`, B `[k, n]`, single call to `sgemm`.
+    public static func matmul(
+        _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, into c: UnsafeMutablePointer<Float>,
+        m: Int, k: Int, n: Int
+    ) {
+        guard m > 0, n > 0 else { return }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(m), blasint(n), blasint(k),
+                    1, a, blasint(k), b, blasint(n), 0, c, blasint(n))
+    }
+}

@@ -1,0 +1,119 @@
+import Foundation
+import Kernels
+
+/// One generation request.
+public struct GenerationRequest: Sendable {
+    public var promptIds: [Int]
+    public var maxNewTokens: Int
+    public var sampling: SamplingParameters
+    /// Generation stops after any of these ids (which is kept in the output).
+    public var stopIds: Set<Int>
+
+    public init(promptIds: [Int], maxNewTokens: Int, sampling: SamplingParameters = .greedy, stopIds: Set<Int> = []) {
+        self.promptIds = promptIds
+        self.maxNewTokens = maxNewTokens
+        self.sampling = sampling
+        self.stopIds = stopIds
+    }
+}
+
+/// Why generation ended.
+public enum FinishReason: String, Sendable, Codable {
+    case length
+    case stop
+}
+
+/// What one request produced, with its timings.
+public struct GenerationResult: Sendable {
+    public var tokens: [Int]
+    public var promptTokens: Int
+    public var finishReason: FinishReason
+    /// Logits of every generated token's step, `[tokens.count, vocab]`, when asked for.
+    public var stepLogits: [Float]
+    /// Seconds of the prefill forward pass (shared by the batch) and of the decode steps that followed.
+    public var prefillSeconds: Double
+    public var decodeSeconds: Double
+
+    /// Prompt tokens over prefill time.
+    public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(promptTokens) / prefillSeconds : 0 }
+    /// Tokens made by decode steps (all but the first, which comes from the prefill's logits) over decode time.
+    public var decodeTokensPerSecond: Double {
+        decodeSeconds > 0 && tokens.count > 1 ? Double(tokens.count - 1) / decodeSeconds : 0
+    }
+}
+
+/// Runs requests on one model in this process: a batched prefill, then one decode step at a time for every
+/// unfinished sequence (each with its own KV cache).
+public final class Engine {
+    public let model: MoEDecoder
+
+    public init(model: MoEDecoder) { self.model = model }
+
+    /// Checks a request against the model before any work; the message names the value at fault.
+    public func validate(_ r: GenerationRequest) throws {
+        guard !r.promptIds.isEmpty else { throw ModelError.emptyPrompt }
+        for id in r.promptIds + Array(r.stopIds) where id < 0 || id >= model.spec.vocabSize {
+            throw ModelError.tokenOutOfRange(id: id, vocabulary: model.spec.vocabSize)
+        }
+        guard r.maxNewTokens >= 1 else {
+            throw ModelError.invalidArgument("max_new_tokens must be >= 1, got \(r.maxNewTokens)")
+        }
+        try r.sampling.validate()
+    }
+
+    /// Generates for all requests together; `keepLogits` records each step's logits.
+    public func generate(_ requests: [GenerationRequest], keepLogits: Bool = false) throws -> [GenerationResult] {
+        for r in requests { try validate(r) }
+        let vocab = model.spec.vocabSize
+        let caches = requests.map { model.makeCache(capacity: $0.promptIds.count + $0.maxNewTokens) }
+        var samplers = requests.map { Sampler($0.sampling) }
+        var results = requests.map {
+            GenerationResult(tokens: [], promptTokens: $0.promptIds.count, finishReason: .length, stepLogits: [],
+                             prefillSeconds: 0, decodeSeconds: 0)
+        }
+        var done = Array(repeating: false, count: requests.count)
+
+        func accept(_ logits: [Float], rows: [Int]) {
+            logits.withUnsafeBufferPointer { all in
+                for (r, i) in rows.enumerated() {
+                    let row = UnsafeBufferPointer(rebasing: all[(r * vocab)..<((r + 1) * vocab)])
+                    let token = samplers[i].sample(row)
+                    results[i].tokens.append(token)
+                    if keepLogits { results[i].stepLogits.append(contentsOf: row) }
+                    if requests[i].stopIds.contains(token) {
+                        results[i].finishReason = .stop
+                        done[i] = true
+                    } else if results[i].tokens.count >= requests[i].maxNewTokens {
+                        done[i] = true
+                    }
+                }
+            }
+        }
+
+        let start = Clock.now
+        let prefill = MoEDecoder.Batch(
+            tokens: requests.flatMap(\.promptIds),
+            segments: zip(requests, caches).map { .init(cache: $1, count: $0.promptIds.count) })
+        accept(try model.forward(prefill, logits: .lastOfEachSegment), rows: Array(requests.indices))
+        let prefillSeconds = Clock.since(start)
+        for i in results.indices { results[i].prefillSeconds = prefillSeconds }
+
+        let decodeStart = Clock.now
+        while true {
+            let active = requests.indices.filter { !done[$0] }
+            if active.isEmpty { break }
+            let step = MoEDecoder.Batch(tokens: active.map { results[$0].tokens.last! },
+                                        segments: active.map { .init(cache: caches[$0], count: 1) })
+            accept(try model.forward(step, logits: .lastOfEachSegment), rows: active)
+            let elapsed = Clock.since(decodeStart)
+            for i in active where done[i] { results[i].decodeSeconds = elapsed }
+        }
+        return results
+    }
+}
+
+/// Monotonic time in seconds.
+public enum Clock {
+    public static var now: UInt64 { DispatchTime.now().uptimeNanoseconds }
+    public static func since(_ start: UInt64) -> Double { Double(now - start) / 1e9 }
+}

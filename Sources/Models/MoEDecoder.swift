@@ -1,0 +1,261 @@
+import Foundation
+import Kernels
+
+/// The MoE decoder family (Mixtral, Qwen2-MoE, OLMoE, Qwen3-MoE): embeddings, L layers of
+/// attention + (MoE or dense) feed-forward, final norm and LM head, with Hugging Face semantics in f32.
+public final class MoEDecoder {
+    /// Attention weights of one layer.
+    public struct AttentionWeights: Sendable {
+        public let q, k, v, o: WeightMatrix
+        public let qBias, kBias, vBias: [Float]?
+        /// RMSNorm weights for q and k (`[qDim]`/`[kvDim]` whole-projection or `[headDim]` per head).
+        public let qNorm, kNorm: [Float]?
+    }
+
+    /// The feed-forward block of one layer.
+    public enum FeedForward: Sendable {
+        case moe(router: WeightMatrix, shared: FeedForwardWeights?, sharedGate: WeightMatrix?)
+        case dense(FeedForwardWeights)
+    }
+
+    /// One decoder layer.
+    public struct Layer: Sendable {
+        public let inputNorm: [Float]
+        public let postAttentionNorm: [Float]
+        public let attention: AttentionWeights
+        public let feedForward: FeedForward
+    }
+
+    public let spec: DecoderSpec
+    public let layers: [Layer]
+    public let embedding: WeightMatrix
+    public let finalNorm: [Float]
+    public let lmHead: WeightMatrix
+    let rope: RoPE
+    /// Who runs the routed experts (in-process by default).
+    public var dispatcher: ExpertDispatcher
+    /// Called once per MoE layer with the router's decision (for `moe forward` and routing traces).
+    public var routingObserver: ((_ layer: Int, _ routing: RoutingDecision) -> Void)?
+    var work = Workspace()
+
+    public init(spec: DecoderSpec, layers: [Layer], embedding: WeightMatrix, finalNorm: [Float], lmHead: WeightMatrix,
+                dispatcher: ExpertDispatcher) {
+        self.spec = spec
+        self.layers = layers
+        self.embedding = embedding
+        self.finalNorm = finalNorm
+        self.lmHead = lmHead
+        self.dispatcher = dispatcher
+        rope = RoPE(theta: spec.ropeTheta, headDim: spec.headDim)
+    }
+
+    /// A new, empty KV cache for one sequence of this model.
+    public func makeCache(capacity: Int = 64) -> KVCache {
+        KVCache(layers: spec.layers, kvDim: spec.kvDim, capacity: capacity)
+    }
+
+    /// Tokens of several sequences run through the model together; each sequence continues its own cache.
+    public struct Batch {
+        /// One sequence's share of the batch: `count` consecutive tokens appended to `cache`.
+        public struct Segment {
+            public let cache: KVCache
+            public let count: Int
+            public init(cache: KVCache, count: Int) { self.cache = cache; self.count = count }
+        }
+
+        /// Token ids of all segments, in segment order.
+        public var tokens: [Int]
+        public var segments: [Segment]
+
+        public init(tokens: [Int], segments: [Segment]) {
+            self.tokens = tokens
+            self.segments = segments
+        }
+
+        /// One sequence: `tokens` appended to `cache`.
+        public init(tokens: [Int], cache: KVCache) {
+            self.init(tokens: tokens, segments: [Segment(cache: cache, count: tokens.count)])
+        }
+    }
+
+    /// Which rows of the batch get logits.
+    public enum LogitRows {
+        case all
+        case lastOfEachSegment
+    }
+
+    /// Runs the batch, appends its keys and values to each segment's cache, and returns logits
+    /// `[rows, vocab]` for the chosen rows.
+    public func forward(_ batch: Batch, logits rows: LogitRows) throws -> [Float] {
+        let t = batch.tokens.count
+        guard t > 0 else { throw ModelError.emptyPrompt }
+        guard batch.segments.reduce(0, { $0 + $1.count }) == t else {
+            throw ModelError.invalidArgument("batch segments cover \(batch.segments.reduce(0) { $0 + $1.count }) tokens, not \(t)")
+        }
+        for id in batch.tokens where id < 0 || id >= spec.vocabSize {
+            throw ModelError.tokenOutOfRange(id: id, vocabulary: spec.vocabSize)
+        }
+        let h = spec.hiddenSize
+        let x = work.x.reserve(t * h)
+        for (i, id) in batch.tokens.enumerated() { embedding.widen(rows: id..<(id + 1), into: x + i * h) }
+
+        var positions: [Int] = []
+        positions.reserveCapacity(t)
+        for s in batch.segments {
+            s.cache.reserve(s.cache.length + s.count)
+            positions.append(contentsOf: s.cache.length..<(s.cache.length + s.count))
+        }
+        let (cos, sin) = rope.table(positions: positions)
+
+        for l in 0..<layers.count {
+            attention(layer: l, batch: batch, x: x, cos: cos, sin: sin)
+            feedForward(layer: l, tokens: t, x: x)
+        }
+        for s in batch.segments { s.cache.commit(s.count) }
+
+        var selected: [Int]
+        switch rows {
+        case .all: selected = Array(0..<t)
+        case .lastOfEachSegment:
+            var end = 0
+            selected = batch.segments.map { end += $0.count; return end - 1 }
+        }
+        let xn = work.xn.reserve(selected.count * h)
+        for (r, row) in selected.enumerated() {
+            Elementwise.rmsNorm(x + row * h, weight: finalNorm, eps: spec.rmsNormEps, rows: 1, n: h, into: xn + r * h)
+        }
+        var logits = [Float](repeating: 0, count: selected.count * spec.vocabSize)
+        logits.withUnsafeMutableBufferPointer { out in
+            GEMM.linear(xn, tokens: selected.count, weight: lmHead, into: out.baseAddress!)
+        }
+        return logits
+    }
+
+    /// x += o_proj(attention(norm(x))) for every segment, writing the new keys and values to the caches.
+    func attention(layer l: Int, batch: Batch, x: UnsafeMutablePointer<Float>, cos: [Float], sin: [Float]) {
+        let w = layers[l].attention, t = batch.tokens.count, h = spec.hiddenSize
+        let qDim = spec.qDim, kvDim = spec.kvDim
+        let xn = work.xn.reserve(t * h)
+        Elementwise.rmsNorm(x, weight: layers[l].inputNorm, eps: spec.rmsNormEps, rows: t, n: h, into: xn)
+        let q = work.q.reserve(t * qDim), k = work.k.reserve(t * kvDim), v = work.v.reserve(t * kvDim)
+        GEMM.linear(xn, tokens: t, weight: w.q, into: q)
+        GEMM.linear(xn, tokens: t, weight: w.k, into: k)
+        GEMM.linear(xn, tokens: t, weight: w.v, into: v)
+        if let b = w.qBias { addBias(b, q, rows: t) }
+        if let b = w.kBias { addBias(b, k, rows: t) }
+        if let b = w.vBias { addBias(b, v, rows: t) }
+        switch spec.qkNorm {
+        case .none: break
+        case .wholeProjection:
+            Elementwise.rmsNorm(q, weight: w.qNorm!, eps: spec.rmsNormEps, rows: t, n: qDim, into: q)
+            Elementwise.rmsNorm(k, weight: w.kNorm!, eps: spec.rmsNormEps, rows: t, n: kvDim, into: k)
+        case .perHead:
+            Elementwise.rmsNorm(q, weight: w.qNorm!, eps: spec.rmsNormEps, rows: t * spec.heads, n: spec.headDim, into: q)
+            Elementwise.rmsNorm(k, weight: w.kNorm!, eps: spec.rmsNormEps, rows: t * spec.kvHeads, n: spec.headDim, into: k)
+        }
+        if let c = spec.clipQKV {
+            for (p, n) in [(q, t * qDim), (k, t * kvDim), (v, t * kvDim)] {
+                for i in 0..<n { p[i] = min(max(p[i], -c), c) }
+            }
+        }
+        cos.withUnsafeBufferPointer { cp in
+            sin.withUnsafeBufferPointer { sp in
+                rope.apply(q, tokens: t, heads: spec.heads, cos: cp.baseAddress!, sin: sp.baseAddress!)
+                rope.apply(k, tokens: t, heads: spec.kvHeads, cos: cp.baseAddress!, sin: sp.baseAddress!)
+            }
+        }
+        let out = work.attention.reserve(t * qDim)
+        let shape = Attention.Shape(heads: spec.heads, kvHeads: spec.kvHeads, headDim: spec.headDim)
+        var row = 0
+        for s in batch.segments {
+            let first = s.cache.length
+            let keys = s.cache.keys(l), values = s.cache.values(l)
+            (keys + first * kvDim).update(from: k + row * kvDim, count: s.count * kvDim)
+            (values + first * kvDim).update(from: v + row * kvDim, count: s.count * kvDim)
+            Attention.causal(q: q + row * qDim, tokens: s.count, first: first, keys: keys, values: values,
+                             shape: shape, window: spec.slidingWindow[l], into: out + row * qDim)
+            row += s.count
+        }
+        GEMM.linear(out, tokens: t, weight: w.o, into: x, accumulate: true)
+    }
+
+    /// x += ffn(norm(x)): routed experts (plus a gated shared expert) or a dense MLP.
+    func feedForward(layer l: Int, tokens t: Int, x: UnsafeMutablePointer<Float>) {
+        let h = spec.hiddenSize
+        let xn = work.xn.reserve(t * h)
+        Elementwise.rmsNorm(x, weight: layers[l].postAttentionNorm, eps: spec.rmsNormEps, rows: t, n: h, into: xn)
+        let y = work.ffn.reserve(t * h)
+        switch layers[l].feedForward {
+        case .dense(let mlp):
+            mlp.apply(xn, rows: t, scratch: work.scratch.reserve(t * 2 * mlp.intermediate), into: y)
+        case .moe(let router, let shared, let sharedGate):
+            let routing = route(layer: l, router: router, hidden: xn, tokens: t)
+            routingObserver?(l, routing)
+            dispatcher.combine(layer: l, hidden: xn, routing: routing, into: y)
+            if let shared, let sharedGate {
+                let s = work.shared.reserve(t * h), g = work.gate.reserve(t)
+                shared.apply(xn, rows: t, scratch: work.scratch.reserve(t * 2 * shared.intermediate), into: s)
+                GEMM.linear(xn, tokens: t, weight: sharedGate, into: g)
+                for r in 0..<t { Elementwise.axpy(Elementwise.sigmoid(g[r]), s + r * h, y + r * h, h) }
+            }
+        }
+        Elementwise.add(y, into: x, t * h)
+    }
+
+    /// Router: softmax over expert logits, top-k (ties to the lower id), renormalised if the model says so.
+    func route(layer l: Int, router: WeightMatrix, hidden: UnsafePointer<Float>, tokens t: Int) -> RoutingDecision {
+        let e = spec.experts, k = spec.topK
+        let logits = work.routerLogits.reserve(t * e)
+        GEMM.linear(hidden, tokens: t, weight: router, into: logits)
+        let ids = work.topIds.reserve(t * k), weights = work.topWeights.reserve(t * k)
+        for r in 0..<t {
+            let p = logits + r * e
+            Routing.softmax(p, e)
+            Routing.topK(p, e, k: k, ids: ids + r * k, values: weights + r * k)
+            if spec.normTopK {
+                var sum: Float = 0
+                for j in 0..<k { sum += weights[r * k + j] }
+                for j in 0..<k { weights[r * k + j] /= sum }
+            }
+        }
+        return RoutingDecision(tokens: t, topK: k, ids: ids, weights: weights)
+    }
+
+    private func addBias(_ bias: [Float], _ y: UnsafeMutablePointer<Float>, rows: Int) {
+        let n = bias.count
+        bias.withUnsafeBufferPointer { b in
+            for r in 0..<rows { Elementwise.add(b.baseAddress!, into: y + r * n, n) }
+        }
+    }
+
+    /// Bytes of weights in memory: everything, and the routed experts' share.
+    public var weightBytes: (total: Int, experts: Int) {
+        var total = embedding.byteCount + (spec.tieWordEmbeddings ? 0 : lmHead.byteCount) + finalNorm.count * 4
+        var experts = 0
+        if let local = dispatcher as? LocalDispatcher {
+            for bank in local.experts { for e in bank { experts += e?.byteCount ?? 0 } }
+        }
+        total += experts
+        for layer in layers {
+            let a = layer.attention
+            total += a.q.byteCount + a.k.byteCount + a.v.byteCount + a.o.byteCount
+            total += (layer.inputNorm.count + layer.postAttentionNorm.count) * 4
+            switch layer.feedForward {
+            case .dense(let f): total += f.byteCount
+            case .moe(let router, let shared, let gate):
+                total += router.byteCount + (shared?.byteCount ?? 0) + (gate?.byteCount ?? 0)
+            }
+        }
+        return (total, experts)
+    }
+}
+
+/// Grow-only activation buffers reused across forward passes.
+struct Workspace {
+    var x = GrowableBuffer<Float>(), xn = GrowableBuffer<Float>()
+    var q = GrowableBuffer<Float>(), k = GrowableBuffer<Float>(), v = GrowableBuffer<Float>()
+    var attention = GrowableBuffer<Float>(), ffn = GrowableBuffer<Float>(), shared = GrowableBuffer<Float>()
+    var gate = GrowableBuffer<Float>(), scratch = GrowableBuffer<Float>()
+    var routerLogits = GrowableBuffer<Float>(), topWeights = GrowableBuffer<Float>()
+    var topIds = GrowableBuffer<Int32>()
+}

@@ -1,0 +1,95 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// How the next token is chosen from logits.
+public struct SamplingParameters: Sendable, Equatable {
+    /// 0 is greedy (argmax, ties to the lower id); otherwise logits are divided by it before softmax.
+    public var temperature: Float
+    /// Keep the smallest set of most likely tokens whose probability reaches this (1 keeps all).
+    public var topP: Float
+    /// Keep only this many most likely tokens (0 keeps all).
+    public var topK: Int
+    /// Seed of the per-sequence random stream.
+    public var seed: UInt64
+
+    public init(temperature: Float = 1, topP: Float = 1, topK: Int = 0, seed: UInt64 = 0) {
+        self.temperature = temperature
+        self.topP = topP
+        self.topK = topK
+        self.seed = seed
+    }
+
+    public static let greedy = SamplingParameters(temperature: 0)
+
+    /// Checks ranges; the message names the parameter.
+    public func validate() throws {
+        guard temperature >= 0, temperature.isFinite else {
+            throw ModelError.invalidArgument("temperature must be a finite number >= 0, got \(temperature)")
+        }
+        guard topP > 0, topP <= 1 else { throw ModelError.invalidArgument("top_p must be in (0, 1], got \(topP)") }
+        guard topK >= 0 else { throw ModelError.invalidArgument("top_k must be >= 0, got \(topK)") }
+    }
+}
+
+/// SplitMix64: a small, fast, seedable generator (Steele, Lea & Flood 2014), so sampling is reproducible.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    private var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Picks tokens for one sequence: temperature, then top-k, then top-p, then a draw (transformers' order).
+public struct Sampler: Sendable {
+    public let parameters: SamplingParameters
+    private var rng: SplitMix64
+
+    public init(_ parameters: SamplingParameters) {
+        self.parameters = parameters
+        rng = SplitMix64(seed: parameters.seed)
+    }
+
+    /// Index of the largest logit, the lower index on ties.
+    public static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int {
+        var best = 0
+        for i in 1..<logits.count where logits[i] > logits[best] { best = i }
+        return best
+    }
+
+    /// The next token from `logits` `[vocab]`.
+    public mutating func sample(_ logits: UnsafeBufferPointer<Float>) -> Int {
+        let p = parameters
+        if p.temperature == 0 || p.topK == 1 { return Self.argmax(logits) }
+        // Candidates sorted by logit, highest first (stable: ties keep the lower id first).
+        var ids = Array(0..<logits.count)
+        ids.sort { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
+        if p.topK > 0 && p.topK < ids.count { ids.removeSubrange(p.topK...) }
+        let top = Double(logits[ids[0]])
+        var probs = ids.map { exp((Double(logits[$0]) - top) / Double(p.temperature)) }
+        let total = probs.reduce(0, +)
+        for i in probs.indices { probs[i] /= total }
+        var keep = probs.count
+        if p.topP < 1 {
+            var cumulative = 0.0
+            for (i, q) in probs.enumerated() {
+                cumulative += q
+                if cumulative >= Double(p.topP) { keep = i + 1; break }
+            }
+        }
+        let mass = probs[..<keep].reduce(0, +)
+        var u = Double.random(in: 0..<1, using: &rng) * mass
+        for i in 0..<keep {
+            u -= probs[i]
+            if u < 0 { return ids[i] }
+        }
+        return ids[keep - 1]
+    }
+}

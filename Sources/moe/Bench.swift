@@ -1,0 +1,123 @@
+import ArgumentParser
+import Foundation
+import Kernels
+import Models
+
+extension MoE {
+    /// `moe bench`: prefill and decode throughput, and the fraction of the machine's limits they reach.
+    struct Bench: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Measure prefill and decode tokens/s for a batch of synthetic prompts.",
+            discussion: """
+            Prefill runs all prompts in one forward pass (logits of each prompt's last token only); decode then \
+            runs --gen-len steps of one token per sequence (greedy). After one warm-up pass the measurement is \
+            repeated and the median is reported. Prefill is compared with GEMM peak (GFLOP/s), decode with DRAM \
+            bandwidth (bytes of weights and KV cache each step reads).
+            """)
+
+        @OptionGroup var modelOptions: ModelOptions
+
+        @Option(help: "Sequences run together.")
+        var batch: Int = 1
+
+        @Option(help: "Prompt tokens per sequence.")
+        var promptLen: Int = 128
+
+        @Option(help: "Decode steps per sequence.")
+        var genLen: Int = 64
+
+        @Option(help: "Measured repetitions (the median is reported).")
+        var repetitions: Int = 3
+
+        @Option(help: "Output: md (a table row) or json (one object on the last line).")
+        var format: String = "md"
+
+        @Option(help: "GEMM peak per core in GFLOP/s for the prefill fraction.")
+        var peakGflopsPerCore: Double = 125
+
+        @Option(help: "DRAM read bandwidth in GB/s for the decode fraction.")
+        var dramGbps: Double = 40
+
+        func validate() throws {
+            if batch < 1 { throw ValidationError("--batch must be at least 1") }
+            if promptLen < 1 { throw ValidationError("--prompt-len must be at least 1") }
+            if genLen < 1 { throw ValidationError("--gen-len must be at least 1") }
+            if repetitions < 1 { throw ValidationError("--repetitions must be at least 1") }
+            if format != "md" && format != "json" { throw ValidationError("--format must be md or json") }
+        }
+
+        func run() throws {
+            try reportingErrors {
+                let model = try modelOptions.load()
+                let spec = model.spec
+                var rng = SplitMix64(seed: 42)
+                let prompts = (0..<batch).map { _ in (0..<promptLen).map { _ in Int(rng.next() % UInt64(spec.vocabSize)) } }
+                _ = try measure(model, prompts: prompts, steps: min(genLen, 2))  // warm-up: page weights in
+                var runs: [Measurement] = []
+                for _ in 0..<repetitions { runs.append(try measure(model, prompts: prompts, steps: genLen)) }
+                let prefill = runs.map(\.prefillSeconds).sorted()[runs.count / 2]
+                let decode = runs.map(\.decodeSeconds).sorted()[runs.count / 2]
+                let bytesPerStep = runs[0].bytesPerStep
+
+                let costs = CostModel(model: model)
+                let flops = Double(batch) * costs.flops(positions: 0..<promptLen, logitRows: 1)
+                let threads = Parallel.workers
+                let gflops = flops / prefill / 1e9
+                let gbps = bytesPerStep * Double(genLen) / decode / 1e9
+                let report: [String: Any] = [
+                    "model": modelOptions.label, "weights_dtype": model.embedding.type.rawValue, "threads": threads,
+                    "batch": batch, "prompt_len": promptLen, "gen_len": genLen,
+                    "prefill_tokens_per_s": Double(batch * promptLen) / prefill,
+                    "decode_tokens_per_s": Double(batch * genLen) / decode,
+                    "prefill_gflops": gflops, "prefill_peak_fraction": gflops / (peakGflopsPerCore * Double(threads)),
+                    "decode_gb_per_s": gbps, "decode_dram_fraction": gbps / dramGbps,
+                    "decode_bytes_per_step": bytesPerStep,
+                ]
+                if format == "json" {
+                    emit(try jsonLine(report))
+                } else {
+                    emit("| model | weights | threads | batch | prompt | gen | prefill tok/s | GFLOP/s (of peak) | decode tok/s | GB/s (of DRAM) |")
+                    emit("|---|---|---|---|---|---|---|---|---|---|")
+                    emit(String(format: "| %@ | %@ | %d | %d | %d | %d | %.0f | %.0f (%.0f%%) | %.1f | %.1f (%.0f%%) |",
+                                modelOptions.label, model.embedding.type.rawValue, threads, batch, promptLen, genLen,
+                                Double(batch * promptLen) / prefill, gflops, 100 * gflops / (peakGflopsPerCore * Double(threads)),
+                                Double(batch * genLen) / decode, gbps, 100 * gbps / dramGbps))
+                }
+            }
+        }
+
+        struct Measurement {
+            var prefillSeconds: Double
+            var decodeSeconds: Double
+            var bytesPerStep: Double
+        }
+
+        /// One prefill of every prompt, then `steps` greedy decode steps.
+        func measure(_ model: MoEDecoder, prompts: [[Int]], steps: Int) throws -> Measurement {
+            let caches = prompts.map { model.makeCache(capacity: $0.count + steps + 1) }
+            let vocab = model.spec.vocabSize
+            func next(_ logits: [Float]) -> [Int] {
+                logits.withUnsafeBufferPointer { all in
+                    (0..<prompts.count).map { Sampler.argmax(UnsafeBufferPointer(rebasing: all[($0 * vocab)..<(($0 + 1) * vocab)])) }
+                }
+            }
+            var start = Clock.now
+            var tokens = next(try model.forward(
+                .init(tokens: prompts.flatMap { $0 }, segments: caches.map { .init(cache: $0, count: promptLen) }),
+                logits: .lastOfEachSegment))
+            let prefill = Clock.since(start)
+            let costs = CostModel(model: model)
+            let local = model.dispatcher as? LocalDispatcher
+            var bytes = 0.0
+            start = Clock.now
+            for _ in 0..<steps {
+                let contexts = caches.map { $0.length + 1 }
+                tokens = next(try model.forward(.init(tokens: tokens, segments: caches.map { .init(cache: $0, count: 1) }),
+                                                logits: .lastOfEachSegment))
+                bytes += costs.decodeBytes(activeExperts: local?.activeExperts ?? [], contexts: contexts)
+            }
+            let decode = Clock.since(start)
+            return Measurement(prefillSeconds: prefill, decodeSeconds: decode, bytesPerStep: bytes / Double(steps))
+        }
+    }
+}

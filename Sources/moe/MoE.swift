@@ -1,0 +1,92 @@
+import ArgumentParser
+import Foundation
+import Kernels
+import Models
+
+/// `moe`: a Mixture-of-Experts inference engine.
+@main
+struct MoE: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "moe",
+        abstract: "A Mixture-of-Experts inference engine (Mixtral, Qwen2-MoE, OLMoE, Qwen3-MoE) on the CPU.",
+        subcommands: [Forward.self, Generate.self, InitModel.self, Bench.self])
+}
+
+/// Runs a command body, turning domain errors into one line on stderr and exit code 1.
+func reportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as ModelError {
+        FileHandle.standardError.write(Data("moe: error: \(error.description)\n".utf8))
+        throw ExitCode(1)
+    } catch let error as ExitCode {
+        throw error
+    } catch {
+        FileHandle.standardError.write(Data("moe: error: \(error)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+/// A comma-separated list of token ids, e.g. `3,17,42`.
+struct TokenIds: ExpressibleByArgument {
+    var ids: [Int]
+
+    init?(argument: String) {
+        let parts = argument.split(separator: ",", omittingEmptySubsequences: false)
+        var ids: [Int] = []
+        for p in parts {
+            let s = p.trimmingCharacters(in: .whitespaces)
+            if s.isEmpty && parts.count == 1 { break }
+            guard let v = Int(s) else { return nil }
+            ids.append(v)
+        }
+        self.ids = ids
+    }
+
+    static var defaultCompletionKind: CompletionKind { .default }
+}
+
+/// Where the model comes from and how its weights are kept.
+struct ModelOptions: ParsableArguments {
+    @Option(help: "Hugging Face model folder (config.json + safetensors). Without it: the built-in synthetic model.")
+    var model: String?
+
+    @Option(help: "Built-in synthetic model used without --model: \(SyntheticModel.Preset.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var preset: String = SyntheticModel.Preset.medium.rawValue
+
+    @Option(help: "Convert weights at load: 'f32' (default: keep the checkpoint's dtype, widening inside kernels).")
+    var weightsDtype: String?
+
+    @Option(help: "Kernel threads (default: all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        if SyntheticModel.Preset(rawValue: preset) == nil {
+            throw ValidationError("unknown preset '\(preset)' (choose \(SyntheticModel.Preset.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        if let d = weightsDtype, d != "f32" { throw ValidationError("--weights-dtype takes only 'f32', got '\(d)'") }
+        if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    /// Loads the model (or builds the preset) and sets the kernel threads.
+    func load() throws -> MoEDecoder {
+        Parallel.configure(workers: threads ?? System.coreCount)
+        if let model {
+            return try MoEDecoder.load(directory: model, options: LoadOptions(convertToF32: weightsDtype == "f32"))
+        }
+        return try SyntheticModel.build(SyntheticModel.Preset(rawValue: preset)!)
+    }
+
+    /// What the model is, for reports.
+    var label: String { model ?? "preset \(preset)" }
+}
+
+/// Writes one line to stdout and flushes it (results must not wait in a buffer).
+func emit(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+/// One-line JSON of a dictionary with sorted keys.
+func jsonLine(_ object: [String: Any]) throws -> String {
+    String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
+}
