@@ -13,6 +13,7 @@ public enum ThreadScratch {
     public enum Slot: Int, CaseIterable, Sendable {
         case weightTile = 0
         case attentionScores = 1
+        case activations = 2
     }
 
     final class Buffers {

@@ -10,9 +10,12 @@ public enum VectorMath {
     /// below e^-87 come out as e^-87 (≈1.6e-38) and above e^88 as e^88.
     @inlinable
     public static func exp(_ x: SIMD16<Float>) -> SIMD16<Float> {
-        let clamped = x.clamped(lowerBound: SIMD16(repeating: -87), upperBound: SIMD16(repeating: 88))
-        // n = round(x / ln 2); r = x - n ln 2 with ln 2 split in two for precision (Cody-Waite).
-        let n = (clamped * 1.44269504088896341).rounded(.toNearestOrEven)
+        // pointwiseMin/Max lower to vminps/vmaxps; `clamped` is scalarised (it orders NaN).
+        let clamped = pointwiseMax(pointwiseMin(x, SIMD16(repeating: 88)), SIMD16(repeating: -87))
+        // n = round(x / ln 2) by the 1.5·2²³ trick: adding it leaves n in the low mantissa bits, which also gives
+        // the integer without a (slow, unvectorised) generic conversion. r = x - n ln 2, ln 2 in two parts.
+        let shifted = clamped * 1.44269504088896341 + 12582912
+        let n = shifted - 12582912
         var r = clamped - n * 0.693359375
         r = r - n * -2.12194440e-4
         let z = r * r
@@ -23,7 +26,8 @@ public enum VectorMath {
         p = p * r + 1.6666665459e-1
         p = p * r + 5.0000001201e-1
         let y = p * z + r + 1
-        let bits = (SIMD16<Int32>(n) &+ 127) &<< 23
+        let integer = unsafeBitCast(shifted, to: SIMD16<Int32>.self) &- 0x4B40_0000
+        let bits = (integer &+ 127) &<< 23
         return y * unsafeBitCast(bits, to: SIMD16<Float>.self)
     }
 

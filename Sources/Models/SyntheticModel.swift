@@ -165,7 +165,10 @@ public enum SyntheticModel {
 final class RawStorage: @unchecked Sendable {
     // @unchecked: written once while the model is made, read-only afterwards.
     let pointer: UnsafeMutableRawPointer
-    init(byteCount: Int) { pointer = .allocate(byteCount: max(byteCount, 1), alignment: 64) }
+    init(byteCount: Int) {
+        pointer = .allocate(byteCount: max(byteCount, 1), alignment: 1 << 21)
+        madvise(pointer, max(byteCount, 1), 14)
+    }
     deinit { pointer.deallocate() }
 }
 

@@ -1,0 +1,155 @@
+/// `y = x · Wᵀ` for a few tokens, reading each weight once from memory.
+///
+/// With few tokens a product is bound by the bytes of W, not by arithmetic. These kernels walk four rows of W
+/// at a time and multiply them with every token (two tokens per pass, so x and the four rows stay in L1):
+/// W streams from DRAM exactly once, in its stored type, with nothing packed or copied. Four row streams keep
+/// loads in flight; 4 × 2 accumulators hide the FMA latency.
+public enum SmallBatchGEMM {
+    /// f32 weights `[rows, cols]` at `w`; writes rows `rows` of y.
+    @inlinable
+    public static func f32(
+        x: UnsafePointer<Float>, tokens: Int, ldx: Int, weights w: UnsafePointer<Float>, cols: Int,
+        rows: Range<Int>, into y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool
+    ) {
+        let quarters = Quarters(rows)
+        for step in 0..<quarters.steps {
+            let r = quarters.rows(step)
+            let w0 = w + r.0 * cols, w1 = w + r.1 * cols, w2 = w + r.2 * cols, w3 = w + r.3 * cols
+            var t = 0
+            while t < tokens {
+                let x0 = x + t * ldx, x1 = t + 1 < tokens ? x0 + ldx : x0
+                var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+                var b0 = SIMD8<Float>(), b1 = SIMD8<Float>(), b2 = SIMD8<Float>(), b3 = SIMD8<Float>()
+                var k = 0
+                while k + 8 <= cols {
+                    let p = load(x0 + k), q = load(x1 + k)
+                    let u0 = load(w0 + k), u1 = load(w1 + k)
+                    a0.addProduct(u0, p); b0.addProduct(u0, q)
+                    a1.addProduct(u1, p); b1.addProduct(u1, q)
+                    let u2 = load(w2 + k), u3 = load(w3 + k)
+                    a2.addProduct(u2, p); b2.addProduct(u2, q)
+                    a3.addProduct(u3, p); b3.addProduct(u3, q)
+                    k += 8
+                }
+                var s = (a0.sum(), a1.sum(), a2.sum(), a3.sum()), z = (b0.sum(), b1.sum(), b2.sum(), b3.sum())
+                while k < cols {
+                    s.0 += w0[k] * x0[k]; s.1 += w1[k] * x0[k]; s.2 += w2[k] * x0[k]; s.3 += w3[k] * x0[k]
+                    z.0 += w0[k] * x1[k]; z.1 += w1[k] * x1[k]; z.2 += w2[k] * x1[k]; z.3 += w3[k] * x1[k]
+                    k += 1
+                }
+                quarters.store(s, step, y + t * ldy, accumulate)
+                if t + 1 < tokens { quarters.store(z, step, y + (t + 1) * ldy, accumulate) }
+                t += 2
+            }
+        }
+    }
+
+    /// bf16 weights `[rows, cols]` at `w`; `xp` is x rearranged by `interleave` (row stride `cols`).
+    ///
+    /// 16 bf16 weights load as 8 UInt32 lanes, each holding an even element in its low half and the next odd
+    /// element in its high half; a shift and a mask turn them into two f32 vectors with no conversion, and
+    /// x, rearranged once per call into the same even/odd order, meets them lane for lane.
+    @inlinable
+    public static func bf16(
+        xp: UnsafePointer<Float>, tokens: Int, weights w: UnsafePointer<UInt16>, cols: Int,
+        rows: Range<Int>, into y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool
+    ) {
+        let mask = SIMD8<UInt32>(repeating: 0xFFFF_0000)
+        @inline(__always) func pair(_ p: UnsafePointer<UInt16>) -> (SIMD8<Float>, SIMD8<Float>) {
+            let v = UnsafeRawPointer(p).loadUnaligned(as: SIMD8<UInt32>.self)
+            return (unsafeBitCast(v &<< 16, to: SIMD8<Float>.self), unsafeBitCast(v & mask, to: SIMD8<Float>.self))
+        }
+        let quarters = Quarters(rows)
+        for step in 0..<quarters.steps {
+            let r = quarters.rows(step)
+            let w0 = w + r.0 * cols, w1 = w + r.1 * cols, w2 = w + r.2 * cols, w3 = w + r.3 * cols
+            var t = 0
+            while t < tokens {
+                let x0 = xp + t * cols, x1 = t + 1 < tokens ? x0 + cols : x0
+                var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+                var b0 = SIMD8<Float>(), b1 = SIMD8<Float>(), b2 = SIMD8<Float>(), b3 = SIMD8<Float>()
+                var k = 0
+                while k + 16 <= cols {
+                    let pe = load(x0 + k), po = load(x0 + k + 8), qe = load(x1 + k), qo = load(x1 + k + 8)
+                    var (ue, uo) = pair(w0 + k)
+                    a0.addProduct(ue, pe); a0.addProduct(uo, po); b0.addProduct(ue, qe); b0.addProduct(uo, qo)
+                    (ue, uo) = pair(w1 + k)
+                    a1.addProduct(ue, pe); a1.addProduct(uo, po); b1.addProduct(ue, qe); b1.addProduct(uo, qo)
+                    (ue, uo) = pair(w2 + k)
+                    a2.addProduct(ue, pe); a2.addProduct(uo, po); b2.addProduct(ue, qe); b2.addProduct(uo, qo)
+                    (ue, uo) = pair(w3 + k)
+                    a3.addProduct(ue, pe); a3.addProduct(uo, po); b3.addProduct(ue, qe); b3.addProduct(uo, qo)
+                    k += 16
+                }
+                var s = (a0.sum(), a1.sum(), a2.sum(), a3.sum()), z = (b0.sum(), b1.sum(), b2.sum(), b3.sum())
+                while k < cols {
+                    let u = (Widen.bf16(w0[k]), Widen.bf16(w1[k]), Widen.bf16(w2[k]), Widen.bf16(w3[k]))
+                    s.0 += u.0 * x0[k]; s.1 += u.1 * x0[k]; s.2 += u.2 * x0[k]; s.3 += u.3 * x0[k]
+                    z.0 += u.0 * x1[k]; z.1 += u.1 * x1[k]; z.2 += u.2 * x1[k]; z.3 += u.3 * x1[k]
+                    k += 1
+                }
+                quarters.store(s, step, y + t * ldy, accumulate)
+                if t + 1 < tokens { quarters.store(z, step, y + (t + 1) * ldy, accumulate) }
+                t += 2
+            }
+        }
+    }
+
+    /// Rearranges each row of x `[tokens, cols]` (stride `ldx`) into `out` (stride `cols`) so that every block of
+    /// 16 holds its 8 even elements, then its 8 odd ones; a tail shorter than 16 stays in order.
+    @inlinable
+    public static func interleave(_ x: UnsafePointer<Float>, tokens: Int, ldx: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
+        for t in 0..<tokens {
+            let src = x + t * ldx, dst = out + t * cols
+            var k = 0
+            while k + 16 <= cols {
+                let v = UnsafeRawPointer(src + k).loadUnaligned(as: SIMD16<Float>.self)
+                UnsafeMutableRawPointer(dst + k).storeBytes(of: v.evenHalf, as: SIMD8<Float>.self)
+                UnsafeMutableRawPointer(dst + k + 8).storeBytes(of: v.oddHalf, as: SIMD8<Float>.self)
+                k += 16
+            }
+            while k < cols { dst[k] = src[k]; k += 1 }
+        }
+    }
+
+    @inlinable @inline(__always)
+    static func load(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+        UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+    }
+
+}
+
+/// Four long sequential row streams over a row range: step i reads rows lo+i, lo+q+i, lo+2q+i, lo+3q+i
+/// (q = ⌈n/4⌉), so each stream runs through consecutive rows and the hardware prefetcher stays trained,
+/// where four adjacent rows would start four short streams every step. Rows past the end repeat the last
+/// row: computed, never stored.
+@usableFromInline
+struct Quarters {
+    @usableFromInline let lo: Int, q: Int, last: Int
+
+    @inlinable init(_ rows: Range<Int>) {
+        lo = rows.lowerBound
+        q = (rows.count + 3) / 4
+        last = rows.upperBound - 1
+    }
+
+    @inlinable var steps: Int { q }
+
+    @inlinable @inline(__always)
+    func rows(_ i: Int) -> (Int, Int, Int, Int) {
+        (lo + i, min(lo + q + i, last), min(lo + 2 * q + i, last), min(lo + 3 * q + i, last))
+    }
+
+    @inlinable @inline(__always)
+    func store(_ v: (Float, Float, Float, Float), _ i: Int, _ y: UnsafeMutablePointer<Float>, _ accumulate: Bool) {
+        put(v.0, lo + i, y, accumulate)
+        if lo + q + i <= last { put(v.1, lo + q + i, y, accumulate) }
+        if lo + 2 * q + i <= last { put(v.2, lo + 2 * q + i, y, accumulate) }
+        if lo + 3 * q + i <= last { put(v.3, lo + 3 * q + i, y, accumulate) }
+    }
+
+    @inlinable @inline(__always)
+    func put(_ v: Float, _ row: Int, _ y: UnsafeMutablePointer<Float>, _ accumulate: Bool) {
+        y[row] = accumulate ? y[row] + v : v
+    }
+}
