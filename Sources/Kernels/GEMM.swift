@@ -9,6 +9,9 @@ public enum GEMM {
     /// faster than sgemm up to 24-32 tokens on the development machine, `moe kernel-bench`).
     @usableFromInline static let smallBatch = 32
 
+    /// From this many tokens on, 16-bit weights are widened a whole chunk at a time.
+    @usableFromInline static let wideTileTokens = 128
+
     /// Floats in one widened weight tile: 256 KiB, so a tile and its GEMM stay in a core's L2.
     @usableFromInline static let tileFloats = 1 << 16
 
@@ -47,9 +50,10 @@ public enum GEMM {
                          rows: rows.count, into: yp + rows.lowerBound, ldy: ldy, accumulate: accumulate)
                 return
             }
-            // 16-bit weights: a tile of rows at a time, sized for L2, widened once and multiplied by BLAS while
-            // it is in cache; results equal the f32 path since widening is exact.
-            let tileRows = max(8, min(rows.count, tileFloats / max(w.cols, 1)))
+            // 16-bit weights: widened to f32 a tile of rows at a time and multiplied by BLAS; results equal the
+            // f32 path since widening is exact. Many tokens amortise widening, so the whole chunk goes at once
+            // (sgemm is faster on wide shapes); fewer tokens take L2-sized tiles so the widened rows stay cached.
+            let tileRows = tokens >= wideTileTokens ? rows.count : max(8, min(rows.count, tileFloats / max(w.cols, 1)))
             let tile = ThreadScratch.buffer(.weightTile, count: tileRows * w.cols)
             var r = rows.lowerBound
             while r < rows.upperBound {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Kernels
 import Models
+import COpenBLAS
 
 struct KernelBench: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "kernel-bench", shouldDisplay: false)
@@ -10,8 +11,10 @@ struct KernelBench: ParsableCommand {
     @Option var mats: Int = 64
     @Flag var huge = false
     @Flag var bf16 = false
+    @Option var blasThreads: Int = 0
     func run() throws {
         Parallel.configure(workers: threads)
+        if blasThreads > 0 { openblas_set_num_threads(Int32(blasThreads)) }
         let rows = 2816, cols = 1024
         let store = FloatStorage(count: rows * cols * mats)
         if huge { madvise(store.pointer, rows*cols*mats*4, 14) }
