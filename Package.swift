@@ -42,7 +42,6 @@ let package = Package(
             dependencies: [
                 "Models",
                 "Kernels",
-                "COpenBLAS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

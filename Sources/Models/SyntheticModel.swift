@@ -146,7 +146,8 @@ public enum SyntheticModel {
         }
     }
 
-    static func encode(name: String, count: Int, dtype: ElementType, scratch: UnsafeMutablePointer<Float>,
+    /// Writes tensor `name`'s values as `dtype` into `dst`; `scratch` holds `count` floats for 16-bit types.
+    public static func encode(name: String, count: Int, dtype: ElementType, scratch: UnsafeMutablePointer<Float>,
                        into dst: UnsafeMutableRawPointer) {
         switch dtype {
         case .f32:
@@ -167,7 +168,7 @@ final class RawStorage: @unchecked Sendable {
     let pointer: UnsafeMutableRawPointer
     init(byteCount: Int) {
         pointer = .allocate(byteCount: max(byteCount, 1), alignment: 1 << 21)
-        madvise(pointer, max(byteCount, 1), 14)
+        madvise(pointer, max(byteCount, 1), MADV_HUGEPAGE)  // fewer TLB misses when decode streams the weights
     }
     deinit { pointer.deallocate() }
 }

@@ -2,35 +2,59 @@ import ArgumentParser
 import Foundation
 import Kernels
 import Models
-import COpenBLAS
 
-struct KernelBench: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "kernel-bench", shouldDisplay: false)
-    @Option var tokens: Int = 2
-    @Option var threads: Int = 2
-    @Option var mats: Int = 64
-    @Flag var huge = false
-    @Flag var bf16 = false
-    @Option var blasThreads: Int = 0
-    func run() throws {
-        Parallel.configure(workers: threads)
-        if blasThreads > 0 { openblas_set_num_threads(Int32(blasThreads)) }
-        let rows = 2816, cols = 1024
-        let store = FloatStorage(count: rows * cols * mats)
-        if huge { madvise(store.pointer, rows*cols*mats*4, 14) }
-        for i in 0..<(rows * cols * mats) { store.pointer[i] = bf16 ? Float(bitPattern: 0x3F80_3F80) : Float(i % 7) * 0.01 }
-        let x = [Float](repeating: 0.5, count: tokens * cols)
-        var y = [Float](repeating: 0, count: tokens * rows)
-        for rep in 0..<3 {
-            let t0 = Clock.now
-            for m in 0..<mats {
-                let w0 = store.matrix(rows: rows, cols: cols, offset: m * rows * cols)
-                let w = bf16 ? WeightMatrix(rows: rows, cols: cols, type: .bf16, base: UnsafeRawPointer(store.pointer) + m * rows * cols * 2, owner: store) : w0
-                x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in
-                    GEMM.linear(xp.baseAddress!, tokens: tokens, weight: w, into: yp.baseAddress!) } }
+extension MoE {
+    /// `moe kernel-bench`: the bandwidth one weight product reaches for a given token count (a tuning aid).
+    struct KernelBench: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "kernel-bench",
+            abstract: "Measure GB/s of weights streamed by x·Wᵀ over many distinct [rows, cols] matrices.",
+            discussion: "Used to place GEMM.smallBatch, where the streaming kernel hands over to sgemm.",
+            shouldDisplay: false)
+
+        @Option(help: "Tokens (rows of x).")
+        var tokens: Int = 2
+
+        @Option(help: "Kernel threads.")
+        var threads: Int = System.coreCount
+
+        @Option(help: "Distinct matrices, so the weights come from DRAM rather than cache.")
+        var matrices: Int = 64
+
+        @Option(help: "Rows (output features) and columns (input features) of each matrix.")
+        var rows: Int = 2816
+        @Option var cols: Int = 1024
+
+        @Option(help: "Weight type: f32, bf16 or f16.")
+        var dtype: String = "f32"
+
+        func validate() throws {
+            guard ElementType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be f32, bf16 or f16") }
+            guard tokens > 0, threads > 0, matrices > 0, rows > 0, cols > 0 else { throw ValidationError("counts must be positive") }
+        }
+
+        func run() throws {
+            Parallel.configure(workers: threads)
+            let type = ElementType(rawValue: dtype)!
+            let per = rows * cols * type.byteSize
+            let storage = UnsafeMutableRawPointer.allocate(byteCount: per * matrices, alignment: 64)
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: type == .f32 ? 1 : rows * cols * matrices)
+            defer { storage.deallocate(); scratch.deallocate() }
+            SyntheticModel.encode(name: "bench", count: rows * cols * matrices, dtype: type, scratch: scratch, into: storage)
+            let x = [Float](repeating: 0.5, count: tokens * cols)
+            var y = [Float](repeating: 0, count: tokens * rows)
+            for rep in 0..<3 {
+                let start = Clock.now
+                for m in 0..<matrices {
+                    let w = WeightMatrix(rows: rows, cols: cols, type: type, base: UnsafeRawPointer(storage + m * per), owner: nil)
+                    GEMM.linear(x, tokens: tokens, weight: w, into: &y)
+                }
+                let seconds = Clock.since(start)
+                let gbps = Double(per * matrices) / seconds / 1e9
+                let gflops = 2 * Double(tokens * rows * cols * matrices) / seconds / 1e9
+                emit(String(format: "run %d: %@ %dx%d, %d tokens, %d threads: %.1f GB/s of weights, %.1f GFLOP/s",
+                            rep, dtype, rows, cols, tokens, threads, gbps, gflops))
             }
-            let dt = Clock.since(t0)
-            print(rep, Double(rows * cols * mats * (bf16 ? 2 : 4)) / dt / 1e9, "GB/s")
         }
     }
 }

@@ -1,0 +1,81 @@
+import Foundation
+import Kernels
+import Testing
+
+/// Causal softmax attention in Double, the plain definition.
+func referenceAttention(q: [Float], tokens: Int, first: Int, keys: [Float], values: [Float],
+                        shape: Attention.Shape, window: Int?) -> [Double] {
+    var out = [Double](repeating: 0, count: tokens * shape.qDim)
+    let group = shape.heads / shape.kvHeads
+    for t in 0..<tokens {
+        let p = first + t
+        let lo = window.map { max(0, p - $0 + 1) } ?? 0
+        for h in 0..<shape.heads {
+            let g = h / group
+            var scores: [Double] = []
+            for j in lo...p {
+                var s = 0.0
+                for d in 0..<shape.headDim {
+                    s += Double(q[t * shape.qDim + h * shape.headDim + d]) * Double(keys[j * shape.kvDim + g * shape.headDim + d])
+                }
+                scores.append(s * Double(shape.scale))
+            }
+            let m = scores.max()!
+            let e = scores.map { Foundation.exp($0 - m) }
+            let total = e.reduce(0, +)
+            for (i, j) in (lo...p).enumerated() {
+                for d in 0..<shape.headDim {
+                    out[t * shape.qDim + h * shape.headDim + d] += e[i] / total * Double(values[j * shape.kvDim + g * shape.headDim + d])
+                }
+            }
+        }
+    }
+    return out
+}
+
+@Suite struct AttentionTests {
+    @Test(arguments: [(1, 0, nil), (5, 0, nil), (1, 40, nil), (7, 20, 6), (3, 100, 32)] as [(Int, Int, Int?)])
+    func causalGroupedQueryAttentionMatchesDefinition(tokens: Int, first: Int, window: Int?) {
+        let shape = Attention.Shape(heads: 4, kvHeads: 2, headDim: 24)
+        let context = first + tokens
+        let q = randomFloats(tokens * shape.qDim, seed: 20)
+        let k = randomFloats(context * shape.kvDim, seed: 21), v = randomFloats(context * shape.kvDim, seed: 22)
+        var out = [Float](repeating: .nan, count: tokens * shape.qDim)
+        Attention.causal(q: q, tokens: tokens, first: first, keys: k, values: v, shape: shape, window: window, into: &out)
+        let want = referenceAttention(q: q, tokens: tokens, first: first, keys: k, values: v, shape: shape, window: window)
+        for i in out.indices { #expect(abs(Double(out[i]) - want[i]) < 1e-5, "element \(i)") }
+    }
+
+    @Test func windowCoveringTheContextEqualsFullAttention() {
+        let shape = Attention.Shape(heads: 2, kvHeads: 1, headDim: 16)
+        let q = randomFloats(6 * shape.qDim, seed: 23)
+        let k = randomFloats(6 * shape.kvDim, seed: 24), v = randomFloats(6 * shape.kvDim, seed: 25)
+        var full = [Float](repeating: 0, count: 6 * shape.qDim), windowed = full
+        Attention.causal(q: q, tokens: 6, first: 0, keys: k, values: v, shape: shape, window: nil, into: &full)
+        Attention.causal(q: q, tokens: 6, first: 0, keys: k, values: v, shape: shape, window: 6, into: &windowed)
+        #expect(full == windowed)
+    }
+
+    @Test func ropeRotatesHalfPairs() {
+        let rope = RoPE(theta: 10_000, headDim: 8)
+        let positions = [0, 1, 7, 300]
+        let (cos, sin) = rope.table(positions: positions)
+        var x = randomFloats(positions.count * 2 * 8, seed: 26)
+        let original = x
+        rope.apply(&x, tokens: positions.count, heads: 2, cos: cos, sin: sin)
+        for (t, p) in positions.enumerated() {
+            for h in 0..<2 {
+                for j in 0..<4 {
+                    let inv = 1 / pow(10_000.0, Double(2 * j) / 8)
+                    let angle = Double(p) * inv
+                    let base = (t * 2 + h) * 8
+                    let a = Double(original[base + j]), b = Double(original[base + j + 4])
+                    #expect(abs(Double(x[base + j]) - (a * Foundation.cos(angle) - b * Foundation.sin(angle))) < 1e-5)
+                    #expect(abs(Double(x[base + j + 4]) - (b * Foundation.cos(angle) + a * Foundation.sin(angle))) < 1e-5)
+                }
+            }
+        }
+        // Position 0 is the identity.
+        #expect(Array(x[0..<16]) == Array(original[0..<16]))
+    }
+}

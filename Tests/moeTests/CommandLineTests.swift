@@ -1,0 +1,163 @@
+import Foundation
+@testable import Models
+import Testing
+
+/// The built `moe` binary, run as a user would.
+enum MoEBinary {
+    static let url: URL = {
+        let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for candidate in [bundle, bundle.deletingLastPathComponent(), bundle.deletingLastPathComponent().deletingLastPathComponent()] {
+            let u = candidate.appendingPathComponent("moe")
+            if FileManager.default.isExecutableFile(atPath: u.path) { return u }
+        }
+        return bundle.appendingPathComponent("moe")
+    }()
+
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures")
+
+    struct Result {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+        var lastLine: String { stdout.split(separator: "\n").last.map(String.init) ?? "" }
+    }
+
+    /// Runs `moe args…` to completion (bounded by `timeout` seconds).
+    static func run(_ args: [String], environment: [String: String] = [:], timeout: Double = 120) throws -> Result {
+        let p = Process()
+        p.executableURL = url
+        p.arguments = args
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        p.environment = env
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let deadline = Date().addingTimeInterval(timeout)
+        var outData = Data(), errData = Data()
+        let group = DispatchGroup()
+        nonisolated(unsafe) var o = Data(), e = Data()
+        group.enter(); DispatchQueue.global().async { o = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        group.enter(); DispatchQueue.global().async { e = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        while p.isRunning && Date() < deadline { usleep(10_000) }
+        if p.isRunning { p.terminate() }
+        p.waitUntilExit()
+        group.wait()
+        outData = o
+        errData = e
+        return Result(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+                      stderr: String(decoding: errData, as: UTF8.self))
+    }
+}
+
+func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathComponent(name).path }
+
+@Suite(.serialized) struct CommandLineTests {
+    @Test func forwardWritesLogitsAndRoutingThatMatchTransformers() throws {
+        let expected = try SafeTensorsFile(path: fixture("tiny-qwen2moe") + "/expected.safetensors")
+        let ids = UnsafeBufferPointer(start: expected.tensors["b.input_ids"]!.data.assumingMemoryBound(to: Int64.self), count: 6)
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("moe-forward-\(UUID().uuidString).safetensors").path
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let r = try MoEBinary.run(["forward", "--model", fixture("tiny-qwen2moe"), "--input-ids",
+                                   ids.map(String.init).joined(separator: ","), "--output", out])
+        #expect(r.status == 0, "\(r.stderr)")
+        let file = try SafeTensorsFile(path: out)
+        #expect(file.tensors["logits"]?.shape == [6, 288])
+        #expect(file.tensors["topk_ids"]?.shape == [3, 6, 2])
+        #expect(file.tensors["topk_ids"]?.dtype == .I64)
+        #expect(file.tensors["topk_weights"]?.shape == [3, 6, 2])
+        let got = UnsafeBufferPointer(start: file.tensors["logits"]!.data.assumingMemoryBound(to: Float.self), count: 6 * 288)
+        let want = UnsafeBufferPointer(start: expected.tensors["b.logits"]!.data.assumingMemoryBound(to: Float.self), count: 6 * 288)
+        #expect(zip(got, want).map { abs($0 - $1) }.max()! < 1e-4)
+        let gotIds = UnsafeBufferPointer(start: file.tensors["topk_ids"]!.data.assumingMemoryBound(to: Int64.self), count: 36)
+        let wantIds = UnsafeBufferPointer(start: expected.tensors["b.topk_ids"]!.data.assumingMemoryBound(to: Int64.self), count: 36)
+        #expect(Array(gotIds) == Array(wantIds))
+    }
+
+    @Test func generateJSONReportsTokensAndRates() throws {
+        let r = try MoEBinary.run(["generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", "43,255,161,190,193,228",
+                                   "--max-new-tokens", "12", "--temperature", "0", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as! [String: Any]
+        #expect(json["tokens"] as? [Int] == [276, 257, 218, 173, 234, 151, 251, 219, 62, 276, 5, 162])
+        #expect(json["prompt_tokens"] as? Int == 6)
+        #expect(json["finish_reason"] as? String == "length")
+        #expect((json["prefill_tokens_per_second"] as? Double ?? 0) > 0)
+        #expect((json["decode_tokens_per_second"] as? Double ?? 0) > 0)
+
+        let stop = try MoEBinary.run(["generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", "43,255,161,190,193,228",
+                                      "--max-new-tokens", "12", "--temperature", "0", "--stop-ids", "218", "--json"])
+        let stopped = try JSONSerialization.jsonObject(with: Data(stop.lastLine.utf8)) as! [String: Any]
+        #expect(stopped["tokens"] as? [Int] == [276, 257, 218])
+        #expect(stopped["finish_reason"] as? String == "stop")
+    }
+
+    @Test func initModelWritesAFolderThatLoads() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("moe-init-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let w = try MoEBinary.run(["init-model", "--preset", "tiny", "--dtype", "bf16", "--output", dir])
+        #expect(w.status == 0, "\(w.stderr)")
+        let config = try ModelConfig.load(path: dir + "/config.json")
+        #expect(config.modelType == "mixtral" && config.dtype == "bfloat16")
+        #expect(try SafeTensorsFile(path: dir + "/model.safetensors").tensors["lm_head.weight"]?.dtype == .BF16)
+        let g = try MoEBinary.run(["generate", "--model", dir, "--prompt-ids", "1,2,3", "--max-new-tokens", "4", "--json"])
+        #expect(g.status == 0, "\(g.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(g.lastLine.utf8)) as! [String: Any]
+        #expect((json["tokens"] as? [Int])?.count == 4)
+    }
+
+    @Test func builtInPresetAndBenchJSON() throws {
+        let g = try MoEBinary.run(["generate", "--preset", "tiny", "--prompt-ids", "5,9,1", "--max-new-tokens", "3"])
+        #expect(g.status == 0, "\(g.stderr)")
+        let b = try MoEBinary.run(["bench", "--preset", "tiny", "--batch", "2", "--prompt-len", "8", "--gen-len", "4",
+                                   "--repetitions", "1", "--format", "json"])
+        #expect(b.status == 0, "\(b.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(b.lastLine.utf8)) as! [String: Any]
+        for key in ["prefill_tokens_per_s", "decode_tokens_per_s", "prefill_gflops", "decode_gb_per_s"] {
+            #expect((json[key] as? Double ?? 0) > 0, "\(key)")
+        }
+        #expect(json["batch"] as? Int == 2)
+    }
+
+    /// Bad input: one line on stderr naming the problem, exit 1; bad flags: exit 64.
+    @Test(arguments: [
+        (["forward", "--model", "/nonexistent", "--input-ids", "1", "--output", "/tmp/x.safetensors"], "/nonexistent: no such file"),
+        (["forward", "--model", fixture("tiny-mixtral"), "--input-ids", "1,320", "--output", "/tmp/x.safetensors"],
+         "token id 320 is outside the vocabulary (0..<320)"),
+        (["generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", ""], "the prompt is empty"),
+        (["generate", "--model", fixture("tiny-olmoe"), "--prompt-ids", "1", "--stop-ids", "4000"], "token id 4000 is outside"),
+    ] as [([String], String)])
+    func badInputFailsWithOneLine(args: [String], message: String) throws {
+        let r = try MoEBinary.run(args)
+        #expect(r.status == 1)
+        #expect(r.stderr.contains(message), "\(r.stderr)")
+        #expect(r.stderr.split(separator: "\n").count == 1)
+    }
+
+    @Test func modelTooLargeForMemoryIsRefused() throws {
+        let r = try MoEBinary.run(["generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", "1"],
+                                  environment: ["MOE_MEMORY_LIMIT": "1000"])
+        #expect(r.status == 1)
+        let weights = try SafeTensorsFile(path: fixture("tiny-mixtral") + "/model.safetensors").tensors.values.reduce(0) { $0 + $1.byteCount }
+        #expect(r.stderr.contains("model needs \(Bytes.format(weights)) of memory but only 1.00 kB is available"), "\(r.stderr)")
+    }
+
+    @Test(arguments: [
+        ["forward", "--input-ids", "1,x", "--output", "/tmp/x"],
+        ["generate", "--prompt-ids", "1", "--max-new-tokens", "0"],
+        ["generate", "--prompt-ids", "1", "--temperature", "-2"],
+        ["bench", "--batch", "0"],
+        ["bench", "--format", "xml"],
+        ["init-model", "--preset", "huge", "--output", "/tmp/x"],
+        ["init-model", "--preset", "tiny", "--dtype", "int8", "--output", "/tmp/x"],
+        ["generate", "--preset", "gigantic", "--prompt-ids", "1"],
+        ["generate", "--prompt-ids", "1", "--weights-dtype", "f8"],
+        ["no-such-command"],
+    ])
+    func badFlagsExitWithUsageCode(args: [String]) throws {
+        let r = try MoEBinary.run(args)
+        #expect(r.status == 64, "\(args): \(r.stderr)")
+    }
+}
