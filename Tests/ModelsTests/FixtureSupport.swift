@@ -2,11 +2,12 @@ import Foundation
 import Kernels
 @testable import Models
 
-/// The package's copies of `../shared/fixtures`: tiny checkpoints with what transformers computed on them.
+/// Tiny checkpoints with their expected outputs: copies of `../shared/fixtures` (computed by transformers) and
+/// `tiny-qwen3moe` (computed by the independent NumPy reference in `Scripts/make_qwen3_fixture.py`).
 enum Fixtures {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent("Fixtures")
-    static let names = ["tiny-mixtral", "tiny-qwen2moe", "tiny-olmoe"]
+    static let names = ["tiny-mixtral", "tiny-qwen2moe", "tiny-olmoe", "tiny-qwen3moe"]
 
     static func path(_ name: String) -> String { root.appendingPathComponent(name).path }
 
