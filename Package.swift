@@ -20,12 +20,18 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         .systemLibrary(
             name: "COpenBLAS",
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
+        ),
+        .systemLibrary(
+            name: "CMPI",
+            pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev"])]
         ),
         .target(
             name: "Kernels",
@@ -37,11 +43,27 @@ let package = Package(
             dependencies: ["Kernels"],
             swiftSettings: simdFlags
         ),
+        .target(name: "Comm", dependencies: ["CMPI"]),
+        .target(
+            name: "Wire",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            exclude: []
+        ),
+        .target(name: "Placement", dependencies: ["Wire"]),
+        .target(
+            name: "Cluster",
+            dependencies: ["Models", "Kernels", "Comm", "Placement", "Wire"],
+            swiftSettings: simdFlags
+        ),
         .executableTarget(
             name: "moe",
             dependencies: [
                 "Models",
                 "Kernels",
+                "Cluster",
+                "Comm",
+                "Placement",
+                "Wire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -53,9 +75,11 @@ let package = Package(
             dependencies: ["Models", "Kernels"],
             swiftSettings: simdFlags
         ),
+        .testTarget(name: "PlacementTests", dependencies: ["Placement"]),
+        .testTarget(name: "CommTests", dependencies: ["Comm"]),
         .testTarget(
             name: "moeTests",
-            dependencies: ["moe", "Models"],
+            dependencies: ["moe", "Models", "Placement"],
             swiftSettings: simdFlags
         ),
     ],

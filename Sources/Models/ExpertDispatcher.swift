@@ -40,18 +40,23 @@ public struct FeedForwardWeights: Sendable {
     }
 }
 
-/// Runs every expert in this process: tokens are grouped by expert so each expert is one GEMM over all the
-/// tokens routed to it, then weighted rows are added back in expert order (as transformers' `index_add_`).
-public final class LocalDispatcher: ExpertDispatcher {
+/// One routed (token row, expert, weight) assignment.
+public struct ExpertAssignment: Sendable, Equatable {
+    public var row: Int32
+    public var expert: Int32
+    public var weight: Float
+    public init(row: Int32, expert: Int32, weight: Float) { self.row = row; self.expert = expert; self.weight = weight }
+}
+
+/// The routed experts this process holds, run as one GEMM per expert over all rows assigned to it.
+public final class ExpertBank {
     /// `experts[layer][expert]`; nil for a dense layer or an expert this process does not hold.
     public let experts: [[FeedForwardWeights?]]
     let hiddenSize: Int
     private var gathered = GrowableBuffer<Float>()
     private var results = GrowableBuffer<Float>()
     private var scratch = GrowableBuffer<Float>()
-    private var order: [(token: Int32, weight: Float)] = []
-    private var counts: [Int] = []
-    /// Experts that received at least one token in the last `combine` of each layer (for bandwidth figures).
+    /// Experts that received at least one row in the last `apply` of each layer (for bandwidth figures).
     public private(set) var activeExperts: [Int]
 
     public init(experts: [[FeedForwardWeights?]], hiddenSize: Int) {
@@ -60,40 +65,60 @@ public final class LocalDispatcher: ExpertDispatcher {
         activeExperts = Array(repeating: 0, count: experts.count)
     }
 
-    public func combine(layer: Int, hidden: UnsafePointer<Float>, routing: RoutingDecision, into output: UnsafeMutablePointer<Float>) {
-        let h = hiddenSize, n = routing.tokens * routing.topK
-        let bank = experts[layer]
-        output.update(repeating: 0, count: routing.tokens * h)
-        // Counting sort of (token, weight) pairs by expert id.
-        counts.removeAll(keepingCapacity: true)
-        counts.append(contentsOf: repeatElement(0, count: bank.count + 1))
-        for p in 0..<n { counts[Int(routing.ids[p]) + 1] += 1 }
-        for e in 0..<bank.count { counts[e + 1] += counts[e] }
-        order.removeAll(keepingCapacity: true)
-        order.append(contentsOf: repeatElement((token: Int32(0), weight: Float(0)), count: n))
-        var fill = counts
-        for p in 0..<n {
-            let e = Int(routing.ids[p])
-            order[fill[e]] = (Int32(p / routing.topK), routing.weights[p])
-            fill[e] += 1
-        }
+    /// Whether this process holds `expert` of `layer`.
+    public func holds(layer: Int, expert: Int) -> Bool { experts[layer].indices.contains(expert) && experts[layer][expert] != nil }
+
+    /// Bytes of the routed experts held.
+    public var byteCount: Int { experts.joined().reduce(0) { $0 + ($1?.byteCount ?? 0) } }
+
+    /// Sorts `assignments` by expert (stable), then writes `weight · expert(hidden[row])` for each into `output`
+    /// (`[assignments.count, hiddenSize]`, in the sorted order). Every expert named must be held.
+    public func apply(layer: Int, hidden: UnsafePointer<Float>, assignments: inout [ExpertAssignment],
+                      into output: UnsafeMutablePointer<Float>) {
+        let h = hiddenSize, bank = experts[layer]
+        assignments.sort { $0.expert < $1.expert || ($0.expert == $1.expert && $0.row < $1.row) }
         var active = 0
-        for e in 0..<bank.count {
-            let start = counts[e], rows = counts[e + 1] - start
-            guard rows > 0 else { continue }
-            guard let ffn = bank[e] else {
-                preconditionFailure("layer \(layer) expert \(e) is not held by this process")
-            }
+        var start = 0
+        while start < assignments.count {
+            let e = Int(assignments[start].expert)
+            var end = start
+            while end < assignments.count && Int(assignments[end].expert) == e { end += 1 }
+            guard let ffn = bank[e] else { preconditionFailure("layer \(layer) expert \(e) is not held by this process") }
             active += 1
+            let rows = end - start
             let x = gathered.reserve(rows * h), y = results.reserve(rows * h)
-            for r in 0..<rows { (x + r * h).update(from: hidden + Int(order[start + r].token) * h, count: h) }
+            for r in 0..<rows { (x + r * h).update(from: hidden + Int(assignments[start + r].row) * h, count: h) }
             ffn.apply(x, rows: rows, scratch: scratch.reserve(rows * 2 * ffn.intermediate), into: y)
             for r in 0..<rows {
-                let (t, w) = order[start + r]
-                Elementwise.axpy(w, y + r * h, output + Int(t) * h, h)
+                let w = assignments[start + r].weight
+                let src = y + r * h, dst = output + (start + r) * h
+                for i in 0..<h { dst[i] = w * src[i] }
             }
+            start = end
         }
         activeExperts[layer] = active
+    }
+}
+
+/// Runs every routed expert in this process: tokens are grouped by expert so each expert is one GEMM over all
+/// the tokens routed to it, then weighted rows are added back in expert order (as transformers' `index_add_`).
+public final class LocalDispatcher: ExpertDispatcher {
+    public let bank: ExpertBank
+    private var assignments: [ExpertAssignment] = []
+    private var pairOutputs = GrowableBuffer<Float>()
+
+    public init(bank: ExpertBank) { self.bank = bank }
+
+    public func combine(layer: Int, hidden: UnsafePointer<Float>, routing: RoutingDecision, into output: UnsafeMutablePointer<Float>) {
+        let h = bank.hiddenSize
+        assignments.removeAll(keepingCapacity: true)
+        for p in 0..<(routing.tokens * routing.topK) {
+            assignments.append(ExpertAssignment(row: Int32(p / routing.topK), expert: routing.ids[p], weight: routing.weights[p]))
+        }
+        let y = pairOutputs.reserve(assignments.count * h)
+        bank.apply(layer: layer, hidden: hidden, assignments: &assignments, into: y)
+        output.update(repeating: 0, count: routing.tokens * h)
+        for (i, a) in assignments.enumerated() { Elementwise.add(y + i * h, into: output + Int(a.row) * h, h) }
     }
 }
 

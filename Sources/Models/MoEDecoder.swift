@@ -32,6 +32,8 @@ public final class MoEDecoder {
     public let finalNorm: [Float]
     public let lmHead: WeightMatrix
     let rope: RoPE
+    /// The routed experts this process holds.
+    public let bank: ExpertBank
     /// Who runs the routed experts (in-process by default).
     public var dispatcher: ExpertDispatcher
     /// Called once per MoE layer with the router's decision (for `moe forward` and routing traces).
@@ -39,13 +41,14 @@ public final class MoEDecoder {
     var work = Workspace()
 
     public init(spec: DecoderSpec, layers: [Layer], embedding: WeightMatrix, finalNorm: [Float], lmHead: WeightMatrix,
-                dispatcher: ExpertDispatcher) {
+                bank: ExpertBank) {
         self.spec = spec
         self.layers = layers
         self.embedding = embedding
         self.finalNorm = finalNorm
         self.lmHead = lmHead
-        self.dispatcher = dispatcher
+        self.bank = bank
+        dispatcher = LocalDispatcher(bank: bank)
         rope = RoPE(theta: spec.ropeTheta, headDim: spec.headDim)
     }
 
@@ -97,18 +100,10 @@ public final class MoEDecoder {
         }
         let h = spec.hiddenSize
         let x = work.x.reserve(t * h)
-        for (i, id) in batch.tokens.enumerated() { embedding.widen(rows: id..<(id + 1), into: x + i * h) }
-
-        var positions: [Int] = []
-        positions.reserveCapacity(t)
-        for s in batch.segments {
-            s.cache.reserve(s.cache.length + s.count)
-            positions.append(contentsOf: s.cache.length..<(s.cache.length + s.count))
-        }
-        let (cos, sin) = rope.table(positions: positions)
-
+        embed(batch.tokens, into: x)
+        let table = rotaryTable(batch)
         for l in 0..<layers.count {
-            attention(layer: l, batch: batch, x: x, cos: cos, sin: sin)
+            attention(layer: l, batch: batch, x: x, rotary: table)
             feedForward(layer: l, tokens: t, x: x)
         }
         for s in batch.segments { s.cache.commit(s.count) }
@@ -120,6 +115,30 @@ public final class MoEDecoder {
             var end = 0
             selected = batch.segments.map { end += $0.count; return end - 1 }
         }
+        return logits(x, rows: selected)
+    }
+
+    /// Embedding rows of `tokens` into x `[tokens.count, hidden]` (ids must be in the vocabulary).
+    public func embed(_ tokens: [Int], into x: UnsafeMutablePointer<Float>) {
+        let h = spec.hiddenSize
+        for (i, id) in tokens.enumerated() { embedding.widen(rows: id..<(id + 1), into: x + i * h) }
+    }
+
+    /// cos and sin of the positions the batch's tokens take (each segment continues its cache).
+    public func rotaryTable(_ batch: Batch) -> RotaryTable {
+        var positions: [Int] = []
+        positions.reserveCapacity(batch.tokens.count)
+        for s in batch.segments {
+            s.cache.reserve(s.cache.length + s.count)
+            positions.append(contentsOf: s.cache.length..<(s.cache.length + s.count))
+        }
+        let (cos, sin) = rope.table(positions: positions)
+        return RotaryTable(cos: cos, sin: sin)
+    }
+
+    /// Final norm and LM head for the chosen rows of x: logits `[rows.count, vocab]`.
+    public func logits(_ x: UnsafePointer<Float>, rows selected: [Int]) -> [Float] {
+        let h = spec.hiddenSize
         let xn = work.xn.reserve(selected.count * h)
         for (r, row) in selected.enumerated() {
             Elementwise.rmsNorm(x + row * h, weight: finalNorm, eps: spec.rmsNormEps, rows: 1, n: h, into: xn + r * h)
@@ -131,8 +150,9 @@ public final class MoEDecoder {
         return logits
     }
 
-    /// x += o_proj(attention(norm(x))) for every segment, writing the new keys and values to the caches.
-    func attention(layer l: Int, batch: Batch, x: UnsafeMutablePointer<Float>, cos: [Float], sin: [Float]) {
+    /// x += o_proj(attention(norm(x))) for every segment, writing the new keys and values to the caches at
+    /// positions `cache.length ..< cache.length + count` (the caches advance only on `commit`).
+    public func attention(layer l: Int, batch: Batch, x: UnsafeMutablePointer<Float>, rotary: RotaryTable) {
         let w = layers[l].attention, t = batch.tokens.count, h = spec.hiddenSize
         let qDim = spec.qDim, kvDim = spec.kvDim
         let xn = work.xn.reserve(t * h)
@@ -158,8 +178,8 @@ public final class MoEDecoder {
                 for i in 0..<n { p[i] = min(max(p[i], -c), c) }
             }
         }
-        cos.withUnsafeBufferPointer { cp in
-            sin.withUnsafeBufferPointer { sp in
+        rotary.cos.withUnsafeBufferPointer { cp in
+            rotary.sin.withUnsafeBufferPointer { sp in
                 rope.apply(q, tokens: t, heads: spec.heads, cos: cp.baseAddress!, sin: sp.baseAddress!)
                 rope.apply(k, tokens: t, heads: spec.kvHeads, cos: cp.baseAddress!, sin: sp.baseAddress!)
             }
@@ -182,24 +202,47 @@ public final class MoEDecoder {
     /// x += ffn(norm(x)): routed experts (plus a gated shared expert) or a dense MLP.
     func feedForward(layer l: Int, tokens t: Int, x: UnsafeMutablePointer<Float>) {
         let h = spec.hiddenSize
-        let xn = work.xn.reserve(t * h)
-        Elementwise.rmsNorm(x, weight: layers[l].postAttentionNorm, eps: spec.rmsNormEps, rows: t, n: h, into: xn)
+        let xn = feedForwardNorm(layer: l, x: x, tokens: t)
         let y = work.ffn.reserve(t * h)
         switch layers[l].feedForward {
-        case .dense(let mlp):
-            mlp.apply(xn, rows: t, scratch: work.scratch.reserve(t * 2 * mlp.intermediate), into: y)
-        case .moe(let router, let shared, let sharedGate):
+        case .dense:
+            denseFeedForward(layer: l, normed: xn, tokens: t, into: y)
+        case .moe(let router, _, _):
             let routing = route(layer: l, router: router, hidden: xn, tokens: t)
             routingObserver?(l, routing)
             dispatcher.combine(layer: l, hidden: xn, routing: routing, into: y)
-            if let shared, let sharedGate {
-                let s = work.shared.reserve(t * h), g = work.gate.reserve(t)
-                shared.apply(xn, rows: t, scratch: work.scratch.reserve(t * 2 * shared.intermediate), into: s)
-                GEMM.linear(xn, tokens: t, weight: sharedGate, into: g)
-                for r in 0..<t { Elementwise.axpy(Elementwise.sigmoid(g[r]), s + r * h, y + r * h, h) }
-            }
+            addSharedExpert(layer: l, normed: xn, tokens: t, into: y)
         }
         Elementwise.add(y, into: x, t * h)
+    }
+
+    /// The post-attention RMSNorm of x `[tokens, hidden]`, in a workspace buffer valid until the next call.
+    public func feedForwardNorm(layer l: Int, x: UnsafePointer<Float>, tokens t: Int) -> UnsafeMutablePointer<Float> {
+        let xn = work.xn.reserve(t * spec.hiddenSize)
+        Elementwise.rmsNorm(x, weight: layers[l].postAttentionNorm, eps: spec.rmsNormEps, rows: t, n: spec.hiddenSize, into: xn)
+        return xn
+    }
+
+    /// The dense MLP of a non-MoE layer: y = mlp(xn).
+    public func denseFeedForward(layer l: Int, normed xn: UnsafePointer<Float>, tokens t: Int, into y: UnsafeMutablePointer<Float>) {
+        guard case .dense(let mlp) = layers[l].feedForward else { preconditionFailure("layer \(l) is an MoE layer") }
+        mlp.apply(xn, rows: t, scratch: work.scratch.reserve(t * 2 * mlp.intermediate), into: y)
+    }
+
+    /// The router's decision for `layer` on normed hidden states (buffers valid until the next call).
+    public func route(layer l: Int, normed xn: UnsafePointer<Float>, tokens t: Int) -> RoutingDecision {
+        guard case .moe(let router, _, _) = layers[l].feedForward else { preconditionFailure("layer \(l) is dense") }
+        return route(layer: l, router: router, hidden: xn, tokens: t)
+    }
+
+    /// y += sigmoid(gate·xn) · shared(xn) when the layer has a shared expert (Qwen2-MoE); otherwise nothing.
+    public func addSharedExpert(layer l: Int, normed xn: UnsafePointer<Float>, tokens t: Int, into y: UnsafeMutablePointer<Float>) {
+        guard case .moe(_, let shared?, let sharedGate?) = layers[l].feedForward else { return }
+        let h = spec.hiddenSize
+        let s = work.shared.reserve(t * h), g = work.gate.reserve(t)
+        shared.apply(xn, rows: t, scratch: work.scratch.reserve(t * 2 * shared.intermediate), into: s)
+        GEMM.linear(xn, tokens: t, weight: sharedGate, into: g)
+        for r in 0..<t { Elementwise.axpy(Elementwise.sigmoid(g[r]), s + r * h, y + r * h, h) }
     }
 
     /// Router: softmax over expert logits, top-k (ties to the lower id), renormalised if the model says so.
@@ -231,10 +274,7 @@ public final class MoEDecoder {
     /// Bytes of weights in memory: everything, and the routed experts' share.
     public var weightBytes: (total: Int, experts: Int) {
         var total = embedding.byteCount + (spec.tieWordEmbeddings ? 0 : lmHead.byteCount) + finalNorm.count * 4
-        var experts = 0
-        if let local = dispatcher as? LocalDispatcher {
-            for bank in local.experts { for e in bank { experts += e?.byteCount ?? 0 } }
-        }
+        let experts = bank.byteCount
         total += experts
         for layer in layers {
             let a = layer.attention
@@ -248,6 +288,12 @@ public final class MoEDecoder {
         }
         return (total, experts)
     }
+}
+
+/// cos and sin of a batch's positions, `[tokens, headDim/2]` each.
+public struct RotaryTable {
+    public let cos: [Float]
+    public let sin: [Float]
 }
 
 /// Grow-only activation buffers reused across forward passes.

@@ -72,7 +72,7 @@ extension MoEDecoder {
                 attention: attention, feedForward: feedForward))
         }
         return MoEDecoder(spec: spec, layers: layers, embedding: embedding, finalNorm: finalNorm, lmHead: lmHead,
-                          dispatcher: LocalDispatcher(experts: experts, hiddenSize: h))
+                          bank: ExpertBank(experts: experts, hiddenSize: h))
     }
 
     static func attentionWeights(spec: DecoderSpec, store: WeightStore, prefix p: String) throws -> AttentionWeights {

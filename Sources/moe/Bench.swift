@@ -107,14 +107,13 @@ extension MoE {
                 logits: .lastOfEachSegment))
             let prefill = Clock.since(start)
             let costs = CostModel(model: model)
-            let local = model.dispatcher as? LocalDispatcher
             var bytes = 0.0
             start = Clock.now
             for _ in 0..<steps {
                 let contexts = caches.map { $0.length + 1 }
                 tokens = next(try model.forward(.init(tokens: tokens, segments: caches.map { .init(cache: $0, count: 1) }),
                                                 logits: .lastOfEachSegment))
-                bytes += costs.decodeBytes(activeExperts: local?.activeExperts ?? [], contexts: contexts)
+                bytes += costs.decodeBytes(activeExperts: model.bank.activeExperts, contexts: contexts)
             }
             let decode = Clock.since(start)
             return Measurement(prefillSeconds: prefill, decodeSeconds: decode, bytesPerStep: bytes / Double(steps))

@@ -1,0 +1,144 @@
+import CMPI
+import Foundation
+
+/// `Communicator` over MPI_COMM_WORLD. One per process: MPI cannot be initialised twice.
+///
+/// MPI is owned by the thread that created this (MPI_THREAD_FUNNELED); errors return codes (MPI_ERRORS_RETURN)
+/// that are thrown as `MPIError`.
+public final class MPICommunicator: Communicator {
+    public let rank: Int
+    public let size: Int
+    public var counters = CommCounters()
+    nonisolated(unsafe) private static var initialised = false
+
+    /// Initialises MPI; call once, from the thread that will make every MPI call.
+    public init() throws {
+        precondition(!Self.initialised, "MPI can be initialised once per process")
+        Self.initialised = true
+        var provided: Int32 = 0
+        try Self.check(MPI_Init_thread(nil, nil, Int32(MPI_THREAD_FUNNELED), &provided), "MPI_Init_thread")
+        MPI_Comm_set_errhandler(moe_comm_world(), moe_errors_return())
+        var r: Int32 = 0, s: Int32 = 0
+        MPI_Comm_rank(moe_comm_world(), &r)
+        MPI_Comm_size(moe_comm_world(), &s)
+        rank = Int(r)
+        size = Int(s)
+    }
+
+    /// Finalises MPI (after the last collective).
+    public func finalize() { MPI_Finalize() }
+
+    /// Whether this process was started by mpirun (or another launcher): OpenMPI and PMIx set these.
+    public static var launchedByMPI: Bool {
+        let env = ProcessInfo.processInfo.environment
+        return env["OMPI_COMM_WORLD_SIZE"] != nil || env["PMIX_RANK"] != nil || env["PMI_RANK"] != nil
+    }
+
+    static func check(_ code: Int32, _ call: String) throws {
+        guard code != MPI_SUCCESS else { return }
+        var buffer = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)
+        var length: Int32 = 0
+        MPI_Error_string(code, &buffer, &length)
+        throw MPIError(call: call, code: code, message: String(cString: buffer))
+    }
+
+    public func barrier() throws {
+        counters.record(.barrier, bytes: 0)
+        try Self.check(MPI_Barrier(moe_comm_world()), "MPI_Barrier")
+    }
+
+    public func allgatherv(_ send: [UInt8]) throws -> [[UInt8]] {
+        var mine = Int32(send.count)
+        var counts = [Int32](repeating: 0, count: size)
+        try Self.check(MPI_Allgather(&mine, 1, moe_int(), &counts, 1, moe_int(), moe_comm_world()), "MPI_Allgather")
+        let displs = Self.displacements(counts)
+        var recv = [UInt8](repeating: 0, count: Int(counts.reduce(0, +)))
+        try send.withUnsafeBytes { s in
+            try recv.withUnsafeMutableBytes { r in
+                try Self.check(MPI_Allgatherv(s.baseAddress, mine, moe_byte(), r.baseAddress, counts, displs, moe_byte(),
+                                              moe_comm_world()), "MPI_Allgatherv")
+            }
+        }
+        counters.record(.allgather, bytes: send.count * (size - 1))
+        return Self.split(recv, counts: counts, displs: displs)
+    }
+
+    public func broadcast(_ bytes: [UInt8], root: Int) throws -> [UInt8] {
+        var n = Int32(bytes.count)
+        try Self.check(MPI_Bcast(&n, 1, moe_int(), Int32(root), moe_comm_world()), "MPI_Bcast")
+        var buffer = rank == root ? bytes : [UInt8](repeating: 0, count: Int(n))
+        try buffer.withUnsafeMutableBytes { b in
+            try Self.check(MPI_Bcast(b.baseAddress, n, moe_byte(), Int32(root), moe_comm_world()), "MPI_Bcast")
+        }
+        counters.record(.broadcast, bytes: rank == root ? Int(n) * (size - 1) : 0)
+        return buffer
+    }
+
+    public func alltoallv(_ send: [[UInt8]]) throws -> [[UInt8]] {
+        precondition(send.count == size)
+        var sendCounts = send.map { Int32($0.count) }
+        var recvCounts = [Int32](repeating: 0, count: size)
+        try Self.check(MPI_Alltoall(&sendCounts, 1, moe_int(), &recvCounts, 1, moe_int(), moe_comm_world()), "MPI_Alltoall")
+        let sendDispls = Self.displacements(sendCounts), recvDispls = Self.displacements(recvCounts)
+        let flat = send.flatMap { $0 }
+        var recv = [UInt8](repeating: 0, count: Int(recvCounts.reduce(0, +)))
+        try flat.withUnsafeBytes { s in
+            try recv.withUnsafeMutableBytes { r in
+                try Self.check(MPI_Alltoallv(s.baseAddress, sendCounts, sendDispls, moe_byte(),
+                                             r.baseAddress, recvCounts, recvDispls, moe_byte(), moe_comm_world()),
+                               "MPI_Alltoallv")
+            }
+        }
+        counters.record(.alltoall, bytes: flat.count - send[rank].count)
+        return Self.split(recv, counts: recvCounts, displs: recvDispls)
+    }
+
+    public func exchange(send messages: [Int: [UInt8]], receive sizes: [Int: Int]) throws -> [Int: [UInt8]] {
+        guard !messages.isEmpty || !sizes.isEmpty else { return [:] }
+        let tag: Int32 = 77
+        let sources = sizes.keys.sorted()
+        var buffers = sources.map { [UInt8](repeating: 0, count: sizes[$0]!) }
+        let outgoing = messages.keys.sorted().map { ($0, messages[$0]!) }
+        var requests: [MPI_Request?] = []
+        // Buffers stay alive and unmoved until MPI_Waitall: `buffers` and `outgoing` are not touched meanwhile.
+        try withExtendedLifetime(outgoing) {
+            for i in buffers.indices {
+                var req: MPI_Request? = moe_request_null()
+                try buffers[i].withUnsafeMutableBytes { b in
+                    try Self.check(MPI_Irecv(b.baseAddress, Int32(b.count), moe_byte(), Int32(sources[i]), tag,
+                                             moe_comm_world(), &req), "MPI_Irecv")
+                }
+                requests.append(req)
+            }
+            for (dst, bytes) in outgoing {
+                var req: MPI_Request? = moe_request_null()
+                try bytes.withUnsafeBytes { b in
+                    try Self.check(MPI_Isend(b.baseAddress, Int32(b.count), moe_byte(), Int32(dst), tag, moe_comm_world(), &req),
+                                   "MPI_Isend")
+                }
+                requests.append(req)
+                counters.record(.pointToPoint, bytes: bytes.count)
+            }
+            try Self.check(MPI_Waitall(Int32(requests.count), &requests, nil), "MPI_Waitall")
+        }
+        var received: [Int: [UInt8]] = [:]
+        for (i, src) in sources.enumerated() { received[src] = buffers[i] }
+        return received
+    }
+
+    public func abort(code: Int32) -> Never {
+        MPI_Abort(moe_comm_world(), code)
+        fatalError("MPI_Abort returned")
+    }
+
+    static func displacements(_ counts: [Int32]) -> [Int32] {
+        var d = [Int32](repeating: 0, count: counts.count)
+        for i in 1..<max(counts.count, 1) where i < counts.count { d[i] = d[i - 1] + counts[i - 1] }
+        return d
+    }
+
+    static func split(_ flat: [UInt8], counts: [Int32], displs: [Int32]) -> [[UInt8]] {
+        counts.indices.map { Array(flat[Int(displs[$0])..<Int(displs[$0] + counts[$0])]) }
+    }
+}
+
