@@ -15,8 +15,9 @@ public protocol Communicator: AnyObject {
     func allgatherv(_ send: [UInt8]) throws -> [[UInt8]]
     /// `root`'s bytes on every rank.
     func broadcast(_ bytes: [UInt8], root: Int) throws -> [UInt8]
-    /// `send[r]` goes to rank r; returns what each rank sent here, by source rank.
-    func alltoallv(_ send: [[UInt8]]) throws -> [[UInt8]]
+    /// `send[r]` goes to rank r; returns what each rank sent here, by source rank. One logical all-to-all
+    /// (MPI_Alltoall of the sizes, then MPI_Alltoallv of the bytes), counted under `kind`.
+    func alltoallv(_ send: [[UInt8]], kind: CommCounters.Kind) throws -> [[UInt8]]
     /// Point-to-point: sends `messages[r]` to each rank r named and receives `sizes[s]` bytes from each rank s
     /// named; ranks not named exchange nothing, and no call is made when both are empty. Returns received bytes
     /// by source rank.
@@ -28,7 +29,9 @@ public protocol Communicator: AnyObject {
 /// What a communicator has done: calls and bytes sent to other ranks, by kind of operation.
 public struct CommCounters: Sendable, Equatable {
     public enum Kind: String, CaseIterable, Sendable {
-        case alltoall, allgather, broadcast, pointToPoint = "point_to_point", barrier
+        /// The all-to-all that sends tokens to their experts, and the one that brings results back (`ep2` only).
+        case dispatch, combine
+        case allgather, broadcast, pointToPoint = "point_to_point", barrier
     }
 
     public var calls: [Kind: Int] = [:]

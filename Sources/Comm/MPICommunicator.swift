@@ -74,7 +74,7 @@ public final class MPICommunicator: Communicator {
         return buffer
     }
 
-    public func alltoallv(_ send: [[UInt8]]) throws -> [[UInt8]] {
+    public func alltoallv(_ send: [[UInt8]], kind: CommCounters.Kind) throws -> [[UInt8]] {
         precondition(send.count == size)
         var sendCounts = send.map { Int32($0.count) }
         var recvCounts = [Int32](repeating: 0, count: size)
@@ -89,7 +89,7 @@ public final class MPICommunicator: Communicator {
                                "MPI_Alltoallv")
             }
         }
-        counters.record(.alltoall, bytes: flat.count - send[rank].count)
+        counters.record(kind, bytes: flat.count - send[rank].count)
         return Self.split(recv, counts: recvCounts, displs: recvDispls)
     }
 

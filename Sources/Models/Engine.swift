@@ -66,7 +66,7 @@ public final class Engine {
         for r in requests { try validate(r) }
         let vocab = model.spec.vocabSize
         let caches = requests.map { model.makeCache(capacity: $0.promptIds.count + $0.maxNewTokens) }
-        var samplers = requests.map { Sampler($0.sampling) }
+        let samplers = requests.map { Sampler($0.sampling) }
         var results = requests.map {
             GenerationResult(tokens: [], promptTokens: $0.promptIds.count, finishReason: .length, stepLogits: [],
                              prefillSeconds: 0, decodeSeconds: 0)
@@ -77,7 +77,7 @@ public final class Engine {
             logits.withUnsafeBufferPointer { all in
                 for (r, i) in rows.enumerated() {
                     let row = UnsafeBufferPointer(rebasing: all[(r * vocab)..<((r + 1) * vocab)])
-                    let token = samplers[i].sample(row)
+                    let token = samplers[i].sample(row, step: results[i].tokens.count)
                     results[i].tokens.append(token)
                     if keepLogits { results[i].stepLogits.append(contentsOf: row) }
                     if requests[i].stopIds.contains(token) {

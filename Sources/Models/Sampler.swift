@@ -48,13 +48,14 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
 }
 
 /// Picks tokens for one sequence: temperature, then top-k, then top-p, then a draw (transformers' order).
+///
+/// The draw for the n-th generated token depends only on the seed and n, so any rank of a cluster that holds
+/// the logits draws the same token as the single process would.
 public struct Sampler: Sendable {
     public let parameters: SamplingParameters
-    private var rng: SplitMix64
 
     public init(_ parameters: SamplingParameters) {
         self.parameters = parameters
-        rng = SplitMix64(seed: parameters.seed)
     }
 
     /// Index of the largest logit, the lower index on ties.
@@ -64,8 +65,8 @@ public struct Sampler: Sendable {
         return best
     }
 
-    /// The next token from `logits` `[vocab]`.
-    public mutating func sample(_ logits: UnsafeBufferPointer<Float>) -> Int {
+    /// The `step`-th generated token (0 for the first) from `logits` `[vocab]`.
+    public func sample(_ logits: UnsafeBufferPointer<Float>, step: Int) -> Int {
         let p = parameters
         if p.temperature == 0 || p.topK == 1 { return Self.argmax(logits) }
         // Candidates sorted by logit, highest first (stable: ties keep the lower id first).
@@ -85,6 +86,7 @@ public struct Sampler: Sendable {
             }
         }
         let mass = probs[..<keep].reduce(0, +)
+        var rng = SplitMix64(seed: p.seed ^ (UInt64(step) &* 0xD1B5_4A32_D192_ED03))
         var u = Double.random(in: 0..<1, using: &rng) * mass
         for i in 0..<keep {
             u -= probs[i]

@@ -86,7 +86,7 @@ public enum SyntheticModel {
     }
 
     /// The preset as a model in memory, weights kept in `dtype`.
-    public static func build(_ preset: Preset, dtype: ElementType = .f32) throws -> MoEDecoder {
+    public static func build(_ preset: Preset, dtype: ElementType = .f32, options: LoadOptions = LoadOptions()) throws -> MoEDecoder {
         let c = config(preset)
         let spec = try ModelRegistry.spec(c, path: "built-in preset '\(preset.rawValue)'")
         var tensors: [String: TensorRef] = [:]
@@ -104,7 +104,8 @@ public enum SyntheticModel {
                                       byteCount: n * dtype.byteSize, file: "preset \(preset.rawValue)", owner: storage)
             offset += n * dtype.byteSize
         }
-        return try MoEDecoder.build(spec: spec, store: WeightStore(tensors: tensors, origin: "preset \(preset.rawValue)"))
+        return try MoEDecoder.build(spec: spec, store: WeightStore(tensors: tensors, origin: "preset \(preset.rawValue)"),
+                                    options: options)
     }
 
     /// Writes the preset as a Hugging Face folder: `config.json` and `model.safetensors`, or shards of at

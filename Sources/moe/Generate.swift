@@ -1,4 +1,5 @@
 import ArgumentParser
+import Cluster
 import Foundation
 import Models
 
@@ -38,9 +39,13 @@ extension MoE {
 
         @OptionGroup var modelOptions: ModelOptions
         @OptionGroup var sampling: SamplingOptions
+        @OptionGroup var cluster: ClusterOptions
 
         @Option(help: "Comma-separated prompt token ids.")
-        var promptIds: TokenIds
+        var promptIds: TokenIds?
+
+        @Option(help: "Requests, one JSON object per line (id, prompt_ids, max_new_tokens, optional temperature, top_p, top_k, seed, stop_ids, arrival_step); each result is written as one JSON line when it finishes.")
+        var requests: String?
 
         @Option(help: "Tokens to generate at most.")
         var maxNewTokens: Int = 16
@@ -53,15 +58,21 @@ extension MoE {
 
         func validate() throws {
             if maxNewTokens < 1 { throw ValidationError("--max-new-tokens must be at least 1") }
+            if (promptIds == nil) == (requests == nil) { throw ValidationError("give either --prompt-ids or --requests") }
+        }
+
+        var request: GenerationRequest {
+            GenerationRequest(promptIds: promptIds?.ids ?? [], maxNewTokens: maxNewTokens, sampling: sampling.parameters,
+                              stopIds: Set(stopIds?.ids ?? []))
         }
 
         func run() throws {
+            if DistributedRun.active { return try runDistributed() }
             try reportingErrors {
-                guard !promptIds.ids.isEmpty else { throw ModelError.emptyPrompt }
+                if let requests { return try runRequests(path: requests) }
+                guard !request.promptIds.isEmpty else { throw ModelError.emptyPrompt }
                 let model = try modelOptions.load()
                 let engine = Engine(model: model)
-                let request = GenerationRequest(promptIds: promptIds.ids, maxNewTokens: maxNewTokens,
-                                                sampling: sampling.parameters, stopIds: Set(stopIds?.ids ?? []))
                 let r = try engine.generate([request])[0]
                 if json {
                     emit(try jsonLine([
@@ -77,5 +88,54 @@ extension MoE {
                 }
             }
         }
+
+        /// Many requests in one process: each in its own batch, in arrival order, one JSON line as each finishes.
+        func runRequests(path: String) throws {
+            let model = try modelOptions.load()
+            let engine = Engine(model: model)
+            for r in try RequestFile.parse(path: path, vocabulary: model.spec.vocabSize) {
+                let start = Clock.now
+                let result = try engine.generate([r.request])[0]
+                emit(try resultLine(ClusterResult(id: r.id, tokens: result.tokens, promptTokens: result.promptTokens,
+                                                  finishReason: result.finishReason, timeToFirstToken: result.prefillSeconds,
+                                                  latency: Clock.since(start))))
+            }
+        }
+
+        /// Under mpirun: rank 0 takes the requests and every rank serves them.
+        func runDistributed() throws {
+            var queue: [ClusterRequest] = []
+            let run = try DistributedRun.start(model: modelOptions, cluster: cluster) { model, rank in
+                guard rank == 0 else { return }
+                if let requests {
+                    queue = try RequestFile.parse(path: requests, vocabulary: model.spec.vocabSize)
+                } else {
+                    guard !request.promptIds.isEmpty else { throw ModelError.emptyPrompt }
+                    try Engine(model: model).validate(request)
+                    queue = [ClusterRequest(id: "0", request: request)]
+                }
+            }
+            defer { run.finish() }
+            _ = try run.engine.run(requests: queue) { result in
+                if requests != nil || !json {
+                    emit(try resultLine(result))
+                } else {
+                    let decodeSeconds = result.latency - result.timeToFirstToken
+                    emit(try jsonLine([
+                        "tokens": result.tokens, "prompt_tokens": result.promptTokens, "finish_reason": result.finishReason.rawValue,
+                        "prefill_tokens_per_second": Double(result.promptTokens) / max(result.timeToFirstToken, 1e-9),
+                        "decode_tokens_per_second": result.tokens.count > 1 ? Double(result.tokens.count - 1) / max(decodeSeconds, 1e-9) : 0,
+                    ]))
+                }
+            }
+        }
     }
+}
+
+/// One finished request as a JSON line.
+func resultLine(_ r: ClusterResult) throws -> String {
+    try jsonLine([
+        "id": r.id, "tokens": r.tokens, "finish_reason": r.finishReason.rawValue, "prompt_tokens": r.promptTokens,
+        "time_to_first_token_s": r.timeToFirstToken, "latency_s": r.latency,
+    ])
 }

@@ -1,0 +1,41 @@
+/// Packs fixed-layout records of Int32 and Float into bytes for the raw-buffer collectives.
+struct ByteWriter {
+    private(set) var bytes: [UInt8] = []
+
+    mutating func int(_ v: Int) { append(Int32(truncatingIfNeeded: v)) }
+    mutating func float(_ v: Float) { append(v) }
+
+    mutating func floats(_ p: UnsafePointer<Float>, count: Int) {
+        bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: count * 4))
+    }
+
+    private mutating func append<T>(_ v: T) {
+        withUnsafeBytes(of: v) { bytes.append(contentsOf: $0) }
+    }
+}
+
+/// Reads what `ByteWriter` wrote, in the same order.
+struct ByteReader {
+    let bytes: [UInt8]
+    private(set) var offset = 0
+
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    var atEnd: Bool { offset >= bytes.count }
+
+    mutating func int() -> Int { Int(read(Int32.self)) }
+    mutating func float() -> Float { read(Float.self) }
+
+    mutating func floats(count: Int, into dst: UnsafeMutablePointer<Float>) {
+        bytes.withUnsafeBytes { raw in
+            UnsafeMutableRawPointer(dst).copyMemory(from: raw.baseAddress! + offset, byteCount: count * 4)
+        }
+        offset += count * 4
+    }
+
+    private mutating func read<T>(_: T.Type) -> T {
+        let v = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: T.self) }
+        offset += MemoryLayout<T>.size
+        return v
+    }
+}

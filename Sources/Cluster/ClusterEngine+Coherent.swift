@@ -1,0 +1,150 @@
+import Comm
+import Kernels
+import Models
+
+extension ClusterEngine {
+    /// One `coherent` decode step. A token starts on its home rank (where its last token was sampled), runs
+    /// attention there against the replicated cache, and at each MoE layer moves with one all-to-all to the
+    /// ranks of its experts; the rank holding most of them (then the highest weight) becomes its new home.
+    /// Experts elsewhere send their weighted rows to the new home point-to-point, only between ranks that have
+    /// something to send. The last home samples; K/V rows travel in the step-end allgather.
+    func decodeCoherent(_ sequences: [SequenceState]) throws {
+        var local = sequences.filter { $0.home == comm.rank }
+        let tokens = local.map { $0.tokens.last! }
+        var xp = x.reserve(max(local.count, 1) * h)
+        model.embed(tokens, into: xp)
+        for l in 0..<model.spec.layers {
+            let n = local.count
+            if n > 0 {
+                let batch = MoEDecoder.Batch(tokens: Array(repeating: 0, count: n),  // ids unused by attention
+                                             segments: local.map { .init(cache: $0.cache!, count: 1) })
+                model.attention(layer: l, batch: batch, x: xp, rotary: model.rotaryTable(batch))
+                for s in local { emitKV(s, layer: l, first: s.cache!.length, count: 1) }
+            }
+            if !model.spec.moeLayers[l] {
+                let xn = model.feedForwardNorm(layer: l, x: xp, tokens: n)
+                let yp = y.reserve(max(n, 1) * h)
+                if n > 0 { model.denseFeedForward(layer: l, normed: xn, tokens: n, into: yp) }
+                Elementwise.add(yp, into: xp, n * h)
+                continue
+            }
+            (local, xp) = try moveToExperts(layer: l, tokens: local, x: xp)
+        }
+        guard !local.isEmpty else { return }
+        let logits = model.logits(xp, rows: Array(local.indices))
+        let vocab = model.spec.vocabSize
+        logits.withUnsafeBufferPointer { all in
+            for (i, s) in local.enumerated() {
+                emitToken(s, s.sampler.sample(UnsafeBufferPointer(rebasing: all[(i * vocab)..<((i + 1) * vocab)]), step: s.tokens.count))
+            }
+        }
+    }
+
+    /// The MoE layer of coherent mode. Returns the tokens whose new home is this rank, in slot order, and their
+    /// residual streams after the layer.
+    func moveToExperts(layer l: Int, tokens local: [SequenceState], x xp: UnsafeMutablePointer<Float>)
+        throws -> ([SequenceState], UnsafeMutablePointer<Float>) {
+        let g = comm.size, me = comm.rank, n = local.count
+        let xn = model.feedForwardNorm(layer: l, x: xp, tokens: n)
+        let routing = model.route(layer: l, normed: xn, tokens: n)
+        let k = routing.topK
+
+        // Dispatch: record = slot, new home, k × (expert, weight), residual row; once to every rank involved.
+        var send = [ByteWriter](repeating: ByteWriter(), count: g)
+        for (i, s) in local.enumerated() {
+            var count = [Int](repeating: 0, count: g)
+            for j in 0..<k { count[rankOf(l, routing.ids[i * k + j])] += 1 }
+            let most = count.max()!
+            // Router order is highest weight first: the first expert on a rank with the most experts decides.
+            let home = (0..<k).map { rankOf(l, routing.ids[i * k + $0]) }.first { count[$0] == most }!
+            for d in 0..<g where count[d] > 0 || d == home {
+                send[d].int(s.slot)
+                send[d].int(home)
+                for j in 0..<k { send[d].int(Int(routing.ids[i * k + j])); send[d].float(routing.weights[i * k + j]) }
+                send[d].floats(xp + i * h, count: h)
+            }
+        }
+        let received = try comm.alltoallv(send.map(\.bytes), kind: .dispatch)
+
+        struct Arrival { var slot: Int; var home: Int; var experts: [(Int32, Float)] }
+        var arrivals: [Arrival] = []
+        for src in 0..<g {
+            var r = ByteReader(received[src])
+            while !r.atEnd {
+                let slot = r.int(), home = r.int()
+                var experts: [(Int32, Float)] = []
+                for _ in 0..<k { experts.append((Int32(r.int()), r.float())) }
+                r.skip(floats: h)
+                arrivals.append(Arrival(slot: slot, home: home, experts: experts))
+            }
+        }
+        let xr = rows.reserve(max(arrivals.count, 1) * h)
+        var row = 0
+        for src in 0..<g {
+            var r = ByteReader(received[src])
+            while !r.atEnd {
+                _ = r.int(); _ = r.int()
+                for _ in 0..<k { _ = r.int(); _ = r.float() }
+                r.floats(count: h, into: xr + row * h)
+                row += 1
+            }
+        }
+
+        // Experts this rank holds, on the arrivals' normed rows.
+        let xnr = model.feedForwardNorm(layer: l, x: xr, tokens: arrivals.count)
+        var assignments: [ExpertAssignment] = []
+        for (i, a) in arrivals.enumerated() {
+            for (e, w) in a.experts where rankOf(l, e) == me {
+                assignments.append(ExpertAssignment(row: Int32(i), expert: e, weight: w))
+            }
+        }
+        let out = outputs.reserve(max(assignments.count, 1) * h)
+        model.bank.apply(layer: l, hidden: xnr, assignments: &assignments, into: out)
+        expertRows[l] += assignments.count
+        var index: [Int64: Int] = [:]
+        for (i, a) in assignments.enumerated() { index[Int64(a.row) << 32 | Int64(a.expert)] = i }
+
+        // Point-to-point to new homes elsewhere: per destination, by slot, each token's experts ascending.
+        var messages: [Int: ByteWriter] = [:]
+        for i in arrivals.indices.sorted(by: { arrivals[$0].slot < arrivals[$1].slot }) where arrivals[i].home != me {
+            for (e, _) in arrivals[i].experts.sorted(by: { $0.0 < $1.0 }) where rankOf(l, e) == me {
+                messages[arrivals[i].home, default: ByteWriter()].floats(out + index[Int64(i) << 32 | Int64(e)]! * h, count: h)
+            }
+        }
+        // What this rank, as new home, expects: per source, by slot, each token's experts ascending.
+        let homed = arrivals.indices.filter { arrivals[$0].home == me }.sorted { arrivals[$0].slot < arrivals[$1].slot }
+        var expected: [Int: Int] = [:]
+        for i in homed {
+            for (e, _) in arrivals[i].experts where rankOf(l, e) != me { expected[rankOf(l, e), default: 0] += h * 4 }
+        }
+        let partials = try comm.exchange(send: messages.mapValues(\.bytes), receive: expected)
+
+        // New local tokens: residual + Σ expert rows in expert order (+ the shared expert).
+        let m = homed.count
+        let next = x.reserve(max(m, 1) * h)  // x is free: its rows were copied into the dispatch
+        for (j, i) in homed.enumerated() { (next + j * h).update(from: xr + i * h, count: h) }
+        let yp = y.reserve(max(m, 1) * h)
+        yp.update(repeating: 0, count: m * h)
+        var cursor: [Int: Int] = [:]
+        for (j, i) in homed.enumerated() {
+            for (e, _) in arrivals[i].experts.sorted(by: { $0.0 < $1.0 }) {
+                let owner = rankOf(l, e)
+                if owner == me {
+                    Elementwise.add(out + index[Int64(i) << 32 | Int64(e)]! * h, into: yp + j * h, h)
+                } else {
+                    let offset = cursor[owner, default: 0]
+                    partials[owner]!.withUnsafeBytes { raw in
+                        Elementwise.add((raw.baseAddress! + offset).assumingMemoryBound(to: Float.self), into: yp + j * h, h)
+                    }
+                    cursor[owner] = offset + h * 4
+                }
+            }
+        }
+        if m > 0 {
+            let xnHome = model.feedForwardNorm(layer: l, x: next, tokens: m)
+            model.addSharedExpert(layer: l, normed: xnHome, tokens: m, into: yp)
+        }
+        Elementwise.add(yp, into: next, m * h)
+        return (homed.map { sequences[arrivals[$0].slot]! }, next)
+    }
+}

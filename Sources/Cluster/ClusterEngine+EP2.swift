@@ -1,0 +1,174 @@
+import Comm
+import Kernels
+import Models
+
+extension ClusterEngine {
+    /// Prefill of newly admitted sequences, as in `ep2` for both modes: each owner runs its sequences' prompts;
+    /// routed experts are reached by a dispatch and a combine all-to-all per MoE layer. The owner samples the
+    /// first token; in coherent mode it also queues the prompt's K/V for the step-end allgather.
+    /// - Returns: on the owner, the logits of the chosen rows (`.all` for `moe forward`).
+    @discardableResult
+    func prefill(_ admitted: [SequenceState], logits rows: MoEDecoder.LogitRows = .lastOfEachSegment) throws -> [Float] {
+        let mine = admitted.filter { $0.owner == comm.rank }
+        let tokens = mine.flatMap { $0.request.promptIds }
+        let batch = MoEDecoder.Batch(tokens: tokens, segments: mine.map { .init(cache: $0.cache!, count: $0.request.promptIds.count) })
+        let xp = x.reserve(max(tokens.count, 1) * h)
+        model.embed(tokens, into: xp)
+        try ownedLayers(batch: batch, x: xp, observe: true)
+        var selected: [Int] = []
+        switch rows {
+        case .all: selected = Array(tokens.indices)
+        case .lastOfEachSegment:
+            var end = 0
+            for s in mine { end += s.request.promptIds.count; selected.append(end - 1) }
+        }
+        let logits = selected.isEmpty ? [] : model.logits(xp, rows: selected)
+        var end = 0
+        let vocab = model.spec.vocabSize
+        for s in mine {
+            end += s.request.promptIds.count
+            let row = rows == .all ? end - 1 : selected.firstIndex(of: end - 1)!
+            let token = logits.withUnsafeBufferPointer {
+                s.sampler.sample(UnsafeBufferPointer(rebasing: $0[(row * vocab)..<((row + 1) * vocab)]), step: 0)
+            }
+            emitToken(s, token)
+            if mode == .coherent {
+                for l in 0..<model.spec.layers { emitKV(s, layer: l, first: 0, count: s.request.promptIds.count) }
+            }
+        }
+        return logits
+    }
+
+    /// One `ep2` decode step: every owner runs its sequences' last tokens through all layers and samples.
+    func decodeOwned(_ sequences: [SequenceState]) throws {
+        let mine = sequences.filter { $0.owner == comm.rank }
+        let tokens = mine.map { $0.tokens.last! }
+        let batch = MoEDecoder.Batch(tokens: tokens, segments: mine.map { .init(cache: $0.cache!, count: 1) })
+        let xp = x.reserve(max(tokens.count, 1) * h)
+        model.embed(tokens, into: xp)
+        try ownedLayers(batch: batch, x: xp, observe: false)
+        guard !mine.isEmpty else { return }
+        let logits = model.logits(xp, rows: Array(mine.indices))
+        let vocab = model.spec.vocabSize
+        logits.withUnsafeBufferPointer { all in
+            for (i, s) in mine.enumerated() {
+                emitToken(s, s.sampler.sample(UnsafeBufferPointer(rebasing: all[(i * vocab)..<((i + 1) * vocab)]), step: s.tokens.count))
+            }
+        }
+    }
+
+    /// All layers over tokens whose caches are on this rank; MoE layers through `ep2Combine`.
+    func ownedLayers(batch: MoEDecoder.Batch, x xp: UnsafeMutablePointer<Float>, observe: Bool) throws {
+        let t = batch.tokens.count
+        let table = model.rotaryTable(batch)
+        for l in 0..<model.spec.layers {
+            if t > 0 { model.attention(layer: l, batch: batch, x: xp, rotary: table) }
+            let xn = model.feedForwardNorm(layer: l, x: xp, tokens: t)
+            let yp = y.reserve(max(t, 1) * h)
+            if !model.spec.moeLayers[l] {
+                if t > 0 { model.denseFeedForward(layer: l, normed: xn, tokens: t, into: yp) }
+            } else {
+                let routing = model.route(layer: l, normed: xn, tokens: t)
+                if observe { routingObserver?(l, routing) }
+                try ep2Combine(layer: l, normed: xn, routing: routing, into: yp)
+                if t > 0 { model.addSharedExpert(layer: l, normed: xn, tokens: t, into: yp) }
+            }
+            Elementwise.add(yp, into: xp, t * h)
+        }
+    }
+
+    /// `y[t] = Σ_j w[t,j] · expert_{id[t,j]}(xn[t])` with experts on any rank: dispatch all-to-all (each token's
+    /// normed state once to each rank holding some of its experts), experts, combine all-to-all (one weighted
+    /// row per token and expert back to the owner), summed in expert order as the single process does.
+    func ep2Combine(layer l: Int, normed xn: UnsafePointer<Float>, routing: RoutingDecision, into yp: UnsafeMutablePointer<Float>) throws {
+        let g = comm.size, k = routing.topK, t = routing.tokens
+        // Dispatch: record = row, n, n × (expert, weight), normed row.
+        var send = [ByteWriter](repeating: ByteWriter(), count: g)
+        var sentExperts = [[(row: Int, experts: [Int32])]](repeating: [], count: g)
+        for row in 0..<t {
+            var byRank: [Int: [(Int32, Float)]] = [:]
+            for j in 0..<k {
+                let e = routing.ids[row * k + j]
+                byRank[rankOf(l, e), default: []].append((e, routing.weights[row * k + j]))
+            }
+            for (d, list) in byRank.sorted(by: { $0.key < $1.key }) {
+                let held = list.sorted { $0.0 < $1.0 }
+                send[d].int(row)
+                send[d].int(held.count)
+                for (e, w) in held { send[d].int(Int(e)); send[d].float(w) }
+                send[d].floats(xn + row * h, count: h)
+                sentExperts[d].append((row, held.map(\.0)))
+            }
+        }
+        let received = try comm.alltoallv(send.map(\.bytes), kind: .dispatch)
+
+        // Experts on the received rows.
+        var assignments: [ExpertAssignment] = []
+        var recordsFrom = [[[Int32]]](repeating: [], count: g)  // per source: each record's experts, ascending
+        var totalRows = 0
+        for src in 0..<g {
+            var r = ByteReader(received[src])
+            while !r.atEnd {
+                _ = r.int()
+                let n = r.int()
+                var experts: [Int32] = []
+                for _ in 0..<n {
+                    let e = Int32(r.int()), w = r.float()
+                    experts.append(e)
+                    assignments.append(ExpertAssignment(row: Int32(totalRows), expert: e, weight: w))
+                }
+                r.skip(floats: h)
+                recordsFrom[src].append(experts)
+                totalRows += 1
+            }
+        }
+        let xr = rows.reserve(max(totalRows, 1) * h)
+        var row = 0
+        for src in 0..<g {
+            var r = ByteReader(received[src])
+            while !r.atEnd {
+                _ = r.int()
+                let n = r.int()
+                for _ in 0..<n { _ = r.int(); _ = r.float() }
+                r.floats(count: h, into: xr + row * h)
+                row += 1
+            }
+        }
+        let out = outputs.reserve(max(assignments.count, 1) * h)
+        model.bank.apply(layer: l, hidden: xr, assignments: &assignments, into: out)
+        expertRows[l] += assignments.count
+        var index: [Int64: Int] = [:]  // (row, expert) → output row
+        for (i, a) in assignments.enumerated() { index[Int64(a.row) << 32 | Int64(a.expert)] = i }
+
+        // Combine: per source, its records in order, each record's experts ascending.
+        var reply = [ByteWriter](repeating: ByteWriter(), count: g)
+        row = 0
+        for src in 0..<g {
+            for experts in recordsFrom[src] {
+                for e in experts { reply[src].floats(out + index[Int64(row) << 32 | Int64(e)]! * h, count: h) }
+                row += 1
+            }
+        }
+        let back = try comm.alltoallv(reply.map(\.bytes), kind: .combine)
+
+        // Sum each token's contributions in expert order.
+        var contributions = [[(expert: Int32, source: Int, offset: Int)]](repeating: [], count: t)
+        for d in 0..<g {
+            var offset = 0
+            for (tokenRow, experts) in sentExperts[d] {
+                for e in experts {
+                    contributions[tokenRow].append((e, d, offset))
+                    offset += h * 4
+                }
+            }
+        }
+        yp.update(repeating: 0, count: t * h)
+        for tokenRow in 0..<t {
+            for c in contributions[tokenRow].sorted(by: { $0.expert < $1.expert }) {
+                back[c.source].withUnsafeBytes { raw in
+                    Elementwise.add((raw.baseAddress! + c.offset).assumingMemoryBound(to: Float.self), into: yp + tokenRow * h, h)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,181 @@
+import Comm
+import Foundation
+import Models
+import SwiftProtobuf
+import Wire
+
+/// A request as the head node schedules it.
+public struct ClusterRequest: Sendable {
+    public var id: String
+    public var request: GenerationRequest
+    /// The step at which it joins the batch (0: the first).
+    public var arrivalStep: Int
+
+    public init(id: String, request: GenerationRequest, arrivalStep: Int = 0) {
+        self.id = id
+        self.request = request
+        self.arrivalStep = arrivalStep
+    }
+}
+
+/// A finished request, as rank 0 reports it.
+public struct ClusterResult: Sendable {
+    public var id: String
+    public var tokens: [Int]
+    public var promptTokens: Int
+    public var finishReason: FinishReason
+    /// Seconds from admission to the first token, and to the last.
+    public var timeToFirstToken: Double
+    public var latency: Double
+
+    public init(id: String, tokens: [Int], promptTokens: Int, finishReason: FinishReason, timeToFirstToken: Double, latency: Double) {
+        self.id = id
+        self.tokens = tokens
+        self.promptTokens = promptTokens
+        self.finishReason = finishReason
+        self.timeToFirstToken = timeToFirstToken
+        self.latency = latency
+    }
+}
+
+/// What a run did, for `moe bench`.
+public struct ClusterRunStats: Sendable {
+    public var steps = 0
+    /// Decode steps, tokens they made, their time, and what they communicated (this rank's counters).
+    public var decodeSteps = 0
+    public var decodeTokens = 0
+    public var decodeSeconds = 0.0
+    public var decodeCounters = CommCounters()
+    public var prefillTokens = 0
+    public var prefillSeconds = 0.0
+}
+
+extension ClusterEngine {
+    /// The step loop on every rank. Rank 0 is the head: it holds `requests` (ignored elsewhere), admits each at
+    /// its arrival step (continuous batching: a sequence joins at the next step and leaves when done) and
+    /// broadcasts each step's plan; every rank then runs the same prefill and decode collectives. Rank 0 calls
+    /// `onResult` as soon as a request finishes.
+    public func run(requests: [ClusterRequest], onResult: (ClusterResult) throws -> Void) throws -> ClusterRunStats {
+        var pending = requests.sorted { $0.arrivalStep < $1.arrivalStep }
+        var stats = ClusterRunStats()
+        var step = 0
+        var nextSlot = 0
+        while true {
+            var plan = Moe_Control_StepPlan()
+            if comm.rank == 0 {
+                if pending.isEmpty && active.isEmpty {
+                    plan.shutdown = true
+                } else {
+                    if active.isEmpty, let next = pending.first, next.arrivalStep > step { step = next.arrivalStep }
+                    plan.step = Int64(step)
+                    while let next = pending.first, next.arrivalStep <= step {
+                        pending.removeFirst()
+                        var admission = Moe_Control_Admission()
+                        admission.sequence = Int32(nextSlot)
+                        admission.owner = Int32(nextSlot % comm.size)
+                        admission.request = Self.message(next)
+                        plan.admit.append(admission)
+                        nextSlot += 1
+                    }
+                }
+            }
+            let bytes = try comm.broadcast(try plan.serializedBytes() as [UInt8], root: 0)
+            plan = try Moe_Control_StepPlan(serializedBytes: bytes)
+            if plan.shutdown { break }
+            step = Int(plan.step)
+
+            let decoding = active
+            for a in plan.admit {
+                admit(slot: Int(a.sequence), id: a.request.id, request: Self.request(a.request), owner: Int(a.owner))
+            }
+            let admitted = plan.admit.map { sequences[Int($0.sequence)]! }
+            if !admitted.isEmpty {
+                let start = Clock.now
+                try prefill(admitted)
+                stats.prefillSeconds += Clock.since(start)
+                stats.prefillTokens += admitted.reduce(0) { $0 + $1.request.promptIds.count }
+            }
+            let before = comm.counters, start = Clock.now
+            if !decoding.isEmpty {
+                switch mode {
+                case .ep2: try decodeOwned(decoding)
+                case .coherent: try decodeCoherent(decoding)
+                }
+            }
+            let finished = try synchronise(prefilled: admitted, decoded: decoding)
+            if !decoding.isEmpty && admitted.isEmpty {
+                stats.decodeSeconds += Clock.since(start)
+                stats.decodeSteps += 1
+                stats.decodeTokens += decoding.count
+                let d = comm.counters.since(before)
+                for kind in CommCounters.Kind.allCases {
+                    stats.decodeCounters.calls[kind, default: 0] += d.calls[kind] ?? 0
+                    stats.decodeCounters.bytes[kind, default: 0] += d.bytes[kind] ?? 0
+                }
+            }
+            if comm.rank == 0 {
+                for s in finished {
+                    try onResult(ClusterResult(
+                        id: s.id, tokens: s.tokens, promptTokens: s.request.promptIds.count, finishReason: s.finishReason,
+                        timeToFirstToken: Double(s.firstToken - s.admitted) / 1e9, latency: Double(s.finished - s.admitted) / 1e9))
+                }
+            }
+            for s in finished { sequences[s.slot] = nil }
+            step += 1
+            stats.steps += 1
+        }
+        return stats
+    }
+
+    static func message(_ r: ClusterRequest) -> Moe_Control_Request {
+        var m = Moe_Control_Request()
+        m.id = r.id
+        m.promptIds = r.request.promptIds.map { Int32($0) }
+        m.maxNewTokens = Int32(r.request.maxNewTokens)
+        m.stopIds = r.request.stopIds.sorted().map { Int32($0) }
+        m.arrivalStep = Int64(r.arrivalStep)
+        m.sampling.temperature = r.request.sampling.temperature
+        m.sampling.topP = r.request.sampling.topP
+        m.sampling.topK = Int32(r.request.sampling.topK)
+        m.sampling.seed = r.request.sampling.seed
+        return m
+    }
+
+    static func request(_ m: Moe_Control_Request) -> GenerationRequest {
+        GenerationRequest(
+            promptIds: m.promptIds.map { Int($0) }, maxNewTokens: Int(m.maxNewTokens),
+            sampling: SamplingParameters(temperature: m.sampling.temperature, topP: m.sampling.topP,
+                                         topK: Int(m.sampling.topK), seed: m.sampling.seed),
+            stopIds: Set(m.stopIds.map { Int($0) }))
+    }
+}
+
+/// Every rank's status before any data moves: all go on, or all stop with the first failure's message.
+public enum Agreement {
+    /// Gathers each rank's status; throws `ClusterError.agreement` on every rank if any rank failed.
+    public static func agree(_ comm: Communicator, error: String?, expertBytes: Int) throws -> [Moe_Control_RankStatus] {
+        var status = Moe_Control_RankStatus()
+        status.rank = Int32(comm.rank)
+        status.ok = error == nil
+        status.error = error ?? ""
+        status.expertBytes = Int64(expertBytes)
+        let all = try comm.allgatherv(try status.serializedBytes() as [UInt8]).map { try Moe_Control_RankStatus(serializedBytes: $0) }
+        if let failed = all.first(where: { !$0.ok }) {
+            let others = all.filter { !$0.ok }.count - 1
+            throw ClusterError.agreement(rank: Int(failed.rank), message: failed.error, otherFailures: others)
+        }
+        return all
+    }
+}
+
+/// Why a cluster run stopped.
+public enum ClusterError: Error, CustomStringConvertible {
+    case agreement(rank: Int, message: String, otherFailures: Int)
+
+    public var description: String {
+        switch self {
+        case .agreement(let rank, let message, let others):
+            return "rank \(rank): \(message)" + (others > 0 ? " (and \(others) more rank\(others == 1 ? "" : "s") failed)" : "")
+        }
+    }
+}

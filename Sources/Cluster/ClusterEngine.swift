@@ -1,0 +1,154 @@
+import Comm
+import Foundation
+import Kernels
+import Models
+import Placement
+
+/// How routed experts are reached across ranks.
+public enum DispatchMode: String, Sendable, CaseIterable {
+    /// Each sequence has an owner rank holding its KV cache; per MoE layer a dispatch and a combine all-to-all.
+    case ep2
+    /// Every rank holds every sequence's KV cache; a token moves to a rank holding its experts (its new home);
+    /// per MoE layer one all-to-all, then point-to-point only where experts sit away from the new home (ExFlow).
+    case coherent
+}
+
+/// One sequence, as every rank tracks it.
+final class SequenceState {
+    let slot: Int
+    let request: GenerationRequest
+    let id: String
+    let owner: Int
+    /// Rank where the sequence's next token starts (coherent mode).
+    var home: Int
+    /// The KV cache, on the ranks that keep one (ep2: the owner; coherent: every rank).
+    let cache: KVCache?
+    var tokens: [Int] = []
+    var finishReason: FinishReason = .length
+    var done = false
+    let admitted: UInt64
+    var firstToken: UInt64 = 0
+    var finished: UInt64 = 0
+
+    init(slot: Int, id: String, request: GenerationRequest, owner: Int, cache: KVCache?) {
+        self.slot = slot
+        self.id = id
+        self.request = request
+        self.owner = owner
+        self.home = owner
+        self.cache = cache
+        admitted = Clock.now
+    }
+
+    var sampler: Sampler { Sampler(request.sampling) }
+}
+
+/// The per-rank runtime of the cluster: this rank's expert shard, the replicated rest of the model, and the
+/// two dispatch modes. Every rank runs the same sequence of collectives, decided by state all ranks share.
+public final class ClusterEngine {
+    public let comm: Communicator
+    public let model: MoEDecoder
+    public let placement: Placement
+    public let mode: DispatchMode
+    /// Called on the owner with the router's decision during prefill (`moe forward`, traces).
+    public var routingObserver: ((_ layer: Int, _ routing: RoutingDecision) -> Void)?
+    var sequences: [Int: SequenceState] = [:]
+    /// Step-end payload this rank contributes: sampled tokens, and (coherent) K/V rows it computed.
+    var tokenOut = ByteWriter(), kvOut = ByteWriter()
+    var tokenCount = 0
+    let h: Int
+    var x = GrowableBuffer<Float>(), y = GrowableBuffer<Float>(), rows = GrowableBuffer<Float>()
+    var outputs = GrowableBuffer<Float>()
+    /// (token, expert) rows this rank's experts computed, per layer, since start (load balance figures).
+    public internal(set) var expertRows: [Int]
+
+    public init(comm: Communicator, model: MoEDecoder, placement: Placement, mode: DispatchMode) {
+        self.comm = comm
+        self.model = model
+        self.placement = placement
+        self.mode = mode
+        h = model.spec.hiddenSize
+        expertRows = Array(repeating: 0, count: model.spec.layers)
+    }
+
+    func rankOf(_ layer: Int, _ expert: Int32) -> Int { placement.rankOf[layer][Int(expert)] }
+
+    // MARK: Admission and the step-end synchronisation
+
+    /// Adds a sequence on every rank (ids and owner chosen by the head).
+    func admit(slot: Int, id: String, request: GenerationRequest, owner: Int) {
+        let keepsCache = mode == .coherent || owner == comm.rank
+        let cache = keepsCache ? model.makeCache(capacity: request.promptIds.count + request.maxNewTokens) : nil
+        sequences[slot] = SequenceState(slot: slot, id: id, request: request, owner: owner, cache: cache)
+    }
+
+    /// Sequences still generating, by slot.
+    var active: [SequenceState] { sequences.values.filter { !$0.done }.sorted { $0.slot < $1.slot } }
+
+    /// Shares the tokens sampled this step (and, coherent, the K/V rows) with every rank: one allgather.
+    /// Returns the sequences that finished in this step.
+    func synchronise(prefilled: [SequenceState], decoded: [SequenceState]) throws -> [SequenceState] {
+        var header = ByteWriter()
+        header.int(tokenCount)
+        let all = try comm.allgatherv(header.bytes + tokenOut.bytes + kvOut.bytes)
+        tokenOut = ByteWriter()
+        kvOut = ByteWriter()
+        tokenCount = 0
+        let kvDim = model.spec.kvDim
+        var finished: [SequenceState] = []
+        for bytes in all {
+            var r = ByteReader(bytes)
+            let tokenCount = r.int()
+            for _ in 0..<tokenCount {
+                let slot = r.int(), token = r.int(), home = r.int()
+                guard let s = sequences[slot] else { continue }
+                if s.tokens.isEmpty { s.firstToken = Clock.now }
+                s.tokens.append(token)
+                s.home = home
+                if s.request.stopIds.contains(token) {
+                    s.finishReason = .stop
+                    s.done = true
+                } else if s.tokens.count >= s.request.maxNewTokens {
+                    s.done = true
+                }
+                if s.done { s.finished = Clock.now; finished.append(s) }
+            }
+            while !r.atEnd {  // K/V rows: slot, layer, first position, count, then keys and values
+                let slot = r.int(), layer = r.int(), first = r.int(), count = r.int()
+                guard let cache = sequences[slot]?.cache else { r.skip(floats: 2 * count * kvDim); continue }
+                cache.reserve(first + count)
+                r.floats(count: count * kvDim, into: cache.keys(layer) + first * kvDim)
+                r.floats(count: count * kvDim, into: cache.values(layer) + first * kvDim)
+            }
+        }
+        for s in prefilled { s.cache?.commit(s.request.promptIds.count) }
+        for s in decoded { s.cache?.commit(1) }
+        return finished.sorted { $0.slot < $1.slot }
+    }
+
+    func emitToken(_ s: SequenceState, _ token: Int) {
+        tokenOut.int(s.slot)
+        tokenOut.int(token)
+        tokenOut.int(comm.rank)
+        tokenCount += 1
+    }
+
+    /// Queues K/V rows `first ..< first + count` of `layer` for the step-end allgather.
+    func emitKV(_ s: SequenceState, layer: Int, first: Int, count: Int) {
+        guard let cache = s.cache else { return }
+        let kvDim = model.spec.kvDim
+        kvOut.int(s.slot)
+        kvOut.int(layer)
+        kvOut.int(first)
+        kvOut.int(count)
+        kvOut.floats(cache.keys(layer) + first * kvDim, count: count * kvDim)
+        kvOut.floats(cache.values(layer) + first * kvDim, count: count * kvDim)
+    }
+}
+
+extension ByteReader {
+    mutating func skip(floats n: Int) {
+        var sink = [Float](repeating: 0, count: n)
+        sink.withUnsafeMutableBufferPointer { floats(count: n, into: $0.baseAddress!) }
+    }
+}

@@ -1,0 +1,56 @@
+import Foundation
+import Models
+
+/// `--requests FILE.jsonl`: one JSON object per line with `id`, `prompt_ids`, `max_new_tokens`, and optionally
+/// `temperature`, `top_p`, `top_k`, `seed`, `stop_ids`, `arrival_step`. Blank lines are skipped.
+public enum RequestFile {
+    /// A line that cannot be a request.
+    public struct LineError: Error, CustomStringConvertible {
+        public let path: String
+        public let line: Int
+        public let reason: String
+        public var description: String { "\(path):\(line): \(reason)" }
+    }
+
+    /// Parses the file; `vocabulary` bounds the token ids. The first bad line throws, naming its number.
+    public static func parse(path: String, vocabulary: Int) throws -> [ClusterRequest] {
+        guard let data = FileManager.default.contents(atPath: path) else { throw ModelError.missingFile(path: path) }
+        var out: [ClusterRequest] = []
+        var ids = Set<String>()
+        for (n, raw) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty { continue }
+            func bad(_ reason: String) -> LineError { LineError(path: path, line: n + 1, reason: reason) }
+            guard let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] else {
+                throw bad("not a JSON object")
+            }
+            let id: String
+            if let s = object["id"] as? String { id = s } else if let i = object["id"] as? Int { id = String(i) } else {
+                throw bad("'id' is missing or not a string")
+            }
+            guard ids.insert(id).inserted else { throw bad("id '\(id)' appears twice") }
+            guard let prompt = object["prompt_ids"] as? [Int], !prompt.isEmpty else { throw bad("'prompt_ids' must be a non-empty list of integers") }
+            guard let maxNew = object["max_new_tokens"] as? Int, maxNew >= 1 else { throw bad("'max_new_tokens' must be an integer >= 1") }
+            let stop = object["stop_ids"].map { $0 as? [Int] } ?? []
+            guard let stop else { throw bad("'stop_ids' must be a list of integers") }
+            for t in prompt + stop where t < 0 || t >= vocabulary {
+                throw bad("token id \(t) is outside the vocabulary (0..<\(vocabulary))")
+            }
+            func number(_ key: String, _ fallback: Double) throws -> Double {
+                guard let v = object[key] else { return fallback }
+                guard let d = (v as? NSNumber)?.doubleValue, !(v is Bool) else { throw bad("'\(key)' must be a number") }
+                return d
+            }
+            let sampling = SamplingParameters(
+                temperature: Float(try number("temperature", 1)), topP: Float(try number("top_p", 1)),
+                topK: Int(try number("top_k", 0)), seed: UInt64(max(0, try number("seed", 0))))
+            do { try sampling.validate() } catch let e as ModelError { throw bad(e.description) }
+            let arrival = Int(try number("arrival_step", 0))
+            guard arrival >= 0 else { throw bad("'arrival_step' must be >= 0") }
+            out.append(ClusterRequest(id: id, request: GenerationRequest(promptIds: prompt, maxNewTokens: maxNew, sampling: sampling,
+                                                                         stopIds: Set(stop)), arrivalStep: arrival))
+        }
+        guard !out.isEmpty else { throw LineError(path: path, line: 0, reason: "no requests") }
+        return out
+    }
+}

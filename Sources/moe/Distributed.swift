@@ -1,0 +1,94 @@
+import ArgumentParser
+import Cluster
+import Comm
+import Foundation
+import Kernels
+import Models
+import Placement
+
+/// Flags of a run under `mpirun`.
+struct ClusterOptions: ParsableArguments {
+    @Option(help: "Under mpirun: how experts are reached, ep2 (two all-to-alls per MoE layer) or coherent (one).")
+    var dispatch: String = DispatchMode.coherent.rawValue
+
+    @Option(help: "Under mpirun: placement plan (JSON); default: contiguous (rank r holds experts ⌊rE/G⌋ ..< ⌊(r+1)E/G⌋).")
+    var placement: String?
+
+    var mode: DispatchMode { DispatchMode(rawValue: dispatch)! }
+
+    func validate() throws {
+        guard DispatchMode(rawValue: dispatch) != nil else { throw ValidationError("--dispatch must be ep2 or coherent, got '\(dispatch)'") }
+    }
+}
+
+/// A process of an `mpirun` job: MPI, this rank's model shard, and the agreement that every rank is ready.
+struct DistributedRun {
+    let comm: MPICommunicator
+    let engine: ClusterEngine
+    let label: String
+
+    /// Whether this process was started by mpirun.
+    static var active: Bool { MPICommunicator.launchedByMPI }
+
+    /// Starts MPI, loads this rank's shard and agrees with every rank that all is well. `check` runs on every
+    /// rank after loading (rank 0 validates its requests there). Any failure on any rank stops every rank
+    /// with rank 0 printing the first failure, before any data moves.
+    static func start(model options: ModelOptions, cluster: ClusterOptions,
+                      check: (MoEDecoder, Int) throws -> Void = { _, _ in }) throws -> DistributedRun {
+        let comm = try MPICommunicator()
+        if let dir = ProcessInfo.processInfo.environment["MOE_PID_DIR"] {  // lets fault tests find a rank to kill
+            try? "\(getpid())".write(toFile: "\(dir)/rank-\(comm.rank).pid", atomically: true, encoding: .utf8)
+        }
+        let localRanks = Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "1") ?? 1
+        Parallel.configure(workers: options.threads ?? max(1, System.coreCount / max(localRanks, 1)))
+        var engine: ClusterEngine?
+        var failure: String?
+        do {
+            let spec = try options.spec()
+            let placement: Placement
+            if let path = cluster.placement {
+                placement = try PlanFile.load(path: path).placement
+            } else {
+                placement = .contiguous(layers: spec.layers, experts: spec.experts, ranks: comm.size)
+            }
+            try placement.validate(layers: spec.layers, experts: spec.experts, ranks: comm.size)
+            let rank = comm.rank
+            let table = placement.rankOf
+            let model = try options.load(holding: { layer, expert in table[layer][expert] == rank })
+            try check(model, rank)
+            engine = ClusterEngine(comm: comm, model: model, placement: placement, mode: cluster.mode)
+        } catch {
+            failure = "\(error)"
+        }
+        do {
+            _ = try Agreement.agree(comm, error: failure, expertBytes: engine?.model.bank.byteCount ?? 0)
+        } catch let error as ClusterError {
+            if comm.rank == 0 { FileHandle.standardError.write(Data("moe: error: \(error)\n".utf8)) }
+            comm.finalize()
+            throw ExitCode(1)
+        }
+        return DistributedRun(comm: comm, engine: engine!, label: options.label)
+    }
+
+    /// Ends MPI.
+    func finish() { comm.finalize() }
+}
+
+extension ModelOptions {
+    /// The decoder spec of the model, before loading any weights.
+    func spec() throws -> DecoderSpec {
+        if let model {
+            let path = (model as NSString).appendingPathComponent("config.json")
+            return try ModelRegistry.spec(try ModelConfig.load(path: path), path: path)
+        }
+        let preset = SyntheticModel.Preset(rawValue: preset)!
+        return try ModelRegistry.spec(SyntheticModel.config(preset), path: "preset \(preset.rawValue)")
+    }
+
+    /// Loads the model keeping only the routed experts `holding` accepts.
+    func load(holding: @escaping @Sendable (Int, Int) -> Bool) throws -> MoEDecoder {
+        let options = LoadOptions(convertToF32: weightsDtype == "f32", holdsExpert: holding)
+        if let model { return try MoEDecoder.load(directory: model, options: options) }
+        return try SyntheticModel.build(SyntheticModel.Preset(rawValue: preset)!, options: options)
+    }
+}
