@@ -46,7 +46,7 @@ extension ClusterEngine {
         throws -> ([SequenceState], UnsafeMutablePointer<Float>) {
         let g = comm.size, me = comm.rank, n = local.count
         let xn = model.feedForwardNorm(layer: l, x: xp, tokens: n)
-        let routing = model.route(layer: l, normed: xn, tokens: n)
+        let routing = decide(layer: l, normed: xn, at: local.map { ($0.slot, $0.cache!.length) })
         let k = routing.topK
 
         // Dispatch: record = slot, new home, k × (expert, weight), residual row; once to every rank involved.

@@ -14,7 +14,8 @@ extension ClusterEngine {
         let batch = MoEDecoder.Batch(tokens: tokens, segments: mine.map { .init(cache: $0.cache!, count: $0.request.promptIds.count) })
         let xp = x.reserve(max(tokens.count, 1) * h)
         model.embed(tokens, into: xp)
-        try ownedLayers(batch: batch, x: xp, observe: true)
+        let positions = mine.flatMap { s in (0..<s.request.promptIds.count).map { (s.slot, $0) } }
+        try ownedLayers(batch: batch, positions: positions, x: xp, observe: true)
         var selected: [Int] = []
         switch rows {
         case .all: selected = Array(tokens.indices)
@@ -46,7 +47,7 @@ extension ClusterEngine {
         let batch = MoEDecoder.Batch(tokens: tokens, segments: mine.map { .init(cache: $0.cache!, count: 1) })
         let xp = x.reserve(max(tokens.count, 1) * h)
         model.embed(tokens, into: xp)
-        try ownedLayers(batch: batch, x: xp, observe: false)
+        try ownedLayers(batch: batch, positions: mine.map { ($0.slot, $0.cache!.length) }, x: xp, observe: false)
         guard !mine.isEmpty else { return }
         let logits = model.logits(xp, rows: Array(mine.indices))
         let vocab = model.spec.vocabSize
@@ -58,7 +59,8 @@ extension ClusterEngine {
     }
 
     /// All layers over tokens whose caches are on this rank; MoE layers through `ep2Combine`.
-    func ownedLayers(batch: MoEDecoder.Batch, x xp: UnsafeMutablePointer<Float>, observe: Bool) throws {
+    func ownedLayers(batch: MoEDecoder.Batch, positions: [(slot: Int, position: Int)], x xp: UnsafeMutablePointer<Float>,
+                     observe: Bool) throws {
         let t = batch.tokens.count
         let table = model.rotaryTable(batch)
         for l in 0..<model.spec.layers {
@@ -68,7 +70,7 @@ extension ClusterEngine {
             if !model.spec.moeLayers[l] {
                 if t > 0 { model.denseFeedForward(layer: l, normed: xn, tokens: t, into: yp) }
             } else {
-                let routing = model.route(layer: l, normed: xn, tokens: t)
+                let routing = decide(layer: l, normed: xn, at: positions)
                 if observe { routingObserver?(l, routing) }
                 try ep2Combine(layer: l, normed: xn, routing: routing, into: yp)
                 if t > 0 { model.addSharedExpert(layer: l, normed: xn, tokens: t, into: yp) }

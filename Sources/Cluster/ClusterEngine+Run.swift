@@ -127,6 +127,18 @@ extension ClusterEngine {
         return stats
     }
 
+    /// One forward pass over `tokens` as one sequence owned by rank 0 (every rank takes part); on rank 0 the
+    /// logits `[tokens, vocab]` of every position, elsewhere an empty array.
+    public func forward(tokens: [Int]) throws -> [Float] {
+        admit(slot: 0, id: "forward", request: GenerationRequest(promptIds: tokens, maxNewTokens: 1), owner: 0)
+        defer { sequences[0] = nil }
+        let logits = try prefill([sequences[0]!], logits: .all)
+        tokenOut = ByteWriter()
+        kvOut = ByteWriter()
+        tokenCount = 0
+        return logits
+    }
+
     static func message(_ r: ClusterRequest) -> Moe_Control_Request {
         var m = Moe_Control_Request()
         m.id = r.id

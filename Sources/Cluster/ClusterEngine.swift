@@ -50,6 +50,9 @@ public final class ClusterEngine {
     public let model: MoEDecoder
     public let placement: Placement
     public let mode: DispatchMode
+    /// When set, routers follow this trace: sequence slot s takes trace sequence s mod count, position p its
+    /// token p (`--routing replay:`).
+    public var replay: RoutingTrace?
     /// Called on the owner with the router's decision during prefill (`moe forward`, traces).
     public var routingObserver: ((_ layer: Int, _ routing: RoutingDecision) -> Void)?
     var sequences: [Int: SequenceState] = [:]
@@ -72,6 +75,35 @@ public final class ClusterEngine {
     }
 
     func rankOf(_ layer: Int, _ expert: Int32) -> Int { placement.rankOf[layer][Int(expert)] }
+
+    /// The router's decision for tokens at (slot, position), or the trace's when replaying.
+    func decide(layer l: Int, normed xn: UnsafePointer<Float>, at positions: [(slot: Int, position: Int)]) -> RoutingDecision {
+        let routing = model.route(layer: l, normed: xn, tokens: positions.count)
+        guard let replay else { return routing }
+        // The decision's buffers are the model's workspace, writable until its next route call.
+        let ids = UnsafeMutablePointer(mutating: routing.ids), weights = UnsafeMutablePointer(mutating: routing.weights)
+        let k = routing.topK
+        for (i, p) in positions.enumerated() {
+            let choice = replay.sequences[p.slot % replay.sequences.count].tokens[p.position][l]
+            for j in 0..<k {
+                ids[i * k + j] = Int32(choice.experts[j])
+                weights[i * k + j] = choice.weights[j]
+            }
+        }
+        return routing
+    }
+
+    /// Checks that a trace can drive this model for sequences of `positions` tokens.
+    public static func checkReplay(_ trace: RoutingTrace, spec: DecoderSpec, positions: Int) throws {
+        guard trace.layers == spec.layers, trace.experts <= spec.experts, trace.topK == spec.topK else {
+            throw PlacementError.mismatch("the trace has \(trace.layers) layers, \(trace.experts) experts, top-\(trace.topK); "
+                + "the model \(spec.layers), \(spec.experts), top-\(spec.topK)")
+        }
+        let shortest = trace.sequences.map(\.tokens.count).min()!
+        guard shortest >= positions else {
+            throw PlacementError.mismatch("the trace's shortest sequence has \(shortest) complete tokens; the run needs \(positions)")
+        }
+    }
 
     // MARK: Admission and the step-end synchronisation
 

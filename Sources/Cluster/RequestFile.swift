@@ -38,8 +38,9 @@ public enum RequestFile {
             }
             func number(_ key: String, _ fallback: Double) throws -> Double {
                 guard let v = object[key] else { return fallback }
-                guard let d = (v as? NSNumber)?.doubleValue, !(v is Bool) else { throw bad("'\(key)' must be a number") }
-                return d
+                // JSON booleans also arrive as NSNumber; their Objective-C type is "c".
+                guard let n = v as? NSNumber, String(cString: n.objCType) != "c" else { throw bad("'\(key)' must be a number") }
+                return n.doubleValue
             }
             let sampling = SamplingParameters(
                 temperature: Float(try number("temperature", 1)), topP: Float(try number("top_p", 1)),

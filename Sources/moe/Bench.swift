@@ -1,4 +1,5 @@
 import ArgumentParser
+import Cluster
 import Foundation
 import Kernels
 import Models
@@ -16,6 +17,10 @@ extension MoE {
             """)
 
         @OptionGroup var modelOptions: ModelOptions
+        @OptionGroup var cluster: ClusterOptions
+
+        @Option(help: "Under mpirun: 'replay:TRACE.jsonl' makes routers follow a recorded trace (layers and experts must match the model).")
+        var routing: String?
 
         @Option(help: "Sequences run together.")
         var batch: Int = 1
@@ -44,9 +49,13 @@ extension MoE {
             if genLen < 1 { throw ValidationError("--gen-len must be at least 1") }
             if repetitions < 1 { throw ValidationError("--repetitions must be at least 1") }
             if format != "md" && format != "json" { throw ValidationError("--format must be md or json") }
+            if let routing, !routing.hasPrefix("replay:") || routing.count == 7 {
+                throw ValidationError("--routing takes replay:TRACE.jsonl")
+            }
         }
 
         func run() throws {
+            if DistributedRun.active { return try runDistributed() }
             try reportingErrors {
                 let model = try modelOptions.load()
                 let spec = model.spec

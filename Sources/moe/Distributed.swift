@@ -78,6 +78,7 @@ extension ModelOptions {
     /// The decoder spec of the model, before loading any weights.
     func spec() throws -> DecoderSpec {
         if let model {
+            guard FileManager.default.fileExists(atPath: model) else { throw ModelError.missingFile(path: model) }
             let path = (model as NSString).appendingPathComponent("config.json")
             return try ModelRegistry.spec(try ModelConfig.load(path: path), path: path)
         }

@@ -20,26 +20,56 @@ extension MoE {
         @Option(help: "Output safetensors file.")
         var output: String
 
+        @OptionGroup var cluster: ClusterOptions
+
         func run() throws {
+            if DistributedRun.active { return try runDistributed() }
             try reportingErrors {
                 guard !inputIds.ids.isEmpty else { throw ModelError.emptyPrompt }
                 let model = try modelOptions.load()
-                let t = inputIds.ids.count, k = model.spec.topK
-                var ids: [Int64] = [], weights: [Float] = []
-                model.routingObserver = { _, routing in
-                    for i in 0..<(routing.tokens * routing.topK) {
-                        ids.append(Int64(routing.ids[i]))
-                        weights.append(routing.weights[i])
-                    }
-                }
-                let logits = try model.forward(.init(tokens: inputIds.ids, cache: model.makeCache(capacity: t)), logits: .all)
-                let moeLayers = ids.count / max(t * k, 1)
-                try SafeTensorsWriter.write([
-                    .init(name: "logits", dtype: .F32, shape: [t, model.spec.vocabSize]) { copy(logits, into: $0) },
-                    .init(name: "topk_ids", dtype: .I64, shape: [moeLayers, t, k]) { copy(ids, into: $0) },
-                    .init(name: "topk_weights", dtype: .F32, shape: [moeLayers, t, k]) { copy(weights, into: $0) },
-                ], to: output)
+                var routing = RoutingRecord()
+                model.routingObserver = { routing.record($1) }
+                let logits = try model.forward(.init(tokens: inputIds.ids, cache: model.makeCache(capacity: inputIds.ids.count)), logits: .all)
+                try write(logits: logits, routing: routing, spec: model.spec)
             }
+        }
+
+        /// Under mpirun: rank 0 owns the sequence, experts answer from every rank; rank 0 writes the file.
+        func runDistributed() throws {
+            let run = try DistributedRun.start(model: modelOptions, cluster: cluster) { model, rank in
+                guard !inputIds.ids.isEmpty else { throw ModelError.emptyPrompt }
+                for id in inputIds.ids where id < 0 || id >= model.spec.vocabSize {
+                    throw ModelError.tokenOutOfRange(id: id, vocabulary: model.spec.vocabSize)
+                }
+            }
+            defer { run.finish() }
+            var routing = RoutingRecord()
+            run.engine.routingObserver = { routing.record($1) }
+            let logits = try run.engine.forward(tokens: inputIds.ids)
+            if run.comm.rank == 0 { try reportingErrors { try write(logits: logits, routing: routing, spec: run.engine.model.spec) } }
+        }
+
+        func write(logits: [Float], routing: RoutingRecord, spec: DecoderSpec) throws {
+            let t = inputIds.ids.count, k = spec.topK
+            let moeLayers = routing.ids.count / max(t * k, 1)
+            try SafeTensorsWriter.write([
+                .init(name: "logits", dtype: .F32, shape: [t, spec.vocabSize]) { copy(logits, into: $0) },
+                .init(name: "topk_ids", dtype: .I64, shape: [moeLayers, t, k]) { copy(routing.ids, into: $0) },
+                .init(name: "topk_weights", dtype: .F32, shape: [moeLayers, t, k]) { copy(routing.weights, into: $0) },
+            ], to: output)
+        }
+    }
+}
+
+/// Router decisions of one forward pass, layer after layer.
+struct RoutingRecord {
+    var ids: [Int64] = []
+    var weights: [Float] = []
+
+    mutating func record(_ routing: RoutingDecision) {
+        for i in 0..<(routing.tokens * routing.topK) {
+            ids.append(Int64(routing.ids[i]))
+            weights.append(routing.weights[i])
         }
     }
 }

@@ -1,0 +1,108 @@
+import Foundation
+
+/// Recorded routing: for each sequence, each token, each layer, the chosen experts (highest weight first) and
+/// their weights.
+///
+/// Reads two JSONL forms, one object per (token, layer): this project's (`sequence`, `token`, `layer`,
+/// `experts`, `weights`, as `moe trace` writes) and the vLLM dump of `../shared/data/traces` (`dataset`,
+/// `problem_id`, `token_idx`, `layer`, `experts`, `gating_probs`). Tokens that lack a layer are skipped and
+/// counted; the rest keep their order as consecutive positions.
+public struct RoutingTrace: Sendable {
+    /// One layer's decision for one token.
+    public struct Choice: Sendable, Equatable {
+        public var experts: [Int]
+        public var weights: [Float]
+    }
+
+    /// One sequence: `tokens[p][layer]`.
+    public struct Sequence: Sendable {
+        public var name: String
+        public var tokens: [[Choice]]
+    }
+
+    public var sequences: [Sequence]
+    public var layers: Int
+    /// One more than the largest expert id seen.
+    public var experts: Int
+    public var topK: Int
+    /// Tokens dropped because some layer was missing.
+    public var skippedTokens: Int
+
+    /// A trace line that cannot be read.
+    public struct LineError: Error, CustomStringConvertible {
+        public let path: String
+        public let line: Int
+        public let reason: String
+        public var description: String { "\(path):\(line): \(reason)" }
+    }
+
+    public init(sequences: [Sequence], layers: Int, experts: Int, topK: Int, skippedTokens: Int = 0) {
+        self.sequences = sequences
+        self.layers = layers
+        self.experts = experts
+        self.topK = topK
+        self.skippedTokens = skippedTokens
+    }
+
+    /// Reads and merges JSONL trace files.
+    public static func load(paths: [String]) throws -> RoutingTrace {
+        var records: [String: [Int: [Int: Choice]]] = [:]  // sequence → token → layer → choice
+        var order: [String] = []
+        var layers = 0, experts = 0, topK = 0
+        for path in paths {
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw LineError(path: path, line: 0, reason: FileManager.default.fileExists(atPath: path) ? "cannot read" : "no such file")
+            }
+            for (n, raw) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+                let line = raw.trimmingCharacters(in: .whitespaces)
+                if line.isEmpty { continue }
+                func bad(_ reason: String) -> LineError { LineError(path: path, line: n + 1, reason: reason) }
+                guard let o = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] else {
+                    throw bad("not a JSON object")
+                }
+                let sequence: String, token: Int, weightsKey: String
+                if let s = o["sequence"] {
+                    sequence = "\(s)"
+                    guard let t = o["token"] as? Int else { throw bad("'token' is missing or not an integer") }
+                    token = t
+                    weightsKey = "weights"
+                } else if let p = o["problem_id"] {
+                    sequence = "\(o["dataset"] ?? "")/\(p)"
+                    guard let t = o["token_idx"] as? Int else { throw bad("'token_idx' is missing or not an integer") }
+                    token = t
+                    weightsKey = "gating_probs"
+                } else {
+                    throw bad("neither 'sequence' nor 'problem_id': not a routing trace line")
+                }
+                guard let layer = o["layer"] as? Int, layer >= 0 else { throw bad("'layer' is missing or negative") }
+                guard let ids = o["experts"] as? [Int], !ids.isEmpty, ids.allSatisfy({ $0 >= 0 }) else {
+                    throw bad("'experts' must be a non-empty list of expert ids >= 0")
+                }
+                guard let weights = (o[weightsKey] as? [Any])?.compactMap({ ($0 as? NSNumber)?.floatValue }), weights.count == ids.count else {
+                    throw bad("'\(weightsKey)' must be a list of \(ids.count) numbers")
+                }
+                if topK == 0 { topK = ids.count } else if ids.count != topK {
+                    throw bad("\(ids.count) experts where earlier lines had \(topK)")
+                }
+                if records[sequence] == nil { order.append(sequence) }
+                records[sequence, default: [:]][token, default: [:]][layer] = Choice(experts: ids, weights: weights)
+                layers = max(layers, layer + 1)
+                experts = max(experts, ids.max()! + 1)
+            }
+        }
+        var sequences: [Sequence] = []
+        var skipped = 0
+        for name in order {
+            var tokens: [[Choice]] = []
+            for (_, byLayer) in records[name]!.sorted(by: { $0.key < $1.key }) {
+                guard byLayer.count == layers else { skipped += 1; continue }
+                tokens.append((0..<layers).map { byLayer[$0]! })
+            }
+            if !tokens.isEmpty { sequences.append(Sequence(name: name, tokens: tokens)) }
+        }
+        guard !sequences.isEmpty else {
+            throw LineError(path: paths.joined(separator: ", "), line: 0, reason: "no complete token in the trace")
+        }
+        return RoutingTrace(sequences: sequences, layers: layers, experts: experts, topK: topK, skippedTokens: skipped)
+    }
+}

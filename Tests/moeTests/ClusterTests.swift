@@ -1,0 +1,263 @@
+import Foundation
+@testable import Models
+import Placement
+import Testing
+
+/// `mpirun -np G moe …`, with the environment a child of an MPI process must not inherit stripped.
+enum MPIRun {
+    static func run(_ ranks: Int, _ args: [String], extra: [String] = [], environment: [String: String] = [:], timeout: Double = 120)
+        throws -> MoEBinary.Result {
+        var env = ProcessInfo.processInfo.environment.filter { k, _ in !k.hasPrefix("OMPI_") && !k.hasPrefix("PMIX_") && !k.hasPrefix("OPAL_") }
+        for (k, v) in environment { env[k] = v }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "\(ranks)"] + extra + [MoEBinary.url.path] + args
+        p.environment = env
+        return try MoEBinary.wait(p, timeout: timeout)
+    }
+}
+
+/// A temporary file path, removed when the value goes away.
+final class TemporaryPath {
+    let path: String
+    init(_ suffix: String) { path = FileManager.default.temporaryDirectory.appendingPathComponent("moe-\(UUID().uuidString)\(suffix)").path }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// Each fixture's prompt and, from the single-process engine, the logits, routing and greedy tokens.
+struct Reference {
+    let name: String
+    let prompt: [Int]
+    let logits: [Float]
+    let ids: [Int]
+    let greedy: [Int]
+    let spec: DecoderSpec
+
+    static let all: [String: Reference] = {
+        var out: [String: Reference] = [:]
+        for name in ["tiny-mixtral", "tiny-qwen2moe", "tiny-olmoe", "tiny-qwen3moe"] {
+            let model = try! MoEDecoder.load(directory: fixture(name))
+            let prompt = Array(try! SafeTensorsFile(path: fixture(name) + "/expected.safetensors").ints("c.input_ids").prefix(9))
+            var ids: [Int] = []
+            model.routingObserver = { _, r in for i in 0..<(r.tokens * r.topK) { ids.append(Int(r.ids[i])) } }
+            let logits = try! model.forward(.init(tokens: prompt, cache: model.makeCache()), logits: .all)
+            model.routingObserver = nil
+            let greedy = try! Engine(model: model).generate([GenerationRequest(promptIds: prompt, maxNewTokens: 8)])[0].tokens
+            out[name] = Reference(name: name, prompt: prompt, logits: logits, ids: ids, greedy: greedy, spec: model.spec)
+        }
+        return out
+    }()
+}
+
+extension SafeTensorsFile {
+    func ints(_ name: String) -> [Int] {
+        let t = tensors[name]!
+        return UnsafeBufferPointer(start: t.data.assumingMemoryBound(to: Int64.self), count: t.elementCount).map { Int($0) }
+    }
+    func floats(_ name: String) -> [Float] {
+        let t = tensors[name]!
+        return Array(UnsafeBufferPointer(start: t.data.assumingMemoryBound(to: Float.self), count: t.elementCount))
+    }
+}
+
+/// A placement that is not contiguous: each layer's experts dealt to ranks in a shuffled order.
+func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> TemporaryPath {
+    var rng = SplitMix64(seed: UInt64(ranks * 131 + layers))
+    let rankOf = (0..<layers).map { _ in
+        var row = Placement.contiguous(layers: 1, experts: experts, ranks: ranks).rankOf[0]
+        row.shuffle(using: &rng)
+        return row
+    }
+    let file = TemporaryPath(".json")
+    try PlanFile(placement: Placement(rankOf: rankOf, ranks: ranks), topK: topK, solver: "shuffled").write(path: file.path)
+    return file
+}
+
+@Suite(.serialized) struct ClusterTests {
+    static let cases: [(String, Int, String, Bool)] = {
+        var out: [(String, Int, String, Bool)] = []
+        for f in ["tiny-mixtral", "tiny-qwen2moe", "tiny-olmoe", "tiny-qwen3moe"] {
+            for g in 1...4 { for m in ["ep2", "coherent"] { for s in [false, true] { out.append((f, g, m, s)) } } }
+        }
+        return out
+    }()
+
+    /// Every fixture, 1-4 ranks, both modes, contiguous and shuffled placements: forward logits within 1e-4 of
+    /// the single process with identical experts, and identical greedy tokens.
+    @Test(arguments: cases)
+    func clusterMatchesSingleProcess(fixture name: String, ranks: Int, mode: String, shuffled: Bool) throws {
+        let ref = Reference.all[name]!
+        let plan = shuffled ? try shuffledPlan(layers: ref.spec.layers, experts: ref.spec.experts, ranks: ranks, topK: ref.spec.topK) : nil
+        let placement = plan.map { ["--placement", $0.path] } ?? []
+        let out = TemporaryPath(".safetensors")
+        let f = try MPIRun.run(ranks, ["forward", "--model", fixture(name), "--input-ids", ref.prompt.map(String.init).joined(separator: ","),
+                                       "--output", out.path, "--dispatch", mode] + placement)
+        #expect(f.status == 0, "\(f.stderr)")
+        let file = try SafeTensorsFile(path: out.path)
+        #expect(zip(file.floats("logits"), ref.logits).map { abs($0 - $1) }.max()! < 1e-4)
+        #expect(file.ints("topk_ids") == ref.ids)
+
+        let g = try MPIRun.run(ranks, ["generate", "--model", fixture(name), "--prompt-ids", ref.prompt.map(String.init).joined(separator: ","),
+                                       "--max-new-tokens", "8", "--temperature", "0", "--json", "--dispatch", mode] + placement)
+        #expect(g.status == 0, "\(g.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(g.lastLine.utf8)) as? [String: Any]
+        #expect(json?["tokens"] as? [Int] == ref.greedy)
+    }
+
+    func bench(_ ranks: Int, _ mode: String, _ extra: [String]) throws -> [String: Any] {
+        let r = try MPIRun.run(ranks, ["bench", "--model", fixture("tiny-mixtral"), "--batch", "3", "--prompt-len", "4", "--gen-len", "4",
+                                       "--repetitions", "1", "--format", "json", "--dispatch", mode] + extra)
+        #expect(r.status == 0, "\(r.stderr)")
+        return try JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as! [String: Any]
+    }
+
+    @Test(arguments: [2, 3, 4])
+    func ep2MakesTwoAllToAllsPerMoELayerAndCoherentOne(ranks: Int) throws {
+        let ep2 = try bench(ranks, "ep2", [])["collectives_per_moe_layer"] as! [String: Double]
+        #expect(ep2["dispatch"] == 1 && ep2["combine"] == 1)
+        #expect(ep2["point_to_point"] == 0)
+        let coherent = try bench(ranks, "coherent", [])["collectives_per_moe_layer"] as! [String: Double]
+        #expect(coherent["dispatch"] == 1 && coherent["combine"] == 0)
+    }
+
+    /// Replayed routing where every token's experts are a pair {2i, 2i+1}, and a placement that keeps each pair
+    /// on one rank: coherent mode sends nothing point-to-point.
+    @Test(arguments: [2, 4])
+    func coLocatedPairsNeedNoPointToPoint(ranks: Int) throws {
+        let trace = TemporaryPath(".jsonl")
+        var lines: [String] = []
+        for s in 0..<3 {
+            for p in 0..<8 {
+                for l in 0..<3 {
+                    let i = (p * 3 + l + s) % 4
+                    lines.append(#"{"sequence": \#(s), "token": \#(p), "layer": \#(l), "experts": [\#(2 * i + 1), \#(2 * i)], "weights": [0.7, 0.3]}"#)
+                }
+            }
+        }
+        try lines.joined(separator: "\n").write(toFile: trace.path, atomically: true, encoding: .utf8)
+        // Pairs dealt to ranks out of order, each pair whole.
+        let pairRank = (0..<4).map { (3 - $0) % ranks }
+        let rankOf = Array(repeating: (0..<8).map { pairRank[$0 / 2] }, count: 3)
+        let plan = TemporaryPath(".json")
+        try PlanFile(placement: Placement(rankOf: rankOf, ranks: ranks), topK: 2, solver: "pairs").write(path: plan.path)
+        let report = try bench(ranks, "coherent", ["--routing", "replay:" + trace.path, "--placement", plan.path])
+        let calls = report["collectives_per_moe_layer"] as! [String: Double], bytes = report["cross_rank_bytes_per_token"] as! [String: Double]
+        #expect(calls["point_to_point"] == 0 && bytes["point_to_point"] == 0)
+        #expect(calls["dispatch"] == 1)
+        let ep2 = try bench(ranks, "ep2", ["--routing", "replay:" + trace.path, "--placement", plan.path])
+        #expect((ep2["collectives_per_moe_layer"] as! [String: Double])["combine"] == 1)
+    }
+
+    /// Prompts of different lengths arriving at different steps each get the tokens they get alone.
+    @Test(arguments: ["ep2", "coherent"])
+    func continuousBatchingGivesEachRequestItsOwnTokens(mode: String) throws {
+        let ref = Reference.all["tiny-olmoe"]!
+        let model = try MoEDecoder.load(directory: fixture("tiny-olmoe"))
+        let engine = Engine(model: model)
+        let prompts = [Array(ref.prompt.prefix(3)), ref.prompt, Array(ref.prompt.suffix(5)), [7, 8]]
+        let requests = TemporaryPath(".jsonl")
+        let lines = prompts.enumerated().map { i, p in
+            #"{"id": "r\#(i)", "prompt_ids": \#(p), "max_new_tokens": \#(4 + 2 * i), "temperature": 0, "arrival_step": \#([0, 0, 2, 5][i])}"#
+        }
+        try lines.joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let r = try MPIRun.run(3, ["generate", "--model", fixture("tiny-olmoe"), "--requests", requests.path, "--dispatch", mode])
+        #expect(r.status == 0, "\(r.stderr)")
+        let results = r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(results.count == 4)
+        for (i, p) in prompts.enumerated() {
+            let alone = try engine.generate([GenerationRequest(promptIds: p, maxNewTokens: 4 + 2 * i)])[0].tokens
+            #expect(results.first { $0["id"] as? String == "r\(i)" }?["tokens"] as? [Int] == alone)
+        }
+    }
+
+    // MARK: Faults and bad input: every rank stops, rank 0 says why once, quickly.
+
+    func expectStops(_ r: MoEBinary.Result, seconds: Double, saying message: String, limit: Double = 10) {
+        #expect(r.status != 0)
+        #expect(seconds < limit)
+        #expect(r.stderr.contains(message), "\(r.stderr)")
+        #expect(r.stderr.components(separatedBy: "moe: error:").count == 2, "one message: \(r.stderr)")
+    }
+
+    @Test func planForAnotherShapeOrRankCountStopsEveryRank() throws {
+        let other = try shuffledPlan(layers: 5, experts: 8, ranks: 3, topK: 2)
+        var start = Date()
+        var r = try MPIRun.run(3, ["generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", "1,2", "--placement", other.path])
+        expectStops(r, seconds: Date().timeIntervalSince(start), saying: "the plan has 5 layers, the model 3")
+        let twoRanks = try shuffledPlan(layers: 3, experts: 8, ranks: 2, topK: 2)
+        start = Date()
+        r = try MPIRun.run(3, ["forward", "--model", fixture("tiny-mixtral"), "--input-ids", "1,2", "--output", "/tmp/unused.safetensors",
+                               "--placement", twoRanks.path])
+        expectStops(r, seconds: Date().timeIntervalSince(start), saying: "the plan is for 2 ranks, the job has 3")
+    }
+
+    @Test func missingModelOnOneRankStopsEveryRank() throws {
+        // MPMD launch: rank 0 has the model, rank 1 is pointed at a folder that does not exist.
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["mpirun", "--allow-run-as-root", "--oversubscribe",
+                       "-np", "1", MoEBinary.url.path, "generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", "1,2", ":",
+                       "-np", "1", MoEBinary.url.path, "generate", "--model", "/nonexistent/model", "--prompt-ids", "1,2"]
+        p.environment = ProcessInfo.processInfo.environment.filter { k, _ in !k.hasPrefix("OMPI_") && !k.hasPrefix("PMIX_") && !k.hasPrefix("OPAL_") }
+        let t0 = Date()
+        let m = try MoEBinary.wait(p, timeout: 60)
+        expectStops(m, seconds: Date().timeIntervalSince(t0), saying: "rank 1: /nonexistent/model: no such file")
+    }
+
+    @Test func badRequestLineStopsEveryRank() throws {
+        let requests = TemporaryPath(".jsonl")
+        try #"{"id": "a", "prompt_ids": [1, 2], "max_new_tokens": 3}"# .appending("\n{\"id\": \"b\", \"prompt_ids\": \"oops\"}\n")
+            .write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let start = Date()
+        let r = try MPIRun.run(2, ["generate", "--model", fixture("tiny-mixtral"), "--requests", requests.path])
+        expectStops(r, seconds: Date().timeIntervalSince(start), saying: "\(requests.path):2: 'prompt_ids' must be a non-empty list of integers")
+    }
+
+    @Test func killedRankEndsTheJobAndKeepsFinishedResults() throws {
+        let pids = try TemporaryDirectoryPath()
+        let requests = TemporaryPath(".jsonl")
+        try [#"{"id": "quick", "prompt_ids": [1, 2, 3], "max_new_tokens": 2}"#,
+             #"{"id": "long", "prompt_ids": [4, 5, 6], "max_new_tokens": 100000, "arrival_step": 3}"#]
+            .joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "3", MoEBinary.url.path, "generate",
+                       "--preset", "tiny", "--requests", requests.path]
+        var env = ProcessInfo.processInfo.environment.filter { k, _ in !k.hasPrefix("OMPI_") && !k.hasPrefix("PMIX_") && !k.hasPrefix("OPAL_") }
+        env["MOE_PID_DIR"] = pids.path
+        p.environment = env
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        // Wait for the quick result, then kill rank 1 while the long request runs.
+        var stdout = Data()
+        let deadline = Date().addingTimeInterval(60)
+        while !String(decoding: stdout, as: UTF8.self).contains("quick") && Date() < deadline {
+            stdout.append(out.fileHandleForReading.availableData)
+        }
+        let pidText = try String(contentsOfFile: pids.path + "/rank-1.pid", encoding: .utf8)
+        let killedAt = Date()
+        kill(pid_t(pidText)!, SIGKILL)
+        while p.isRunning && Date().timeIntervalSince(killedAt) < 40 { usleep(50_000) }
+        let ended = !p.isRunning
+        if p.isRunning { p.terminate() }
+        p.waitUntilExit()
+        stdout.append(out.fileHandleForReading.readDataToEndOfFile())
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(ended && Date().timeIntervalSince(killedAt) < 30)
+        #expect(p.terminationStatus != 0)
+        #expect(stderr.contains("rank 1"), "\(stderr)")
+        #expect(String(decoding: stdout, as: UTF8.self).contains(#""id":"quick""#))
+    }
+}
+
+/// A temporary folder path, created now and removed when the value goes away.
+final class TemporaryDirectoryPath {
+    let path: String
+    init() throws {
+        path = FileManager.default.temporaryDirectory.appendingPathComponent("moe-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+}
