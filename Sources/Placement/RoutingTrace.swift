@@ -12,12 +12,14 @@ public struct RoutingTrace: Sendable {
     public struct Choice: Sendable, Equatable {
         public var experts: [Int]
         public var weights: [Float]
+        public init(experts: [Int], weights: [Float]) { self.experts = experts; self.weights = weights }
     }
 
     /// One sequence: `tokens[p][layer]`.
     public struct Sequence: Sendable {
         public var name: String
         public var tokens: [[Choice]]
+        public init(name: String, tokens: [[Choice]]) { self.name = name; self.tokens = tokens }
     }
 
     public var sequences: [Sequence]

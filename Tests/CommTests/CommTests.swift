@@ -1,0 +1,34 @@
+@testable import Comm
+import Testing
+
+/// The MPI calls themselves run under mpirun in the multi-rank tests (`moeTests/ClusterTests`); MPI can be
+/// initialised once per process, so these cover the bookkeeping around them.
+@Suite struct CommTests {
+    @Test func countersAccumulateAndSubtractByKind() {
+        var c = CommCounters()
+        c.record(.dispatch, bytes: 100)
+        let before = c
+        c.record(.dispatch, bytes: 40)
+        c.record(.pointToPoint, bytes: 8)
+        c.record(.pointToPoint, bytes: 0)
+        let d = c.since(before)
+        #expect(d.calls[.dispatch] == 1 && d.bytes[.dispatch] == 40)
+        #expect(d.calls[.pointToPoint] == 2 && d.bytes[.pointToPoint] == 8)
+        #expect(d.calls[.combine] == 0)
+        #expect(c.calls[.dispatch] == 2 && c.bytes[.dispatch] == 140)
+    }
+
+    @Test func displacementsAndSplitInvertConcatenation() {
+        let parts: [[UInt8]] = [[1, 2], [], [3], [4, 5, 6]]
+        let counts = parts.map { Int32($0.count) }
+        let displs = MPICommunicator.displacements(counts)
+        #expect(displs == [0, 2, 2, 3])
+        #expect(MPICommunicator.split(parts.flatMap { $0 }, counts: counts, displs: displs) == parts)
+        #expect(MPICommunicator.displacements([7]) == [0])
+    }
+
+    @Test func mpiErrorsNameTheCall() {
+        #expect(MPIError(call: "MPI_Alltoallv", code: 15, message: "MPI_ERR_PENDING").description
+            == "MPI_Alltoallv failed (MPI error 15: MPI_ERR_PENDING)")
+    }
+}
