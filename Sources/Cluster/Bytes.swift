@@ -24,6 +24,9 @@ struct ByteReader {
     var atEnd: Bool { offset >= bytes.count }
 
     mutating func int() -> Int { Int(read(Int32.self)) }
+
+    /// Passes over `n` floats.
+    mutating func skip(floats n: Int) { offset += 4 * n }
     mutating func float() -> Float { read(Float.self) }
 
     mutating func floats(count: Int, into dst: UnsafeMutablePointer<Float>) {

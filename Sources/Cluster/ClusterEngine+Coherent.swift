@@ -30,14 +30,7 @@ extension ClusterEngine {
             }
             (local, xp) = try moveToExperts(layer: l, tokens: local, x: xp)
         }
-        guard !local.isEmpty else { return }
-        let logits = model.logits(xp, rows: Array(local.indices))
-        let vocab = model.spec.vocabSize
-        logits.withUnsafeBufferPointer { all in
-            for (i, s) in local.enumerated() {
-                emitToken(s, s.sampler.sample(UnsafeBufferPointer(rebasing: all[(i * vocab)..<((i + 1) * vocab)]), step: s.tokens.count))
-            }
-        }
+        sampleAndEmit(local, x: xp)
     }
 
     /// The MoE layer of coherent mode. Returns the tokens whose new home is this rank, in slot order, and their
@@ -68,25 +61,15 @@ extension ClusterEngine {
 
         struct Arrival { var slot: Int; var home: Int; var experts: [(Int32, Float)] }
         var arrivals: [Arrival] = []
+        let xr = rows.reserve(max(received.reduce(0) { $0 + $1.count } / (h * 4), 1) * h)
         for src in 0..<g {
             var r = ByteReader(received[src])
             while !r.atEnd {
                 let slot = r.int(), home = r.int()
                 var experts: [(Int32, Float)] = []
                 for _ in 0..<k { experts.append((Int32(r.int()), r.float())) }
-                r.skip(floats: h)
+                r.floats(count: h, into: xr + arrivals.count * h)
                 arrivals.append(Arrival(slot: slot, home: home, experts: experts))
-            }
-        }
-        let xr = rows.reserve(max(arrivals.count, 1) * h)
-        var row = 0
-        for src in 0..<g {
-            var r = ByteReader(received[src])
-            while !r.atEnd {
-                _ = r.int(); _ = r.int()
-                for _ in 0..<k { _ = r.int(); _ = r.float() }
-                r.floats(count: h, into: xr + row * h)
-                row += 1
             }
         }
 

@@ -48,14 +48,7 @@ extension ClusterEngine {
         let xp = x.reserve(max(tokens.count, 1) * h)
         model.embed(tokens, into: xp)
         try ownedLayers(batch: batch, positions: mine.map { ($0.slot, $0.cache!.length) }, x: xp, observe: false)
-        guard !mine.isEmpty else { return }
-        let logits = model.logits(xp, rows: Array(mine.indices))
-        let vocab = model.spec.vocabSize
-        logits.withUnsafeBufferPointer { all in
-            for (i, s) in mine.enumerated() {
-                emitToken(s, s.sampler.sample(UnsafeBufferPointer(rebasing: all[(i * vocab)..<((i + 1) * vocab)]), step: s.tokens.count))
-            }
-        }
+        sampleAndEmit(mine, x: xp)
     }
 
     /// All layers over tokens whose caches are on this rank; MoE layers through `ep2Combine`.
@@ -104,9 +97,10 @@ extension ClusterEngine {
         }
         let received = try comm.alltoallv(send.map(\.bytes), kind: .dispatch)
 
-        // Experts on the received rows.
+        // Experts on the received rows (every record carries one row, so bytes / row size bounds the count).
         var assignments: [ExpertAssignment] = []
         var recordsFrom = [[[Int32]]](repeating: [], count: g)  // per source: each record's experts, ascending
+        let xr = rows.reserve(max(received.reduce(0) { $0 + $1.count } / (h * 4), 1) * h)
         var totalRows = 0
         for src in 0..<g {
             var r = ByteReader(received[src])
@@ -119,21 +113,9 @@ extension ClusterEngine {
                     experts.append(e)
                     assignments.append(ExpertAssignment(row: Int32(totalRows), expert: e, weight: w))
                 }
-                r.skip(floats: h)
+                r.floats(count: h, into: xr + totalRows * h)
                 recordsFrom[src].append(experts)
                 totalRows += 1
-            }
-        }
-        let xr = rows.reserve(max(totalRows, 1) * h)
-        var row = 0
-        for src in 0..<g {
-            var r = ByteReader(received[src])
-            while !r.atEnd {
-                _ = r.int()
-                let n = r.int()
-                for _ in 0..<n { _ = r.int(); _ = r.float() }
-                r.floats(count: h, into: xr + row * h)
-                row += 1
             }
         }
         let out = outputs.reserve(max(assignments.count, 1) * h)
@@ -144,7 +126,7 @@ extension ClusterEngine {
 
         // Combine: per source, its records in order, each record's experts ascending.
         var reply = [ByteWriter](repeating: ByteWriter(), count: g)
-        row = 0
+        var row = 0
         for src in 0..<g {
             for experts in recordsFrom[src] {
                 for e in experts { reply[src].floats(out + index[Int64(row) << 32 | Int64(e)]! * h, count: h) }

@@ -158,6 +158,19 @@ public final class ClusterEngine {
         return finished.sorted { $0.slot < $1.slot }
     }
 
+    /// Final norm, LM head and sampling for sequences whose last hidden states are the rows of x; queues the
+    /// tokens for the step-end allgather.
+    func sampleAndEmit(_ sequences: [SequenceState], x xp: UnsafePointer<Float>) {
+        guard !sequences.isEmpty else { return }
+        let logits = model.logits(xp, rows: Array(sequences.indices))
+        let vocab = model.spec.vocabSize
+        logits.withUnsafeBufferPointer { all in
+            for (i, s) in sequences.enumerated() {
+                emitToken(s, s.sampler.sample(UnsafeBufferPointer(rebasing: all[(i * vocab)..<((i + 1) * vocab)]), step: s.tokens.count))
+            }
+        }
+    }
+
     func emitToken(_ s: SequenceState, _ token: Int) {
         tokenOut.int(s.slot)
         tokenOut.int(token)
@@ -175,12 +188,5 @@ public final class ClusterEngine {
         kvOut.int(count)
         kvOut.floats(cache.keys(layer) + first * kvDim, count: count * kvDim)
         kvOut.floats(cache.values(layer) + first * kvDim, count: count * kvDim)
-    }
-}
-
-extension ByteReader {
-    mutating func skip(floats n: Int) {
-        var sink = [Float](repeating: 0, count: n)
-        sink.withUnsafeMutableBufferPointer { floats(count: n, into: $0.baseAddress!) }
     }
 }
