@@ -26,6 +26,8 @@ struct DistributedRun {
     let comm: MPICommunicator
     let engine: ClusterEngine
     let label: String
+    /// Bytes of routed-expert weights each rank holds, from the agreement step.
+    let expertBytes: [Int]
 
     /// Whether this process was started by mpirun.
     static var active: Bool { MPICommunicator.launchedByMPI }
@@ -60,14 +62,15 @@ struct DistributedRun {
         } catch {
             failure = "\(error)"
         }
+        let statuses: [Int]
         do {
-            _ = try Agreement.agree(comm, error: failure, expertBytes: engine?.model.bank.byteCount ?? 0)
+            statuses = try Agreement.agree(comm, error: failure, expertBytes: engine?.model.bank.byteCount ?? 0).map { Int($0.expertBytes) }
         } catch let error as ClusterError {
             if comm.rank == 0 { FileHandle.standardError.write(Data("moe: error: \(error)\n".utf8)) }
             comm.finalize()
             throw ExitCode(1)
         }
-        return DistributedRun(comm: comm, engine: engine!, label: options.label)
+        return DistributedRun(comm: comm, engine: engine!, label: options.label, expertBytes: statuses)
     }
 
     /// Ends MPI.
