@@ -1,0 +1,251 @@
+import Foundation
+
+/// One placement problem: statistics, topology, objective.
+public struct PlacementProblem: Sendable {
+    public var statistics: TraceStatistics
+    public var ranks: Int
+    public var nodes: Int
+    /// Experts of one layer a rank may hold (default ⌈E/G⌉).
+    public var capacity: Int
+    public var objective: PlacementObjective
+
+    public init(statistics: TraceStatistics, ranks: Int, nodes: Int = 1, capacity: Int? = nil, coactivationWeight: Double = 0) {
+        self.statistics = statistics
+        self.ranks = ranks
+        self.nodes = nodes
+        self.capacity = capacity ?? (statistics.experts + ranks - 1) / ranks
+        objective = PlacementObjective(ranksPerNode: max(ranks / max(nodes, 1), 1), coactivationWeight: coactivationWeight)
+    }
+
+    /// Checks that the topology can hold the experts.
+    public func validate() throws {
+        guard ranks >= 1 else { throw PlacementError.invalid("--ranks must be at least 1") }
+        guard nodes >= 1, ranks % nodes == 0 else { throw PlacementError.invalid("\(ranks) ranks do not split evenly over \(nodes) nodes") }
+        guard capacity * ranks >= statistics.experts else {
+            throw PlacementError.invalid("\(ranks) ranks × \(capacity) experts per rank cannot hold \(statistics.experts) experts per layer")
+        }
+    }
+}
+
+/// What a solver returns.
+public struct PlacementSolution: Sendable {
+    public var placement: Placement
+    public var objective: Double
+    /// A proven lower bound on the objective, where the solver has one.
+    public var lowerBound: Double?
+    public var solver: String
+}
+
+/// A placement policy: inputs in, placement out, no I/O.
+public protocol PlacementSolver {
+    var name: String { get }
+    func solve(_ problem: PlacementProblem) throws -> PlacementSolution
+}
+
+/// Rank r holds experts ⌊rE/G⌋ ..< ⌊(r+1)E/G⌋ of every layer.
+public struct ContiguousSolver: PlacementSolver {
+    public init() {}
+    public var name: String { "contiguous" }
+    public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
+        let placement = Placement.contiguous(layers: p.statistics.layers, experts: p.statistics.experts, ranks: p.ranks)
+        return PlacementSolution(placement: placement, objective: p.objective.cost(placement, p.statistics), lowerBound: nil, solver: name)
+    }
+}
+
+/// Expert e of every layer on rank e mod G.
+public struct RoundRobinSolver: PlacementSolver {
+    public init() {}
+    public var name: String { "round-robin" }
+    public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
+        let placement = Placement.roundRobin(layers: p.statistics.layers, experts: p.statistics.experts, ranks: p.ranks)
+        return PlacementSolution(placement: placement, objective: p.objective.cost(placement, p.statistics), lowerBound: nil, solver: name)
+    }
+}
+
+/// Exact optimum on one node when each layer's ways to group experts into ranks are few.
+///
+/// On one node the cost only asks which experts share a rank, so a layer's state is an unlabeled partition of its
+/// experts into G groups of the capacity. Between two layers the best labeling is an assignment problem over the
+/// groups, and the labelings of successive layer pairs can be chosen independently, so a dynamic program over the
+/// layers' partitions finds the optimum. With one expert per rank this is a chain of assignment problems.
+public struct ExactSolver: PlacementSolver {
+    /// Largest number of partitions per layer the solver takes on.
+    public var maxStates: Int
+
+    public init(maxStates: Int = 6000) { self.maxStates = maxStates }
+    public var name: String { "exact" }
+
+    /// Partitions of `E` experts into `G` groups of exactly E/G, or nil when there are more than `limit`.
+    public static func partitions(experts: Int, ranks: Int, limit: Int) -> [[[Int]]]? {
+        guard experts % ranks == 0 else { return nil }
+        let size = experts / ranks
+        var out: [[[Int]]] = []
+        func extend(_ remaining: [Int], _ acc: [[Int]]) -> Bool {
+            if remaining.isEmpty { out.append(acc); return out.count <= limit }
+            let first = remaining[0], rest = Array(remaining.dropFirst())
+            var ok = true
+            combinations(rest, size - 1) { combo in
+                guard ok else { return }
+                let left = rest.filter { !combo.contains($0) }
+                ok = extend(left, acc + [[first] + combo])
+            }
+            return ok
+        }
+        return extend(Array(0..<experts), []) ? out : nil
+    }
+
+    static func combinations(_ items: [Int], _ k: Int, _ body: ([Int]) -> Void) {
+        var chosen: [Int] = []
+        func go(_ start: Int) {
+            if chosen.count == k { body(chosen); return }
+            guard start < items.count else { return }
+            for i in start..<items.count where items.count - i >= k - chosen.count {
+                chosen.append(items[i]); go(i + 1); chosen.removeLast()
+            }
+        }
+        go(0)
+    }
+
+    public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
+        let s = p.statistics, e = s.experts, g = p.ranks, layers = s.layers
+        guard p.nodes == 1 else { throw PlacementError.invalid("the exact solver covers one node; use --solver local or ilp for \(p.nodes) nodes") }
+        guard p.capacity * g == e, let states = Self.partitions(experts: e, ranks: g, limit: maxStates) else {
+            throw PlacementError.invalid("the exact solver needs E divisible by G and at most \(maxStates) groupings per layer")
+        }
+        // Co-located mass a partition keeps within a layer (co-activation), and between groups of two layers.
+        let lambda = p.objective.coactivationWeight
+        func inside(_ l: Int, _ st: [[Int]]) -> Double {
+            guard lambda != 0 else { return 0 }
+            var v = 0.0
+            for block in st { for a in block { for b in block where a < b { v += s.coactivation[l][a * e + b] } } }
+            return lambda * v
+        }
+        func groupScores(_ l: Int, _ from: [[Int]], _ to: [[Int]]) -> [[Double]] {
+            from.map { bi in to.map { bj in bi.reduce(0.0) { acc, a in bj.reduce(acc) { $0 + s.transitions[l][a * e + $1] } } } }
+        }
+        // Dynamic program maximising kept mass (minimising the cost is the same on one node).
+        var value = states.map { inside(0, $0) }
+        var back: [[Int]] = []
+        for l in 0..<(layers - 1) {
+            var next = Array(repeating: -Double.infinity, count: states.count), arg = Array(repeating: 0, count: states.count)
+            for (j, q) in states.enumerated() {
+                let here = inside(l + 1, q)
+                for (i, pState) in states.enumerated() {
+                    let v = value[i] + Assignment.maximum(groupScores(l, pState, q)).value + here
+                    if v > next[j] { next[j] = v; arg[j] = i }
+                }
+            }
+            value = next
+            back.append(arg)
+        }
+        var chosen = [value.indices.max { value[$0] < value[$1] }!]
+        for l in stride(from: layers - 2, through: 0, by: -1) { chosen.append(back[l][chosen.last!]) }
+        chosen.reverse()
+        // Labels: layer 0's groups are ranks 0..G-1; each next layer's groups take their matched group's rank.
+        var rankOf = Array(repeating: Array(repeating: 0, count: e), count: layers)
+        var groupRank = Array(0..<g)
+        for (r, block) in states[chosen[0]].enumerated() { for a in block { rankOf[0][a] = r } }
+        for l in 1..<max(layers, 1) {
+            let match = Assignment.maximum(groupScores(l - 1, states[chosen[l - 1]], states[chosen[l]])).match
+            var next = Array(repeating: 0, count: g)
+            for (bi, bj) in match.enumerated() { next[bj] = groupRank[bi] }
+            for (bj, block) in states[chosen[l]].enumerated() { for a in block { rankOf[l][a] = next[bj] } }
+            groupRank = next
+        }
+        let placement = Placement(rankOf: rankOf, ranks: g)
+        let cost = p.objective.cost(placement, s)
+        return PlacementSolution(placement: placement, objective: cost, lowerBound: cost, solver: name)
+    }
+}
+
+/// Improves any placement by swapping two experts of one layer between ranks while the cost falls.
+public struct LocalSearchSolver: PlacementSolver {
+    public var start: Placement?
+    public var deadline: Date?
+
+    public init(start: Placement? = nil, deadline: Date? = nil) {
+        self.start = start
+        self.deadline = deadline
+    }
+
+    public var name: String { "local" }
+
+    public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
+        let s = p.statistics, e = s.experts
+        var placement = start ?? Placement.contiguous(layers: s.layers, experts: e, ranks: p.ranks)
+        let o = p.objective
+        // Cost terms that involve expert a of layer l when it sits on rank r.
+        func local(_ l: Int, _ a: Int, _ r: Int, except other: Int) -> Double {
+            var c = 0.0
+            if l > 0 { for x in 0..<e { c += s.transitions[l - 1][x * e + a] * o.hop(placement.rankOf[l - 1][x], r) } }
+            if l + 1 < s.layers { for y in 0..<e { c += s.transitions[l][a * e + y] * o.hop(r, placement.rankOf[l + 1][y]) } }
+            if o.coactivationWeight != 0 {
+                for x in 0..<e where x != a && x != other {
+                    c += o.coactivationWeight * s.coactivation[l][a * e + x] * o.hop(r, placement.rankOf[l][x])
+                }
+            }
+            return c
+        }
+        var improved = true
+        while improved {
+            improved = false
+            if let deadline, Date() > deadline { break }
+            for l in 0..<s.layers {
+                for a in 0..<e {
+                    for b in (a + 1)..<e where placement.rankOf[l][a] != placement.rankOf[l][b] {
+                        let ra = placement.rankOf[l][a], rb = placement.rankOf[l][b]
+                        let before = local(l, a, ra, except: b) + local(l, b, rb, except: a)
+                        let after = local(l, a, rb, except: b) + local(l, b, ra, except: a)
+                        if after < before - 1e-12 {
+                            placement.rankOf[l][a] = rb
+                            placement.rankOf[l][b] = ra
+                            improved = true
+                        }
+                    }
+                }
+            }
+        }
+        return PlacementSolution(placement: placement, objective: o.cost(placement, s), lowerBound: nil, solver: name)
+    }
+}
+
+/// Maximum-weight perfect matching of a square score matrix (Hungarian algorithm, O(n³)).
+public enum Assignment {
+    /// The best `match[i]` (row i to column match[i]) and its total score.
+    public static func maximum(_ score: [[Double]]) -> (match: [Int], value: Double) {
+        let n = score.count
+        guard n > 0 else { return ([], 0) }
+        if n == 1 { return ([0], score[0][0]) }
+        // Minimise the negated scores with potentials (1-based arrays as in the textbook form).
+        var u = [Double](repeating: 0, count: n + 1), v = u
+        var p = [Int](repeating: 0, count: n + 1), way = p
+        for i in 1...n {
+            p[0] = i
+            var j0 = 0
+            var minv = [Double](repeating: .infinity, count: n + 1)
+            var used = [Bool](repeating: false, count: n + 1)
+            repeat {
+                used[j0] = true
+                let i0 = p[j0]
+                var delta = Double.infinity, j1 = 0
+                for j in 1...n where !used[j] {
+                    let cur = -score[i0 - 1][j - 1] - u[i0] - v[j]
+                    if cur < minv[j] { minv[j] = cur; way[j] = j0 }
+                    if minv[j] < delta { delta = minv[j]; j1 = j }
+                }
+                for j in 0...n {
+                    if used[j] { u[p[j]] += delta; v[j] -= delta } else { minv[j] -= delta }
+                }
+                j0 = j1
+            } while p[j0] != 0
+            repeat {
+                let j1 = way[j0]
+                p[j0] = p[j1]
+                j0 = j1
+            } while j0 != 0
+        }
+        var match = [Int](repeating: 0, count: n)
+        for j in 1...n { match[p[j] - 1] = j - 1 }
+        return (match, (0..<n).reduce(0) { $0 + score[$1][match[$1]] })
+    }
+}

@@ -1,0 +1,191 @@
+import ArgumentParser
+import Foundation
+import Placement
+
+extension MoE {
+    /// `moe plan`: expert placements from routing traces, and their evaluation.
+    struct Plan: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Place experts on ranks from routing traces so that tokens rarely change rank.",
+            subcommands: [Solve.self, Evaluate.self, Import.self],
+            defaultSubcommand: Solve.self)
+    }
+}
+
+extension MoE.Plan {
+    struct Solve: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "solve",
+            abstract: "Plan a placement (the default: `moe plan --trace …` is `moe plan solve --trace …`).")
+
+        @Option(help: "Routing trace (JSONL: moe trace's form or the vLLM dump); repeat for several.")
+        var trace: [String] = []
+
+        @Option(help: "Ranks of the job.")
+        var ranks: Int
+
+        @Option(help: "Nodes the ranks are spread over (hop 1 within a node, 2 across).")
+        var nodes: Int = 1
+
+        @Option(help: "Experts of one layer a rank may hold (default ⌈E/G⌉).")
+        var expertsPerRank: Int?
+
+        @Option(help: "auto, exact, local, contiguous or round-robin.")
+        var solver: String = "auto"
+
+        @Option(help: "Weight of co-activation within a layer (a token's experts on different ranks).")
+        var coactivation: Double = PlanDefaults.coactivation
+
+        @Option(help: "Seconds the solver may take.")
+        var timeLimit: Double = 60
+
+        @Option(help: "Output plan file.")
+        var output: String
+
+        func validate() throws {
+            if trace.isEmpty { throw ValidationError("give at least one --trace") }
+            if ranks < 1 { throw ValidationError("--ranks must be at least 1") }
+            if nodes < 1 { throw ValidationError("--nodes must be at least 1") }
+            if !["auto", "exact", "local", "contiguous", "round-robin"].contains(solver) {
+                throw ValidationError("--solver must be auto, exact, local, contiguous or round-robin")
+            }
+            if timeLimit <= 0 { throw ValidationError("--time-limit must be positive") }
+        }
+
+        func run() throws {
+            try reportingErrors {
+                let t = try RoutingTrace.load(paths: trace)
+                if t.skippedTokens > 0 { FileHandle.standardError.write(Data("moe plan: skipped \(t.skippedTokens) incomplete tokens\n".utf8)) }
+                let problem = PlacementProblem(statistics: TraceStatistics(t), ranks: ranks, nodes: nodes, capacity: expertsPerRank,
+                                               coactivationWeight: coactivation)
+                try problem.validate()
+                let solution = try PlanDefaults.solve(problem, solver: solver, deadline: Date().addingTimeInterval(timeLimit))
+                var plan = PlanFile(placement: solution.placement, topK: t.topK, nodes: nodes, solver: solution.solver,
+                                    objective: solution.objective, lowerBound: solution.lowerBound, traceDigest: try TraceDigest.of(paths: trace))
+                plan.hash = plan.contentHash
+                try plan.write(path: output)
+                let e = Evaluation(placement: solution.placement, trace: t, ranksPerNode: ranks / nodes)
+                emit(String(format: "%@: %d layers × %d experts on %d ranks, objective %.3f%@; training trace: %.3f of top-1 transitions cross ranks",
+                            solution.solver, t.layers, t.experts, ranks, solution.objective,
+                            solution.lowerBound.map { String(format: " (lower bound %.3f)", $0) } ?? "", e.crossRankTopOne))
+            }
+        }
+    }
+
+    struct Evaluate: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Score a plan on a trace, beside the contiguous and round-robin baselines.")
+
+        @Option(help: "Plan file (JSON).")
+        var plan: String
+
+        @Option(help: "Routing trace; repeat for several.")
+        var trace: [String] = []
+
+        @Flag(help: "Print one JSON object on the last line.")
+        var json = false
+
+        func validate() throws { if trace.isEmpty { throw ValidationError("give at least one --trace") } }
+
+        func run() throws {
+            try reportingErrors {
+                let p = try PlanFile.load(path: plan)
+                let t = try RoutingTrace.load(paths: trace)
+                guard t.layers == p.layers, t.experts <= p.experts else {
+                    throw PlacementError.mismatch("the plan has \(p.layers) layers of \(p.experts) experts, the trace \(t.layers) layers with expert ids up to \(t.experts - 1)")
+                }
+                let perNode = p.ranks / max(p.nodes, 1)
+                let rows: [(String, Evaluation)] = [
+                    ("plan", Evaluation(placement: p.placement, trace: t, ranksPerNode: perNode)),
+                    ("contiguous", Evaluation(placement: .contiguous(layers: p.layers, experts: p.experts, ranks: p.ranks), trace: t, ranksPerNode: perNode)),
+                    ("round-robin", Evaluation(placement: .roundRobin(layers: p.layers, experts: p.experts, ranks: p.ranks), trace: t, ranksPerNode: perNode)),
+                ]
+                func object(_ e: Evaluation) -> [String: Any] {
+                    ["cross_rank_top1": e.crossRankTopOne, "cross_rank_topk": e.crossRankTopK, "hops_per_token": e.hopsPerToken,
+                     "secondary_remote": e.secondaryRemote, "max_mean_load": e.maxMeanLoad]
+                }
+                emit("| placement | cross-rank top-1 | cross-rank top-k | hops/token | secondary remote | max/mean load |")
+                emit("|---|---|---|---|---|---|")
+                for (name, e) in rows {
+                    emit(String(format: "| %@ | %.3f | %.3f | %.2f | %.3f | %.2f |", name, e.crossRankTopOne, e.crossRankTopK,
+                                e.hopsPerToken, e.secondaryRemote, e.maxMeanLoad))
+                }
+                if json {
+                    var o = object(rows[0].1)
+                    o["contiguous"] = object(rows[1].1)
+                    o["round_robin"] = object(rows[2].1)
+                    emit(try jsonLine(o))
+                }
+            }
+        }
+    }
+
+    struct Import: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Turn ExFlow's published placement (CSV Expert,Node) into a plan file.")
+
+        @Option(help: "ExFlow CSV (global expert id = layer × E + expert).")
+        var exflow: String
+
+        @Option(help: "Experts per layer.")
+        var experts: Int = 8
+
+        @Option(help: "Top-k of the model, recorded in the plan.")
+        var topK: Int = 2
+
+        @Option(help: "Output plan file.")
+        var output: String
+
+        func run() throws {
+            try reportingErrors {
+                guard let data = FileManager.default.contents(atPath: exflow) else { throw PlacementError.unreadable(path: exflow, reason: "no such file") }
+                let placement = try Placement.importExFlow(csv: String(decoding: data, as: UTF8.self), experts: experts, path: exflow)
+                var plan = PlanFile(placement: placement, topK: topK, solver: "exflow")
+                plan.hash = plan.contentHash
+                try plan.write(path: output)
+                emit("imported \(placement.layers) layers × \(placement.experts) experts on \(placement.ranks) ranks")
+            }
+        }
+    }
+}
+
+/// The planner's defaults and solver choice.
+enum PlanDefaults {
+    /// Co-activation weight λ (chosen by cross-validation inside training halves; see README).
+    static let coactivation = 0.0
+
+    static func solve(_ p: PlacementProblem, solver: String, deadline: Date) throws -> PlacementSolution {
+        switch solver {
+        case "contiguous": return try ContiguousSolver().solve(p)
+        case "round-robin": return try RoundRobinSolver().solve(p)
+        case "exact": return try ExactSolver().solve(p)
+        case "local": return try LocalSearchSolver(deadline: deadline).solve(p)
+        default:
+            if p.nodes == 1, let exact = try? ExactSolver().solve(p) { return exact }
+            var s = try LocalSearchSolver(deadline: deadline).solve(p)
+            s.solver = "local"
+            return s
+        }
+    }
+}
+
+/// A short digest of trace files' bytes (FNV-1a 64), recorded in plans.
+enum TraceDigest {
+    static func of(paths: [String]) throws -> String {
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325
+        for p in paths {
+            guard let data = FileManager.default.contents(atPath: p) else { throw PlacementError.unreadable(path: p, reason: "cannot read") }
+            for b in data { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 }
+        }
+        return String(format: "fnv1a64:%016llx", h)
+    }
+}
+
+extension PlanFile {
+    /// FNV-1a 64 of the placement table and shape, so a plan's content can be recognised.
+    var contentHash: String {
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325
+        for v in [layers, experts, topK, ranks, nodes] + rankOf.joined() {
+            for b in withUnsafeBytes(of: Int64(v).littleEndian, Array.init) { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 }
+        }
+        return String(format: "fnv1a64:%016llx", h)
+    }
+}

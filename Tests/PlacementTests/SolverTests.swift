@@ -1,0 +1,112 @@
+import Foundation
+import Placement
+import Testing
+
+/// A random trace: `tokens` tokens through `layers` layers of `experts` experts, top-k with random weights.
+func randomTrace(layers: Int, experts: Int, topK: Int, tokens: Int, seed: UInt64) -> RoutingTrace {
+    var s = seed
+    func next() -> UInt64 { s = s &* 6364136223846793005 &+ 1442695040888963407; return s >> 33 }
+    let seq = (0..<tokens).map { _ in
+        (0..<layers).map { _ -> RoutingTrace.Choice in
+            var ids: [Int] = []
+            while ids.count < topK { let e = Int(next() % UInt64(experts)); if !ids.contains(e) { ids.append(e) } }
+            let w = Float(next() % 1000) / 2000 + 0.5
+            return RoutingTrace.Choice(experts: ids, weights: topK == 1 ? [1] : [w] + Array(repeating: (1 - w) / Float(topK - 1), count: topK - 1))
+        }
+    }
+    return RoutingTrace(sequences: [.init(name: "r", tokens: seq)], layers: layers, experts: experts, topK: topK)
+}
+
+/// Every placement with exactly E/G experts per rank in every layer (small instances only).
+func allPlacements(layers: Int, experts: Int, ranks: Int) -> [Placement] {
+    let c = experts / ranks
+    var rows: [[Int]] = []
+    func fill(_ row: [Int], _ counts: [Int]) {
+        if row.count == experts { rows.append(row); return }
+        for r in 0..<ranks where counts[r] < c { var n = counts; n[r] += 1; fill(row + [r], n) }
+    }
+    fill([], Array(repeating: 0, count: ranks))
+    var out: [[[Int]]] = [[]]
+    for _ in 0..<layers { out = out.flatMap { prefix in rows.map { prefix + [$0] } } }
+    return out.map { Placement(rankOf: $0, ranks: ranks) }
+}
+
+@Suite struct SolverTests {
+    @Test(arguments: [(4, 2, 1, 0.0), (4, 2, 2, 0.0), (4, 2, 2, 0.7), (6, 3, 2, 0.3), (4, 4, 2, 0.0), (6, 2, 2, 0.5)])
+    func exactEqualsBruteForce(experts: Int, ranks: Int, topK: Int, coactivation: Double) throws {
+        for seed in 1...3 {
+            let layers = experts == 6 ? 2 : 3  // brute force over 90² or 20² placements
+            let trace = randomTrace(layers: layers, experts: experts, topK: topK, tokens: 40, seed: UInt64(seed * 7 + experts))
+            let problem = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, coactivationWeight: coactivation)
+            let exact = try ExactSolver().solve(problem)
+            let best = allPlacements(layers: layers, experts: experts, ranks: ranks).map { problem.objective.cost($0, problem.statistics) }.min()!
+            #expect(abs(exact.objective - best) < 1e-9, "seed \(seed): exact \(exact.objective), brute force \(best)")
+            #expect(exact.lowerBound == exact.objective)
+            #expect(abs(problem.objective.cost(exact.placement, problem.statistics) - exact.objective) < 1e-9)
+            try exact.placement.validate(layers: layers, experts: experts, ranks: ranks)
+        }
+    }
+
+    @Test(arguments: [(8, 4, 1), (8, 2, 2), (12, 3, 2)])
+    func localSearchStaysFeasibleAndNeverWorsens(experts: Int, ranks: Int, nodes: Int) throws {
+        let trace = randomTrace(layers: 5, experts: experts, topK: 2, tokens: 200, seed: 11)
+        let problem = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, nodes: nodes, coactivationWeight: 0.3)
+        let start = Placement.roundRobin(layers: 5, experts: experts, ranks: ranks)
+        let improved = try LocalSearchSolver(start: start).solve(problem)
+        try improved.placement.validate(layers: 5, experts: experts, ranks: ranks)
+        #expect(improved.objective <= problem.objective.cost(start, problem.statistics) + 1e-9)
+        #expect(abs(problem.objective.cost(improved.placement, problem.statistics) - improved.objective) < 1e-9)
+    }
+
+    @Test func assignmentEqualsBruteForce() {
+        var s: UInt64 = 5
+        for n in 1...6 {
+            let score = (0..<n).map { _ in (0..<n).map { _ -> Double in s = s &* 6364136223846793005 &+ 1; return Double(s >> 40) / 1000 } }
+            var best = -Double.infinity
+            func permute(_ used: [Bool], _ row: Int, _ acc: Double) {
+                if row == n { best = max(best, acc); return }
+                for j in 0..<n where !used[j] { var u = used; u[j] = true; permute(u, row + 1, acc + score[row][j]) }
+            }
+            permute(Array(repeating: false, count: n), 0, 0)
+            let (match, value) = Assignment.maximum(score)
+            #expect(abs(value - best) < 1e-9)
+            #expect(Set(match).count == n)
+        }
+    }
+
+    @Test func evaluationAgreesWithAHandCountedExample() {
+        // Two tokens, three layers, four experts on two ranks: rank 0 holds {0, 1}, rank 1 holds {2, 3}.
+        let c = { (a: Int, b: Int) in RoutingTrace.Choice(experts: [a, b], weights: [0.75, 0.25]) }
+        let trace = RoutingTrace(sequences: [.init(name: "s", tokens: [
+            [c(0, 1), c(2, 0), c(3, 2)],  // top-1 0→2 crosses, 2→3 stays
+            [c(1, 3), c(0, 1), c(1, 0)],  // top-1 1→0 stays, 0→1 stays
+        ])], layers: 3, experts: 4, topK: 2)
+        let p = Placement.contiguous(layers: 3, experts: 4, ranks: 2)
+        let e = Evaluation(placement: p, trace: trace)
+        #expect(e.crossRankTopOne == 0.25)  // 1 of 4 transitions
+        // Secondary away from primary: (0,1) no, (2,0) yes, (3,2) no, (1,3) yes, (0,1) no, (1,0) no → 2 of 6.
+        #expect(abs(e.secondaryRemote - 2.0 / 6) < 1e-12)
+        // Weighted top-k crossing, token 1 l0→l1: pairs (0,2) .5625 x, (0,0) .1875, (1,2) .1875 x, (1,0) .0625 → .75;
+        // l1→l2: (2,3) .5625, (2,2) .1875, (0,3) .1875 x, (0,2) .0625 x → .25; token 2 l0→l1: (1,0) .5625, (1,1) .1875,
+        // (3,0) .1875 x, (3,1) .0625 x → .25; l1→l2: all on rank 0 → 0. Total 1.25 of 4.
+        #expect(abs(e.crossRankTopK - 1.25 / 4) < 1e-12)
+        #expect(abs(e.hopsPerToken - 1.25 / 2) < 1e-12)
+        // Load per layer (top-k assignments per rank): l0 [3, 1], l1 [3, 1], l2 [2, 2] → max/mean 1.5, 1.5, 1.
+        #expect(abs(e.maxMeanLoad - 4.0 / 3) < 1e-12)
+    }
+
+    @Test func exflowCSVImportsAndRejectsBadRows() throws {
+        let p = try Placement.importExFlow(csv: "Expert,Node\n0,1\n1,0\n2,0\n3,1\n", experts: 2, path: "x.csv")
+        #expect(p.rankOf == [[1, 0], [0, 1]] && p.ranks == 2)
+        #expect(throws: PlacementError.self) { try Placement.importExFlow(csv: "Expert,Node\n0,1\n1,x\n", experts: 2, path: "x.csv") }
+        #expect(throws: PlacementError.self) { try Placement.importExFlow(csv: "0,1\n0,0\n", experts: 2, path: "x.csv") }
+        #expect(throws: PlacementError.self) { try Placement.importExFlow(csv: "0,1\n1,0\n2,1\n", experts: 2, path: "x.csv") }
+    }
+
+    @Test func problemsThatCannotHoldTheExpertsAreRefused() {
+        let stats = TraceStatistics(randomTrace(layers: 2, experts: 8, topK: 2, tokens: 5, seed: 1))
+        #expect(throws: PlacementError.self) { try PlacementProblem(statistics: stats, ranks: 2, capacity: 3).validate() }
+        #expect(throws: PlacementError.self) { try PlacementProblem(statistics: stats, ranks: 4, nodes: 3).validate() }
+        #expect(throws: PlacementError.self) { try ExactSolver().solve(PlacementProblem(statistics: stats, ranks: 4, nodes: 2)) }
+    }
+}
