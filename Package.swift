@@ -43,13 +43,18 @@ let package = Package(
             dependencies: ["Kernels"],
             swiftSettings: simdFlags
         ),
+        .systemLibrary(
+            name: "CCbc",
+            pkgConfig: "cbc",
+            providers: [.apt(["coinor-libcbc-dev"])]
+        ),
         .target(name: "Comm", dependencies: ["CMPI"]),
         .target(
             name: "Wire",
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
             exclude: []
         ),
-        .target(name: "Placement", dependencies: ["Wire"]),
+        .target(name: "Placement", dependencies: ["CCbc", "Wire"]),
         .target(
             name: "Cluster",
             dependencies: ["Models", "Kernels", "Comm", "Placement", "Wire"],

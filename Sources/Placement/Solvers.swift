@@ -34,6 +34,13 @@ public struct PlacementSolution: Sendable {
     /// A proven lower bound on the objective, where the solver has one.
     public var lowerBound: Double?
     public var solver: String
+
+    public init(placement: Placement, objective: Double, lowerBound: Double?, solver: String) {
+        self.placement = placement
+        self.objective = objective
+        self.lowerBound = lowerBound
+        self.solver = solver
+    }
 }
 
 /// A placement policy: inputs in, placement out, no I/O.

@@ -30,7 +30,7 @@ extension MoE.Plan {
         @Option(help: "Experts of one layer a rank may hold (default ⌈E/G⌉).")
         var expertsPerRank: Int?
 
-        @Option(help: "auto, exact, local, contiguous or round-robin.")
+        @Option(help: "auto (exact where it fits, else ILP started from local search), exact, ilp, local, contiguous or round-robin.")
         var solver: String = "auto"
 
         @Option(help: "Weight of co-activation within a layer (a token's experts on different ranks).")
@@ -46,8 +46,8 @@ extension MoE.Plan {
             if trace.isEmpty { throw ValidationError("give at least one --trace") }
             if ranks < 1 { throw ValidationError("--ranks must be at least 1") }
             if nodes < 1 { throw ValidationError("--nodes must be at least 1") }
-            if !["auto", "exact", "local", "contiguous", "round-robin"].contains(solver) {
-                throw ValidationError("--solver must be auto, exact, local, contiguous or round-robin")
+            if !["auto", "exact", "ilp", "local", "contiguous", "round-robin"].contains(solver) {
+                throw ValidationError("--solver must be auto, exact, ilp, local, contiguous or round-robin")
             }
             if timeLimit <= 0 { throw ValidationError("--time-limit must be positive") }
         }
@@ -158,11 +158,13 @@ enum PlanDefaults {
         case "round-robin": return try RoundRobinSolver().solve(p)
         case "exact": return try ExactSolver().solve(p)
         case "local": return try LocalSearchSolver(deadline: deadline).solve(p)
+        case "ilp": return try ILPSolver(timeLimit: deadline.timeIntervalSinceNow).solve(p)
         default:
             if p.nodes == 1, let exact = try? ExactSolver().solve(p) { return exact }
-            var s = try LocalSearchSolver(deadline: deadline).solve(p)
-            s.solver = "local"
-            return s
+            let local = try LocalSearchSolver(deadline: Date().addingTimeInterval(deadline.timeIntervalSinceNow / 4)).solve(p)
+            let ilp = try ILPSolver(timeLimit: max(1, deadline.timeIntervalSinceNow), start: local.placement).solve(p)
+            return ilp.objective <= local.objective ? ilp : PlacementSolution(placement: local.placement, objective: local.objective,
+                                                                            lowerBound: ilp.lowerBound, solver: "local+ilp")
         }
     }
 }

@@ -110,3 +110,21 @@ func allPlacements(layers: Int, experts: Int, ranks: Int) -> [Placement] {
         #expect(throws: PlacementError.self) { try ExactSolver().solve(PlacementProblem(statistics: stats, ranks: 4, nodes: 2)) }
     }
 }
+
+@Suite struct ILPTests {
+    @Test(arguments: [(4, 2, 1, 0.0), (6, 3, 1, 0.4), (4, 2, 2, 0.0)])
+    func ilpReportsItsObjectiveHonestlyAndBoundsIt(experts: Int, ranks: Int, nodes: Int, coactivation: Double) throws {
+        let layers = experts == 6 ? 2 : 3  // keeps the brute force small
+        let trace = randomTrace(layers: layers, experts: experts, topK: 2, tokens: 60, seed: 3)
+        let problem = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, nodes: nodes, coactivationWeight: coactivation)
+        let ilp = try ILPSolver(timeLimit: 20).solve(problem)
+        try ilp.placement.validate(layers: layers, experts: experts, ranks: ranks)
+        #expect(abs(problem.objective.cost(ilp.placement, problem.statistics) - ilp.objective) < 1e-9)
+        let bound = try #require(ilp.lowerBound)
+        #expect(bound <= ilp.objective + 1e-9)
+        // Small enough to be solved to optimality: it meets the brute-force optimum.
+        let best = allPlacements(layers: layers, experts: experts, ranks: ranks).map { problem.objective.cost($0, problem.statistics) }.min()!
+        #expect(abs(ilp.objective - best) < 1e-6)
+        #expect(abs(bound - best) < 1e-4)
+    }
+}

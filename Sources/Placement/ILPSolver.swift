@@ -1,0 +1,99 @@
+import CCbc
+import Foundation
+
+/// The placement as an integer program, solved by CBC within a time limit.
+///
+/// One binary x[l,e,r] per (layer, expert, rank); every expert on one rank, at most `capacity` per rank and layer.
+/// Kept mass is linearised: for each pair with weight C (transition a→b between layers l and l+1, or
+/// co-activation within a layer) a continuous s[·,r] ≤ x[·,a,r], s[·,r] ≤ x[·,b,r] per rank, and on several nodes
+/// a t[·,n] on the node sums. Maximising C·(Σ_r s + Σ_n t) is minimising Σ C·hop, since hop = 2 − same node −
+/// same rank (1 − same rank on one node). CBC reports the incumbent and a proven bound, so the gap is known.
+public struct ILPSolver: PlacementSolver {
+    public var timeLimit: Double
+    /// A plan to start from (its objective is the incumbent CBC must beat).
+    public var start: Placement?
+
+    public init(timeLimit: Double, start: Placement? = nil) {
+        self.timeLimit = timeLimit
+        self.start = start
+    }
+
+    public var name: String { "ilp" }
+
+    public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
+        let s = p.statistics, e = s.experts, g = p.ranks, layers = s.layers
+        let perNode = p.objective.ranksPerNode, nodes = g / perNode
+        guard let model = Cbc_newModel() else { throw PlacementError.invalid("CBC could not create a model") }
+        defer { Cbc_deleteModel(model) }
+        Cbc_setLogLevel(model, 0)
+        Cbc_setObjSense(model, -1)  // maximise kept mass
+        var columns: Int32 = 0
+        func column(_ obj: Double, integer: Bool) -> Int32 {
+            Cbc_addCol(model, "", 0, 1, obj, integer ? 1 : 0, 0, nil, nil)
+            defer { columns += 1 }
+            return columns
+        }
+        func row(_ cols: [Int32], _ coefs: [Double], _ sense: Character, _ rhs: Double) {
+            cols.withUnsafeBufferPointer { c in
+                coefs.withUnsafeBufferPointer { v in
+                    Cbc_addRow(model, "", Int32(cols.count), c.baseAddress, v.baseAddress, CChar(sense.asciiValue!), rhs)
+                }
+            }
+        }
+        var x = Array(repeating: Array(repeating: [Int32](), count: e), count: layers)
+        for l in 0..<layers { for a in 0..<e { x[l][a] = (0..<g).map { _ in column(0, integer: true) } } }
+        for l in 0..<layers {
+            for a in 0..<e { row(x[l][a], Array(repeating: 1, count: g), "E", 1) }
+            for r in 0..<g { row((0..<e).map { x[l][$0][r] }, Array(repeating: 1, count: e), "L", Double(p.capacity)) }
+        }
+        row([x[0][0][0]], [1], "E", 1)  // ranks are interchangeable: pin one expert
+        // Kept mass of a pair (layer la, expert a) – (layer lb, expert b) with weight w.
+        var total = 0.0
+        func keep(_ la: Int, _ a: Int, _ lb: Int, _ b: Int, _ w: Double) {
+            guard w > 0 else { return }
+            total += w * (nodes > 1 ? 2 : 1)
+            for r in 0..<g {
+                let c = column(w, integer: false)
+                row([c, x[la][a][r]], [1, -1], "L", 0)
+                row([c, x[lb][b][r]], [1, -1], "L", 0)
+            }
+            guard nodes > 1 else { return }
+            for n in 0..<nodes {
+                let c = column(w, integer: false), ranks = (n * perNode)..<((n + 1) * perNode)
+                row([c] + ranks.map { x[la][a][$0] }, [1] + Array(repeating: -1, count: perNode), "L", 0)
+                row([c] + ranks.map { x[lb][b][$0] }, [1] + Array(repeating: -1, count: perNode), "L", 0)
+            }
+        }
+        for l in 0..<(layers - 1) { for a in 0..<e { for b in 0..<e { keep(l, a, l + 1, b, s.transitions[l][a * e + b]) } } }
+        if p.objective.coactivationWeight > 0 {
+            for l in 0..<layers {
+                for a in 0..<e { for b in (a + 1)..<e { keep(l, a, l, b, p.objective.coactivationWeight * s.coactivation[l][a * e + b]) } }
+            }
+        }
+        if let start {
+            // Relabel so expert 0 of layer 0 sits on rank 0, as pinned above (swap whole ranks, cost unchanged).
+            let r0 = start.rankOf[0][0]
+            let relabel = { (r: Int) -> Int in r == r0 ? 0 : (r == 0 ? r0 : r) }
+            var idx: [Int32] = [], val: [Double] = []
+            for l in 0..<layers { for a in 0..<e { for r in 0..<g { idx.append(x[l][a][r]); val.append(relabel(start.rankOf[l][a]) == r ? 1 : 0) } } }
+            if nodes == 1 || r0 / perNode == 0 { Cbc_setMIPStartI(model, Int32(idx.count), idx, val) }
+        }
+        Cbc_setMaximumSeconds(model, timeLimit)
+        Cbc_solve(model)
+        guard let solution = Cbc_getColSolution(model), Cbc_getNumCols(model) == columns, !Cbc_isProvenInfeasible(model).isTrue else {
+            throw PlacementError.invalid("CBC found no feasible placement within \(timeLimit) s")
+        }
+        var rankOf = Array(repeating: Array(repeating: 0, count: e), count: layers)
+        for l in 0..<layers {
+            for a in 0..<e { rankOf[l][a] = (0..<g).max { solution[Int(x[l][a][$0])] < solution[Int(x[l][a][$1])] }! }
+        }
+        let placement = Placement(rankOf: rankOf, ranks: g)
+        let bound = total - Cbc_getBestPossibleObjValue(model)
+        let cost = p.objective.cost(placement, s)
+        return PlacementSolution(placement: placement, objective: cost, lowerBound: max(0, min(bound, cost)), solver: name)
+    }
+}
+
+extension Int32 {
+    var isTrue: Bool { self != 0 }
+}
