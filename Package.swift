@@ -54,7 +54,10 @@ let package = Package(
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
             exclude: []
         ),
-        .target(name: "Placement", dependencies: ["CCbc", "Wire"]),
+        .target(
+            name: "Placement",
+            dependencies: ["CCbc", "Wire", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
         .target(
             name: "Cluster",
             dependencies: ["Models", "Kernels", "Comm", "Placement", "Wire"],
@@ -80,7 +83,7 @@ let package = Package(
             dependencies: ["Models", "Kernels"],
             swiftSettings: simdFlags
         ),
-        .testTarget(name: "PlacementTests", dependencies: ["Placement"]),
+        .testTarget(name: "PlacementTests", dependencies: ["Placement", "Wire"]),
         .testTarget(name: "CommTests", dependencies: ["Comm"]),
         .testTarget(
             name: "moeTests",

@@ -49,7 +49,7 @@ struct DistributedRun {
             let spec = try options.spec()
             let placement: Placement
             if let path = cluster.placement {
-                placement = try PlanFile.load(path: path).placement
+                placement = try PlanFile.read(path: path).placement
             } else {
                 placement = .contiguous(layers: spec.layers, experts: spec.experts, ranks: comm.size)
             }

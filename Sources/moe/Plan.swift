@@ -42,7 +42,11 @@ extension MoE.Plan {
         @Option(help: "Output plan file.")
         var output: String
 
+        @Option(help: "json or pb (default: from the output's extension, .pb or .binpb for protobuf).")
+        var format: String?
+
         func validate() throws {
+            if let format, format != "json" && format != "pb" { throw ValidationError("--format must be json or pb") }
             if trace.isEmpty { throw ValidationError("give at least one --trace") }
             if ranks < 1 { throw ValidationError("--ranks must be at least 1") }
             if nodes < 1 { throw ValidationError("--nodes must be at least 1") }
@@ -63,7 +67,8 @@ extension MoE.Plan {
                 var plan = PlanFile(placement: solution.placement, topK: t.topK, nodes: nodes, solver: solution.solver,
                                     objective: solution.objective, lowerBound: solution.lowerBound, traceDigest: try TraceDigest.of(paths: trace))
                 plan.hash = plan.contentHash
-                try plan.write(path: output)
+                let binary = format.map { $0 == "pb" } ?? (output.hasSuffix(".pb") || output.hasSuffix(".binpb"))
+                if binary { try plan.writeProtobuf(path: output) } else { try plan.write(path: output) }
                 let e = Evaluation(placement: solution.placement, trace: t, ranksPerNode: ranks / nodes)
                 emit(String(format: "%@: %d layers × %d experts on %d ranks, objective %.3f%@; training trace: %.3f of top-1 transitions cross ranks",
                             solution.solver, t.layers, t.experts, ranks, solution.objective,
@@ -88,7 +93,7 @@ extension MoE.Plan {
 
         func run() throws {
             try reportingErrors {
-                let p = try PlanFile.load(path: plan)
+                let p = try PlanFile.read(path: plan)
                 let t = try RoutingTrace.load(paths: trace)
                 guard t.layers == p.layers, t.experts <= p.experts else {
                     throw PlacementError.mismatch("the plan has \(p.layers) layers of \(p.experts) experts, the trace \(t.layers) layers with expert ids up to \(t.experts - 1)")
