@@ -20,6 +20,15 @@ public struct ILPSolver: PlacementSolver {
 
     public var name: String { "ilp" }
 
+    /// Columns the integer program of `p` would have.
+    public static func columns(_ p: PlacementProblem) -> Int {
+        let s = p.statistics, g = p.ranks, nodes = g / p.objective.ranksPerNode
+        let perPair = g + (nodes > 1 ? nodes : 0)
+        var pairs = s.transitions.reduce(0) { $0 + $1.filter { $0 > 0 }.count }
+        if p.objective.coactivationWeight > 0 { pairs += s.coactivation.reduce(0) { $0 + $1.filter { $0 > 0 }.count } / 2 }
+        return s.layers * s.experts * g + pairs * perPair
+    }
+
     public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
         let s = p.statistics, e = s.experts, g = p.ranks, layers = s.layers
         let perNode = p.objective.ranksPerNode, nodes = g / perNode

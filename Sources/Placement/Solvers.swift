@@ -165,23 +165,66 @@ public struct ExactSolver: PlacementSolver {
     }
 }
 
-/// Improves any placement by swapping two experts of one layer between ranks while the cost falls.
+/// Improves any placement by swapping two experts of one layer between ranks while the cost falls; with time
+/// left, perturbs the best placement found (a few random swaps per layer) and descends again (iterated local
+/// search), keeping the best. Every step keeps each rank's count, so plans stay feasible.
 public struct LocalSearchSolver: PlacementSolver {
     public var start: Placement?
+    /// When to stop perturbing (nil: one descent only).
     public var deadline: Date?
+    /// Called with the best objective after each descent (a progress line).
+    public var progress: ((Double) -> Void)?
+    /// Polled between moves: true stops with the best placement so far (Ctrl-C).
+    public var shouldStop: () -> Bool
+    public var seed: UInt64
 
-    public init(start: Placement? = nil, deadline: Date? = nil) {
+    public init(start: Placement? = nil, deadline: Date? = nil, seed: UInt64 = 1,
+                progress: ((Double) -> Void)? = nil, shouldStop: @escaping () -> Bool = { false }) {
         self.start = start
         self.deadline = deadline
+        self.seed = seed
+        self.progress = progress
+        self.shouldStop = shouldStop
     }
 
     public var name: String { "local" }
 
+    /// Perturbations in a row without improvement after which the search stops before its deadline.
+    public static let patience = 300
+
     public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
-        let s = p.statistics, e = s.experts
-        var placement = start ?? Placement.contiguous(layers: s.layers, experts: e, ranks: p.ranks)
-        let o = p.objective
-        // Cost terms that involve expert a of layer l when it sits on rank r.
+        let s = p.statistics, e = s.experts, o = p.objective
+        var best = start ?? Placement.contiguous(layers: s.layers, experts: e, ranks: p.ranks)
+        descend(&best, p)
+        var bestCost = o.cost(best, s)
+        progress?(bestCost)
+        var rng = SplitMixRNG(seed: seed)
+        var stalled = 0
+        while let deadline, Date() < deadline, !shouldStop(), e > 1, stalled < Self.patience {
+            var candidate = best
+            for l in 0..<s.layers {
+                for _ in 0..<max(1, e / 8) {
+                    let a = Int(rng.next() % UInt64(e)), b = Int(rng.next() % UInt64(e))
+                    candidate.rankOf[l].swapAt(a, b)
+                }
+            }
+            descend(&candidate, p)
+            let cost = o.cost(candidate, s)
+            if cost < bestCost - 1e-12 {
+                best = candidate
+                bestCost = cost
+                stalled = 0
+                progress?(bestCost)
+            } else {
+                stalled += 1
+            }
+        }
+        return PlacementSolution(placement: best, objective: bestCost, lowerBound: nil, solver: name)
+    }
+
+    /// Pairwise swaps within layers until none lowers the cost (or a stop is asked for).
+    func descend(_ placement: inout Placement, _ p: PlacementProblem) {
+        let s = p.statistics, e = s.experts, o = p.objective
         func local(_ l: Int, _ a: Int, _ r: Int, except other: Int) -> Double {
             var c = 0.0
             if l > 0 { for x in 0..<e { c += s.transitions[l - 1][x * e + a] * o.hop(placement.rankOf[l - 1][x], r) } }
@@ -194,9 +237,8 @@ public struct LocalSearchSolver: PlacementSolver {
             return c
         }
         var improved = true
-        while improved {
+        while improved && !shouldStop() && !(deadline.map { Date() > $0 } ?? false) {
             improved = false
-            if let deadline, Date() > deadline { break }
             for l in 0..<s.layers {
                 for a in 0..<e {
                     for b in (a + 1)..<e where placement.rankOf[l][a] != placement.rankOf[l][b] {
@@ -212,7 +254,19 @@ public struct LocalSearchSolver: PlacementSolver {
                 }
             }
         }
-        return PlacementSolution(placement: placement, objective: o.cost(placement, s), lowerBound: nil, solver: name)
+    }
+}
+
+/// SplitMix64, for reproducible perturbations.
+struct SplitMixRNG {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
 

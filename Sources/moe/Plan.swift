@@ -63,7 +63,7 @@ extension MoE.Plan {
                 let problem = PlacementProblem(statistics: TraceStatistics(t), ranks: ranks, nodes: nodes, capacity: expertsPerRank,
                                                coactivationWeight: coactivation)
                 try problem.validate()
-                let solution = try PlanDefaults.solve(problem, solver: solver, deadline: Date().addingTimeInterval(timeLimit))
+                let solution = try Interrupt.catching { try PlanDefaults.solve(problem, solver: solver, deadline: Date().addingTimeInterval(timeLimit * 0.95)) }
                 var plan = PlanFile(placement: solution.placement, topK: t.topK, nodes: nodes, solver: solution.solver,
                                     objective: solution.objective, lowerBound: solution.lowerBound, traceDigest: try TraceDigest.of(paths: trace))
                 plan.hash = plan.contentHash
@@ -154,6 +154,9 @@ extension MoE.Plan {
 
 /// The planner's defaults and solver choice.
 enum PlanDefaults {
+    /// Largest ILP (columns) `auto` hands to CBC; larger instances get local search and the combinatorial bound.
+    static let ilpColumnLimit = 150_000
+
     /// Co-activation weight λ (chosen by cross-validation inside training halves; see README).
     static let coactivation = 0.0
 
@@ -162,15 +165,50 @@ enum PlanDefaults {
         case "contiguous": return try ContiguousSolver().solve(p)
         case "round-robin": return try RoundRobinSolver().solve(p)
         case "exact": return try ExactSolver().solve(p)
-        case "local": return try LocalSearchSolver(deadline: deadline).solve(p)
+        case "local": return try search(deadline: deadline).solve(p)
         case "ilp": return try ILPSolver(timeLimit: deadline.timeIntervalSinceNow).solve(p)
         default:
             if p.nodes == 1, let exact = try? ExactSolver().solve(p) { return exact }
-            let local = try LocalSearchSolver(deadline: Date().addingTimeInterval(deadline.timeIntervalSinceNow / 4)).solve(p)
-            let ilp = try ILPSolver(timeLimit: max(1, deadline.timeIntervalSinceNow), start: local.placement).solve(p)
-            return ilp.objective <= local.objective ? ilp : PlacementSolution(placement: local.placement, objective: local.objective,
-                                                                            lowerBound: ilp.lowerBound, solver: "local+ilp")
+            let bound = CombinatorialBound.lowerBound(p)
+            guard ILPSolver.columns(p) <= ilpColumnLimit else {
+                var local = try search(deadline: deadline).solve(p)
+                local.lowerBound = bound
+                return local
+            }
+            let local = try search(deadline: Date().addingTimeInterval(deadline.timeIntervalSinceNow / 4)).solve(p)
+            var best = try ILPSolver(timeLimit: max(1, deadline.timeIntervalSinceNow), start: local.placement).solve(p)
+            if local.objective < best.objective { best = PlacementSolution(placement: local.placement, objective: local.objective,
+                                                                          lowerBound: best.lowerBound, solver: "local") }
+            best.lowerBound = max(best.lowerBound ?? 0, bound)
+            return best
         }
+    }
+}
+
+extension PlanDefaults {
+    /// Local search that shows its progress on stderr and stops on Ctrl-C with the best plan so far.
+    static func search(deadline: Date) -> LocalSearchSolver {
+        let terminal = isatty(STDERR_FILENO) != 0
+        let start = Date()
+        return LocalSearchSolver(deadline: deadline, progress: { objective in
+            let line = String(format: "moe plan: local search, objective %.3f after %.1f s", objective, Date().timeIntervalSince(start))
+            FileHandle.standardError.write(Data((terminal ? "\r" + line : line + "\n").utf8))
+        }, shouldStop: { Interrupt.requested })
+    }
+}
+
+/// Ctrl-C during a solve: the solvers that can stop early return their best plan, which is written as usual.
+enum Interrupt {
+    nonisolated(unsafe) static var flag: sig_atomic_t = 0
+    static var requested: Bool { flag != 0 }
+
+    static func catching<T>(_ body: () throws -> T) rethrows -> T {
+        let previous = signal(SIGINT) { _ in Interrupt.flag = 1 }
+        defer {
+            signal(SIGINT, previous)
+            if isatty(STDERR_FILENO) != 0 { FileHandle.standardError.write(Data("\n".utf8)) }
+        }
+        return try body()
     }
 }
 

@@ -128,3 +128,17 @@ func allPlacements(layers: Int, experts: Int, ranks: Int) -> [Placement] {
         #expect(abs(bound - best) < 1e-4)
     }
 }
+
+@Suite struct BoundTests {
+    @Test(arguments: [(4, 2, 1, 0.0), (6, 3, 1, 0.5), (4, 2, 2, 0.0), (6, 2, 1, 0.3)])
+    func combinatorialBoundNeverExceedsTheOptimum(experts: Int, ranks: Int, nodes: Int, coactivation: Double) {
+        for seed in 1...3 {
+            let trace = randomTrace(layers: 2, experts: experts, topK: 2, tokens: 50, seed: UInt64(seed))
+            let problem = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, nodes: nodes, coactivationWeight: coactivation)
+            let best = allPlacements(layers: 2, experts: experts, ranks: ranks).map { problem.objective.cost($0, problem.statistics) }.min()!
+            let bound = CombinatorialBound.lowerBound(problem)
+            #expect(bound <= best + 1e-9, "seed \(seed): bound \(bound) above the optimum \(best)")
+            #expect(bound > 0)
+        }
+    }
+}
