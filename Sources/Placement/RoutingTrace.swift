@@ -46,8 +46,9 @@ public struct RoutingTrace: Sendable {
         self.skippedTokens = skippedTokens
     }
 
-    /// Reads and merges JSONL trace files.
-    public static func load(paths: [String]) throws -> RoutingTrace {
+    /// Reads and merges JSONL trace files; with `layers` or `experts` given (the model's), a line outside them
+    /// is an error naming its line.
+    public static func load(paths: [String], layers modelLayers: Int? = nil, experts modelExperts: Int? = nil) throws -> RoutingTrace {
         var records: [String: [Int: [Int: Choice]]] = [:]  // sequence → token → layer → choice
         var order: [String] = []
         var layers = 0, experts = 0, topK = 0
@@ -83,6 +84,11 @@ public struct RoutingTrace: Sendable {
                 guard let weights = (o[weightsKey] as? [Any])?.compactMap({ ($0 as? NSNumber)?.floatValue }), weights.count == ids.count else {
                     throw bad("'\(weightsKey)' must be a list of \(ids.count) numbers")
                 }
+                if let modelLayers, layer >= modelLayers { throw bad("layer \(layer) is out of range for a model of \(modelLayers) layers") }
+                if let modelExperts, let e = ids.first(where: { $0 >= modelExperts }) {
+                    throw bad("expert \(e) is out of range for a model of \(modelExperts) experts per layer")
+                }
+                guard Set(ids).count == ids.count else { throw bad("an expert appears twice in \(ids)") }
                 if topK == 0 { topK = ids.count } else if ids.count != topK {
                     throw bad("\(ids.count) experts where earlier lines had \(topK)")
                 }
@@ -92,6 +98,7 @@ public struct RoutingTrace: Sendable {
                 experts = max(experts, ids.max()! + 1)
             }
         }
+        layers = modelLayers ?? layers
         var sequences: [Sequence] = []
         var skipped = 0
         for name in order {
@@ -105,6 +112,6 @@ public struct RoutingTrace: Sendable {
         guard !sequences.isEmpty else {
             throw LineError(path: paths.joined(separator: ", "), line: 0, reason: "no complete token in the trace")
         }
-        return RoutingTrace(sequences: sequences, layers: layers, experts: experts, topK: topK, skippedTokens: skipped)
+        return RoutingTrace(sequences: sequences, layers: layers, experts: modelExperts ?? experts, topK: topK, skippedTokens: skipped)
     }
 }

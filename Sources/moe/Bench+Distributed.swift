@@ -12,7 +12,8 @@ extension MoE.Bench {
         var trace: RoutingTrace?
         let run = try DistributedRun.start(model: modelOptions, cluster: cluster) { model, _ in
             if let routing {
-                let t = try RoutingTrace.load(paths: [String(routing.dropFirst("replay:".count))])
+                let t = try RoutingTrace.load(paths: [String(routing.dropFirst("replay:".count))], layers: model.spec.layers,
+                                              experts: model.spec.experts)
                 try ClusterEngine.checkReplay(t, spec: model.spec, positions: promptLen + genLen)
                 trace = t
             }

@@ -24,6 +24,12 @@ extension MoE.Plan {
         @Option(help: "Ranks of the job.")
         var ranks: Int
 
+        @Option(help: "Experts per layer of the model (default: the largest id in the trace + 1).")
+        var experts: Int?
+
+        @Option(help: "Layers of the model (default: from the trace).")
+        var layers: Int?
+
         @Option(help: "Nodes the ranks are spread over (hop 1 within a node, 2 across).")
         var nodes: Int = 1
 
@@ -58,7 +64,7 @@ extension MoE.Plan {
 
         func run() throws {
             try reportingErrors {
-                let t = try RoutingTrace.load(paths: trace)
+                let t = try RoutingTrace.load(paths: trace, layers: layers, experts: experts)
                 if t.skippedTokens > 0 { FileHandle.standardError.write(Data("moe plan: skipped \(t.skippedTokens) incomplete tokens\n".utf8)) }
                 let problem = PlacementProblem(statistics: TraceStatistics(t), ranks: ranks, nodes: nodes, capacity: expertsPerRank,
                                                coactivationWeight: coactivation)

@@ -1,0 +1,102 @@
+import Foundation
+@testable import Models
+import Placement
+import Testing
+
+@Suite(.serialized) struct PlannerCommandTests {
+    @Test func traceRecordsEveryTokenAndLayerAsTheRouterChose() throws {
+        let trace = TemporaryPath(".jsonl")
+        let r = try MoEBinary.run(["trace", "--model", fixture("tiny-mixtral"), "--prompt-ids", "43,255,161", "--max-new-tokens", "4",
+                                   "--output", trace.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        let t = try RoutingTrace.load(paths: [trace.path])
+        // 3 prompt positions, then 3 decode steps (the 4th token is sampled, never run): 6 positions × 3 layers.
+        #expect(t.layers == 3 && t.topK == 2 && t.sequences.count == 1 && t.sequences[0].tokens.count == 6)
+        let model = try MoEDecoder.load(directory: fixture("tiny-mixtral"))
+        var ids: [[Int]] = []
+        model.routingObserver = { _, r in for i in 0..<r.tokens { ids.append((0..<r.topK).map { Int(r.ids[i * r.topK + $0]) }) } }
+        _ = try model.forward(.init(tokens: [43, 255, 161], cache: model.makeCache()), logits: .all)
+        for l in 0..<3 { for p in 0..<3 { #expect(t.sequences[0].tokens[p][l].experts == ids[l * 3 + p]) } }
+    }
+
+    @Test func planEvaluateAndImportAgreeWithTheLibrary() throws {
+        let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json"), pb = TemporaryPath(".pb")
+        try randomTraceLines(layers: 4, experts: 8, tokens: 60).write(toFile: trace.path, atomically: true, encoding: .utf8)
+        let r = try MoEBinary.run(["plan", "--trace", trace.path, "--ranks", "4", "--output", plan.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        let file = try PlanFile.load(path: plan.path)
+        #expect(file.solver == "exact" && file.ranks == 4 && file.layers == 4 && file.topK == 2)
+        let t = try RoutingTrace.load(paths: [trace.path])
+        let problem = PlacementProblem(statistics: TraceStatistics(t), ranks: 4)
+        #expect(abs(problem.objective.cost(file.placement, problem.statistics) - file.objective!) < 1e-6)
+        #expect(file.lowerBound == file.objective)
+        #expect(file.hash?.hasPrefix("fnv1a64:") == true && file.traceDigest?.hasPrefix("fnv1a64:") == true)
+
+        let b = try MoEBinary.run(["plan", "--trace", trace.path, "--ranks", "4", "--solver", "ilp", "--time-limit", "5", "--output", pb.path])
+        #expect(b.status == 0, "\(b.stderr)")
+        let ilp = try PlanFile.read(path: pb.path)
+        // Within its time limit CBC may stop short of the optimum, but never below it, and its bound stays under it.
+        #expect(ilp.objective! >= file.objective! - 1e-6)
+        #expect(ilp.lowerBound! <= file.objective! + 1e-6)
+        #expect(abs(problem.objective.cost(ilp.placement, problem.statistics) - ilp.objective!) < 1e-6)
+
+        let e = try MoEBinary.run(["plan", "evaluate", "--plan", plan.path, "--trace", trace.path, "--json"])
+        #expect(e.status == 0, "\(e.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(e.lastLine.utf8)) as! [String: Any]
+        let want = Evaluation(placement: file.placement, trace: t)
+        #expect(abs((json["cross_rank_top1"] as! Double) - want.crossRankTopOne) < 1e-12)
+        for key in ["cross_rank_topk", "hops_per_token", "secondary_remote", "max_mean_load", "contiguous", "round_robin"] {
+            #expect(json[key] != nil, "\(key)")
+        }
+
+        let csv = TemporaryPath(".csv"), imported = TemporaryPath(".json")
+        try ("Expert,Node\n" + (0..<32).map { "\($0),\(($0 * 3) % 4)" }.joined(separator: "\n")).write(toFile: csv.path, atomically: true, encoding: .utf8)
+        let i = try MoEBinary.run(["plan", "import", "--exflow", csv.path, "--output", imported.path])
+        #expect(i.status == 0, "\(i.stderr)")
+        #expect(try PlanFile.load(path: imported.path).rankOf[1] == (8..<16).map { ($0 * 3) % 4 })
+    }
+
+    @Test(arguments: [
+        (#"{"sequence": 0, "token": 0, "layer": 0, "experts": [1, 2], "weights": [0.5, 0.5]}"# + "\nnot json\n", ["--ranks", "2"], ":2: not a JSON object"),
+        (#"{"sequence": 0, "token": 0, "layer": 0, "experts": [1, 9], "weights": [0.5, 0.5]}"#, ["--ranks", "2", "--experts", "8"],
+         ":1: expert 9 is out of range for a model of 8 experts per layer"),
+        (#"{"sequence": 0, "token": 0, "layer": 5, "experts": [1, 2], "weights": [0.5, 0.5]}"#, ["--ranks", "2", "--layers", "4"],
+         ":1: layer 5 is out of range for a model of 4 layers"),
+        ("\n\n", ["--ranks", "2"], "no complete token in the trace"),
+        (#"{"sequence": 0, "token": 0, "layer": 0, "experts": [1, 2], "weights": [0.5, 0.5]}"#, ["--ranks", "2", "--experts", "8", "--experts-per-rank", "3"],
+         "2 ranks × 3 experts per rank cannot hold 8 experts per layer"),
+    ] as [(String, [String], String)])
+    func badTracesAndProblemsFailWithOneLine(content: String, args: [String], message: String) throws {
+        let trace = TemporaryPath(".jsonl")
+        try content.write(toFile: trace.path, atomically: true, encoding: .utf8)
+        let r = try MoEBinary.run(["plan", "--trace", trace.path, "--output", "/tmp/unused-plan.json"] + args)
+        #expect(r.status == 1)
+        #expect(r.stderr.contains(message), "\(r.stderr)")
+    }
+
+    @Test func aPlanForAnotherShapeIsRefusedByEvaluate() throws {
+        let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json")
+        try randomTraceLines(layers: 4, experts: 8, tokens: 10).write(toFile: trace.path, atomically: true, encoding: .utf8)
+        try PlanFile(placement: .contiguous(layers: 3, experts: 8, ranks: 2), topK: 2, solver: "contiguous").write(path: plan.path)
+        let r = try MoEBinary.run(["plan", "evaluate", "--plan", plan.path, "--trace", trace.path])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("the plan has 3 layers of 8 experts, the trace 4 layers"), "\(r.stderr)")
+    }
+}
+
+/// Trace lines in moe trace's form with top-2 routing from a seeded generator.
+func randomTraceLines(layers: Int, experts: Int, tokens: Int) -> String {
+    var s: UInt64 = 99
+    func next() -> Int { s = s &* 6364136223846793005 &+ 1442695040888963407; return Int(s >> 33) }
+    var lines: [String] = []
+    for t in 0..<tokens {
+        var e = next() % experts
+        for l in 0..<layers {
+            var f = next() % experts
+            if f == e { f = (f + 1) % experts }
+            lines.append(#"{"sequence": 0, "token": \#(t), "layer": \#(l), "experts": [\#(e), \#(f)], "weights": [0.7, 0.3]}"#)
+            e = next() % 3 == 0 ? next() % experts : (e + 2 * l + 1) % experts
+        }
+    }
+    return lines.joined(separator: "\n")
+}
