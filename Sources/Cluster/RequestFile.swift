@@ -17,7 +17,7 @@ public enum RequestFile {
         guard let data = FileManager.default.contents(atPath: path) else { throw ModelError.missingFile(path: path) }
         var out: [ClusterRequest] = []
         var ids = Set<String>()
-        for (n, raw) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        for (n, raw) in String(decoding: data, as: UTF8.self).split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
             let line = raw.trimmingCharacters(in: .whitespaces)
             if line.isEmpty { continue }
             func bad(_ reason: String) -> LineError { LineError(path: path, line: n + 1, reason: reason) }

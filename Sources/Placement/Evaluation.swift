@@ -61,7 +61,7 @@ extension Placement {
     /// Reads ExFlow's published placements: CSV `Expert,Node` with global expert id = layer · E + expert.
     public static func importExFlow(csv text: String, experts: Int, path: String) throws -> Placement {
         var entries: [(Int, Int)] = []
-        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        for (n, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
             let line = raw.trimmingCharacters(in: .whitespacesAndNewlines)
             if line.isEmpty || (n == 0 && line.lowercased().hasPrefix("expert")) { continue }
             let parts = line.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }

@@ -56,7 +56,7 @@ public struct RoutingTrace: Sendable {
             guard let data = FileManager.default.contents(atPath: path) else {
                 throw LineError(path: path, line: 0, reason: FileManager.default.fileExists(atPath: path) ? "cannot read" : "no such file")
             }
-            for (n, raw) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            for (n, raw) in String(decoding: data, as: UTF8.self).split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
                 let line = raw.trimmingCharacters(in: .whitespaces)
                 if line.isEmpty { continue }
                 func bad(_ reason: String) -> LineError { LineError(path: path, line: n + 1, reason: reason) }

@@ -98,6 +98,8 @@ func allPlacements(layers: Int, experts: Int, ranks: Int) -> [Placement] {
     @Test func exflowCSVImportsAndRejectsBadRows() throws {
         let p = try Placement.importExFlow(csv: "Expert,Node\n0,1\n1,0\n2,0\n3,1\n", experts: 2, path: "x.csv")
         #expect(p.rankOf == [[1, 0], [0, 1]] && p.ranks == 2)
+        // The published files end lines with CR LF.
+        #expect(try Placement.importExFlow(csv: "Expert,Node\r\n0,1\r\n1,0\r\n2,0\r\n3,1\r\n", experts: 2, path: "x.csv") == p)
         #expect(throws: PlacementError.self) { try Placement.importExFlow(csv: "Expert,Node\n0,1\n1,x\n", experts: 2, path: "x.csv") }
         #expect(throws: PlacementError.self) { try Placement.importExFlow(csv: "0,1\n0,0\n", experts: 2, path: "x.csv") }
         #expect(throws: PlacementError.self) { try Placement.importExFlow(csv: "0,1\n1,0\n2,1\n", experts: 2, path: "x.csv") }
