@@ -86,6 +86,10 @@ public struct ExactSolver: PlacementSolver {
     public static func partitions(experts: Int, ranks: Int, limit: Int) -> [[[Int]]]? {
         guard experts % ranks == 0 else { return nil }
         let size = experts / ranks
+        // E! / ((E/G)!^G · G!) groupings: count before enumerating any.
+        func logFactorial(_ n: Int) -> Double { (1...max(n, 1)).reduce(0.0) { $0 + Foundation.log(Double($1)) } }
+        let count = logFactorial(experts) - Double(ranks) * logFactorial(size) - logFactorial(ranks)
+        guard count <= Foundation.log(Double(limit)) + 1e-9 else { return nil }
         var out: [[[Int]]] = []
         func extend(_ remaining: [Int], _ acc: [[Int]]) -> Bool {
             if remaining.isEmpty { out.append(acc); return out.count <= limit }

@@ -36,7 +36,7 @@ extension MoE.Plan {
         @Option(help: "Experts of one layer a rank may hold (default ⌈E/G⌉).")
         var expertsPerRank: Int?
 
-        @Option(help: "auto (exact where it fits, else ILP started from local search), exact, ilp, local, contiguous or round-robin.")
+        @Option(help: "auto (exact where it fits, else ILP started from local search), exact, ilp, bisect, local, contiguous or round-robin.")
         var solver: String = "auto"
 
         @Option(help: "Weight of co-activation within a layer (a token's experts on different ranks).")
@@ -56,8 +56,8 @@ extension MoE.Plan {
             if trace.isEmpty { throw ValidationError("give at least one --trace") }
             if ranks < 1 { throw ValidationError("--ranks must be at least 1") }
             if nodes < 1 { throw ValidationError("--nodes must be at least 1") }
-            if !["auto", "exact", "ilp", "local", "contiguous", "round-robin"].contains(solver) {
-                throw ValidationError("--solver must be auto, exact, ilp, local, contiguous or round-robin")
+            if !["auto", "exact", "ilp", "bisect", "local", "contiguous", "round-robin"].contains(solver) {
+                throw ValidationError("--solver must be auto, exact, ilp, bisect, local, contiguous or round-robin")
             }
             if timeLimit <= 0 { throw ValidationError("--time-limit must be positive") }
         }
@@ -173,11 +173,18 @@ enum PlanDefaults {
         case "exact": return try ExactSolver().solve(p)
         case "local": return try search(deadline: deadline).solve(p)
         case "ilp": return try ILPSolver(timeLimit: deadline.timeIntervalSinceNow).solve(p)
+        case "bisect": return try BisectionSolver(deadline: deadline).solve(p)
         default:
             if p.nodes == 1, let exact = try? ExactSolver().solve(p) { return exact }
             let bound = CombinatorialBound.lowerBound(p)
             guard ILPSolver.columns(p) <= ilpColumnLimit else {
-                var local = try search(deadline: deadline).solve(p)
+                // Too large for CBC: bisection for half the time, then local search from its plan.
+                let halfway = Date().addingTimeInterval(deadline.timeIntervalSinceNow / 2)
+                let start = try? BisectionSolver(deadline: halfway).solve(p)
+                var refine = search(deadline: deadline)
+                refine.start = start?.placement
+                var local = try refine.solve(p)
+                local.solver = start == nil ? "local" : "bisect+local"
                 local.lowerBound = bound
                 return local
             }

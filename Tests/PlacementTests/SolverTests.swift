@@ -144,3 +144,21 @@ func allPlacements(layers: Int, experts: Int, ranks: Int) -> [Placement] {
         }
     }
 }
+
+@Suite struct BisectionTests {
+    @Test(arguments: [(8, 2, 1), (8, 4, 1), (8, 4, 2), (16, 8, 2)])
+    func bisectionReturnsFeasiblePlansWithHonestObjectives(experts: Int, ranks: Int, nodes: Int) throws {
+        let trace = randomTrace(layers: 4, experts: experts, topK: 2, tokens: 150, seed: 21)
+        let problem = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, nodes: nodes, coactivationWeight: 0.2)
+        let plan = try BisectionSolver(deadline: Date().addingTimeInterval(5)).solve(problem)
+        try plan.placement.validate(layers: 4, experts: experts, ranks: ranks)
+        #expect(abs(problem.objective.cost(plan.placement, problem.statistics) - plan.objective) < 1e-9)
+        // On two ranks a bisection is one exact split: it is the optimum.
+        if ranks == 2 { #expect(abs(plan.objective - (try ExactSolver().solve(problem)).objective) < 1e-9) }
+    }
+
+    @Test func bisectionRefusesRankCountsItCannotHalve() {
+        let problem = PlacementProblem(statistics: TraceStatistics(randomTrace(layers: 2, experts: 6, topK: 2, tokens: 10, seed: 1)), ranks: 3)
+        #expect(throws: PlacementError.self) { try BisectionSolver().solve(problem) }
+    }
+}

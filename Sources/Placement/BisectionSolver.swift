@@ -1,0 +1,55 @@
+import Foundation
+
+/// ExFlow-style recursive bisection: split the ranks in two (whole nodes first, then ranks within a node), split
+/// each layer's experts between the halves so that the least transition (and co-activation) mass crosses, and
+/// recurse into each half. Each split is a two-rank placement of the half's experts, solved exactly where the
+/// groupings are few and by local search otherwise.
+public struct BisectionSolver: PlacementSolver {
+    public var deadline: Date?
+
+    public init(deadline: Date? = nil) { self.deadline = deadline }
+    public var name: String { "bisect" }
+
+    public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
+        let s = p.statistics, e = s.experts
+        guard p.capacity * p.ranks == e, p.ranks & (p.ranks - 1) == 0 else {
+            throw PlacementError.invalid("bisection needs a power-of-two rank count holding exactly E/G experts each")
+        }
+        var rankOf = Array(repeating: Array(repeating: 0, count: e), count: s.layers)
+        try split(p, members: Array(repeating: Array(0..<e), count: s.layers), ranks: 0..<p.ranks, into: &rankOf)
+        let placement = Placement(rankOf: rankOf, ranks: p.ranks)
+        return PlacementSolution(placement: placement, objective: p.objective.cost(placement, s), lowerBound: nil, solver: name)
+    }
+
+    /// Places `members[l]` (experts of layer l) on `ranks`.
+    func split(_ p: PlacementProblem, members: [[Int]], ranks: Range<Int>, into rankOf: inout [[Int]]) throws {
+        if ranks.count == 1 {
+            for (l, m) in members.enumerated() { for a in m { rankOf[l][a] = ranks.lowerBound } }
+            return
+        }
+        let s = p.statistics, e = s.experts, n = members[0].count, layers = s.layers
+        // The two-rank problem over this half's experts, relabelled 0..<n per layer.
+        var transitions = [[Double]](repeating: [Double](repeating: 0, count: n * n), count: max(layers - 1, 0))
+        var coactivation = [[Double]](repeating: [Double](repeating: 0, count: n * n), count: layers)
+        for l in 0..<layers {
+            for (i, a) in members[l].enumerated() {
+                for (j, b) in members[l].enumerated() { coactivation[l][i * n + j] = s.coactivation[l][a * e + b] }
+                if l + 1 < layers { for (j, b) in members[l + 1].enumerated() { transitions[l][i * n + j] = s.transitions[l][a * e + b] } }
+            }
+        }
+        let sub = TraceStatistics(layers: layers, experts: n, transitions: transitions, coactivation: coactivation)
+        let half = PlacementProblem(statistics: sub, ranks: 2, coactivationWeight: p.objective.coactivationWeight)
+        // This subtree makes ranks.count - 1 splits: this one gets its share of the time left.
+        let share = deadline.map { Date().addingTimeInterval(max(0, $0.timeIntervalSinceNow) / Double(ranks.count - 1)) }
+        let two = try (try? ExactSolver().solve(half)) ?? LocalSearchSolver(deadline: share).solve(half)
+        let middle = ranks.lowerBound + ranks.count / 2
+        var left = [[Int]](repeating: [], count: layers), right = left
+        for l in 0..<layers {
+            for (i, a) in members[l].enumerated() {
+                if two.placement.rankOf[l][i] == 0 { left[l].append(a) } else { right[l].append(a) }
+            }
+        }
+        try split(p, members: left, ranks: ranks.lowerBound..<middle, into: &rankOf)
+        try split(p, members: right, ranks: middle..<ranks.upperBound, into: &rankOf)
+    }
+}
