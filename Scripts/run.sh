@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# The main job: install what is missing, build in release mode, and run the cluster with mpirun: 2 ranks, each
-# holding half of the experts of the built-in synthetic `medium` model (Mixtral-shaped, 354 M parameters, made in
-# memory: no download), in coherent (ExFlow) dispatch, generating 64 tokens.
-# Environment: RANKS (default 2), DISPATCH (coherent or ep2). Extra arguments go to `moe generate`,
-# e.g. Scripts/run.sh --max-new-tokens 128 --temperature 0.8
+# The main job: install what is missing, build in release mode, record the routing of the built-in synthetic
+# `medium` model (Mixtral-shaped, 354 M parameters, made in memory: no download) with `moe trace`, plan an expert
+# placement from it with `moe plan`, and run the cluster with mpirun on that placement: RANKS ranks (default 2),
+# coherent (ExFlow) dispatch, 64 generated tokens. The synthetic model routes at random, so the plan here is a
+# demonstration; real gains come from real traces (README, "Placement").
+# Environment: RANKS, DISPATCH (coherent or ep2). Extra arguments go to `moe generate`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 Scripts/setup.sh
 swift build -c release --product moe
+moe=.build/release/moe
+ranks=${RANKS:-2}
+out=.build/run
+mkdir -p "$out"
+prompt=1,415,2936,9060,285,1142
+"$moe" trace --preset medium --prompt-ids "$prompt" --max-new-tokens 64 --output "$out/trace.jsonl"
+"$moe" plan --trace "$out/trace.jsonl" --ranks "$ranks" --experts 8 --output "$out/plan.json"
 root=()
 [ "$(id -u)" -ne 0 ] || root=(--allow-run-as-root)
-mpirun "${root[@]}" --oversubscribe -np "${RANKS:-2}" .build/release/moe generate --preset medium \
-    --dispatch "${DISPATCH:-coherent}" --prompt-ids 1,415,2936,9060,285,1142 --max-new-tokens 64 --temperature 0 --json "$@"
+mpirun "${root[@]}" --oversubscribe -np "$ranks" "$moe" generate --preset medium --placement "$out/plan.json" \
+    --dispatch "${DISPATCH:-coherent}" --prompt-ids "$prompt" --max-new-tokens 64 --temperature 0 --json "$@"
