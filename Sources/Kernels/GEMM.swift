@@ -81,14 +81,4 @@ public enum GEMM {
                         1, x, blasint(ldx), weights, blasint(cols), beta, y, blasint(ldy))
         }
     }
-
-    /// Plain `C = A · B` for row-major f32 matrices, A `[m, k]`, B `[k, n]`, single call to `sgemm`.
-    public static func matmul(
-        _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, into c: UnsafeMutablePointer<Float>,
-        m: Int, k: Int, n: Int
-    ) {
-        guard m > 0, n > 0 else { return }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(m), blasint(n), blasint(k),
-                    1, a, blasint(k), b, blasint(n), 0, c, blasint(n))
-    }
 }

@@ -50,10 +50,4 @@ public final class KVCache {
         precondition(length + count <= capacity)
         length += count
     }
-
-    /// Forgets positions from `position` on (keeps the memory).
-    public func truncate(to position: Int) { length = min(length, max(position, 0)) }
-
-    /// Bytes the cache holds allocated.
-    public var allocatedBytes: Int { 2 * layers * capacity * kvDim * 4 }
 }

@@ -19,10 +19,7 @@ public struct Evaluation: Sendable, Equatable {
         for sequence in trace.sequences {
             for token in sequence.tokens {
                 tokens += 1
-                let w = token.map { c -> [Double] in
-                    let s = c.weights.reduce(0) { $0 + Double($1) }
-                    return c.weights.map { s > 0 ? Double($0) / s : 1 / Double(c.weights.count) }
-                }
+                let w = token.map(\.normalisedWeights)
                 for l in 0..<trace.layers {
                     let c = token[l]
                     for e in c.experts { load[l][p.rankOf[l][e]] += 1 }

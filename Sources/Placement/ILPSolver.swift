@@ -3,7 +3,8 @@ import Foundation
 
 /// The placement as an integer program, solved by CBC within a time limit.
 ///
-/// One binary x[l,e,r] per (layer, expert, rank); every expert on one rank, at most `capacity` per rank and layer.
+/// One binary x[l,e,r] per (layer, expert, rank); every expert on one rank, at most `capacity` and (when there are
+/// enough experts) at least one per rank and layer.
 /// Kept mass is linearised: for each pair with weight C (transition a→b between layers l and l+1, or
 /// co-activation within a layer) a continuous s[·,r] ≤ x[·,a,r], s[·,r] ≤ x[·,b,r] per rank, and on several nodes
 /// a t[·,n] on the node sums. Maximising C·(Σ_r s + Σ_n t) is minimising Σ C·hop, since hop = 2 − same node −
@@ -29,7 +30,12 @@ public struct ILPSolver: PlacementSolver {
         return s.layers * s.experts * g + pairs * perPair
     }
 
+    /// CBC keeps process-wide state (message handlers, the COIN random seed), so one model is solved at a time.
+    static let lock = NSLock()
+
     public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
+        Self.lock.lock()
+        defer { Self.lock.unlock() }
         let s = p.statistics, e = s.experts, g = p.ranks, layers = s.layers
         let perNode = p.objective.ranksPerNode, nodes = g / perNode
         guard let model = Cbc_newModel() else { throw PlacementError.invalid("CBC could not create a model") }
@@ -53,7 +59,10 @@ public struct ILPSolver: PlacementSolver {
         for l in 0..<layers { for a in 0..<e { x[l][a] = (0..<g).map { _ in column(0, integer: true) } } }
         for l in 0..<layers {
             for a in 0..<e { row(x[l][a], Array(repeating: 1, count: g), "E", 1) }
-            for r in 0..<g { row((0..<e).map { x[l][$0][r] }, Array(repeating: 1, count: e), "L", Double(p.capacity)) }
+            for r in 0..<g {
+                row((0..<e).map { x[l][$0][r] }, Array(repeating: 1, count: e), "L", Double(p.capacity))
+                if e >= g { row((0..<e).map { x[l][$0][r] }, Array(repeating: 1, count: e), "G", 1) }  // every rank holds experts
+            }
         }
         row([x[0][0][0]], [1], "E", 1)  // ranks are interchangeable: pin one expert
         // Kept mass of a pair (layer la, expert a) – (layer lb, expert b) with weight w.
@@ -89,7 +98,8 @@ public struct ILPSolver: PlacementSolver {
         }
         Cbc_setMaximumSeconds(model, timeLimit)
         Cbc_solve(model)
-        guard let solution = Cbc_getColSolution(model), Cbc_getNumCols(model) == columns, !Cbc_isProvenInfeasible(model).isTrue else {
+        guard Cbc_bestSolution(model) != nil, let solution = Cbc_getColSolution(model), Cbc_getNumCols(model) == columns,
+              !Cbc_isProvenInfeasible(model).isTrue else {
             throw PlacementError.invalid("CBC found no feasible placement within \(timeLimit) s")
         }
         var rankOf = Array(repeating: Array(repeating: 0, count: e), count: layers)
@@ -97,6 +107,7 @@ public struct ILPSolver: PlacementSolver {
             for a in 0..<e { rankOf[l][a] = (0..<g).max { solution[Int(x[l][a][$0])] < solution[Int(x[l][a][$1])] }! }
         }
         let placement = Placement(rankOf: rankOf, ranks: g)
+        try placement.validate(layers: layers, experts: e, ranks: g, capacity: p.capacity)
         let bound = total - Cbc_getBestPossibleObjValue(model)
         let cost = p.objective.cost(placement, s)
         return PlacementSolution(placement: placement, objective: cost, lowerBound: max(0, min(bound, cost)), solver: name)

@@ -13,6 +13,12 @@ public struct RoutingTrace: Sendable {
         public var experts: [Int]
         public var weights: [Float]
         public init(experts: [Int], weights: [Float]) { self.experts = experts; self.weights = weights }
+
+        /// The gate weights scaled to sum to 1 (equal shares when they sum to 0).
+        public var normalisedWeights: [Double] {
+            let s = weights.reduce(0) { $0 + Double($1) }
+            return weights.map { s > 0 ? Double($0) / s : 1 / Double(weights.count) }
+        }
     }
 
     /// One sequence: `tokens[p][layer]`.

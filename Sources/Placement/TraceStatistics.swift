@@ -37,10 +37,7 @@ public struct TraceStatistics: Sendable, Equatable {
         for sequence in trace.sequences {
             for token in sequence.tokens {
                 tokens += 1
-                let normalised = token.map { c -> [Double] in
-                    let s = c.weights.reduce(0) { $0 + Double($1) }
-                    return c.weights.map { s > 0 ? Double($0) / s : 1 / Double(c.weights.count) }
-                }
+                let normalised = token.map(\.normalisedWeights)
                 for layer in 0..<l {
                     let c = token[layer], w = normalised[layer]
                     for (i, a) in c.experts.enumerated() {
