@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: install what is missing, build in release mode, record the routing of the built-in synthetic
-# `medium` model (Mixtral-shaped, 354 M parameters, made in memory: no download) with `moe trace`, plan an expert
-# placement from it with `moe plan`, and run the cluster with mpirun on that placement: RANKS ranks (default 2),
+# `medium` model (Mixtral-shaped, 354 M parameters, made in memory: no download) with `moe trace` on the cluster
+# (contiguous placement), plan an expert placement from it with `moe plan`, and run the cluster with mpirun on that
+# placement: RANKS ranks (default 2),
 # coherent (ExFlow) dispatch, 64 generated tokens. The synthetic model routes at random, so the plan here is a
 # demonstration; real gains come from real traces (README, "Placement").
 # Environment: RANKS, DISPATCH (coherent or ep2). Extra arguments go to `moe generate`.
@@ -14,9 +15,10 @@ ranks=${RANKS:-2}
 out=.build/run
 mkdir -p "$out"
 prompt=1,415,2936,9060,285,1142
-"$moe" trace --preset medium --prompt-ids "$prompt" --max-new-tokens 64 --output "$out/trace.jsonl"
-"$moe" plan --trace "$out/trace.jsonl" --ranks "$ranks" --experts 8 --output "$out/plan.json"
 root=()
 [ "$(id -u)" -ne 0 ] || root=(--allow-run-as-root)
+mpirun "${root[@]}" --oversubscribe -np "$ranks" "$moe" trace --preset medium --prompt-ids "$prompt" --max-new-tokens 64 \
+    --output "$out/trace.jsonl"
+"$moe" plan --trace "$out/trace.jsonl" --ranks "$ranks" --experts 8 --output "$out/plan.json"
 mpirun "${root[@]}" --oversubscribe -np "$ranks" "$moe" generate --preset medium --placement "$out/plan.json" \
     --dispatch "${DISPATCH:-coherent}" --prompt-ids "$prompt" --max-new-tokens 64 --temperature 0 --json "$@"

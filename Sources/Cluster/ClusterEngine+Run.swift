@@ -56,7 +56,7 @@ extension ClusterEngine {
     /// broadcasts each step's plan; every rank then runs the same prefill and decode collectives. Rank 0 calls
     /// `onResult` as soon as a request finishes.
     public func run(requests: [ClusterRequest], onResult: (ClusterResult) throws -> Void) throws -> ClusterRunStats {
-        var pending = requests.sorted { $0.arrivalStep < $1.arrivalStep }
+        var pending = Self.admissionOrder(requests).map { requests[$0] }
         var stats = ClusterRunStats()
         var step = 0
         var nextSlot = 0
@@ -137,6 +137,12 @@ extension ClusterEngine {
         kvOut = ByteWriter()
         tokenCount = 0
         return logits
+    }
+
+    /// Indices of `requests` in the order the head admits them (and numbers their slots): by arrival step, then
+    /// as given.
+    public static func admissionOrder(_ requests: [ClusterRequest]) -> [Int] {
+        requests.indices.sorted { (requests[$0].arrivalStep, $0) < (requests[$1].arrivalStep, $1) }
     }
 
     static func message(_ r: ClusterRequest) -> Moe_Control_Request {

@@ -55,6 +55,8 @@ public final class ClusterEngine {
     public var replay: RoutingTrace?
     /// Called on the owner with the router's decision during prefill (`moe forward`, traces).
     public var routingObserver: ((_ layer: Int, _ routing: RoutingDecision) -> Void)?
+    /// When set, every router decision this rank makes is recorded (`moe trace` under mpirun).
+    public var routingLog: RoutingLog?
     var sequences: [Int: SequenceState] = [:]
     /// Step-end payload this rank contributes: sampled tokens, and (coherent) K/V rows it computed.
     var tokenOut = ByteWriter(), kvOut = ByteWriter()
@@ -79,6 +81,7 @@ public final class ClusterEngine {
     /// The router's decision for tokens at (slot, position), or the trace's when replaying.
     func decide(layer l: Int, normed xn: UnsafePointer<Float>, at positions: [(slot: Int, position: Int)]) -> RoutingDecision {
         let routing = model.route(layer: l, normed: xn, tokens: positions.count)
+        defer { routingLog?.record(routing, layer: l, at: positions) }
         guard let replay else { return routing }
         // The decision's buffers are the model's workspace, writable until its next route call.
         let ids = UnsafeMutablePointer(mutating: routing.ids), weights = UnsafeMutablePointer(mutating: routing.weights)

@@ -6,6 +6,7 @@ import Foundation
 public enum ModelError: Error, CustomStringConvertible, Equatable {
     case missingFile(path: String)
     case unreadableFile(path: String, reason: String)
+    case unwritableFile(path: String, reason: String)
     case malformedConfig(path: String, reason: String)
     case unknownModelType(path: String, modelType: String)
     case unsupportedConfig(path: String, reason: String)
@@ -27,6 +28,8 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
             return "\(path): no such file"
         case .unreadableFile(let path, let reason):
             return "\(path): cannot read: \(reason)"
+        case .unwritableFile(let path, let reason):
+            return "\(path): cannot write: \(reason)"
         case .malformedConfig(let path, let reason):
             return "\(path): \(reason)"
         case .unknownModelType(let path, let type):

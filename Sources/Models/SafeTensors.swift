@@ -186,7 +186,7 @@ public struct SafeTensorsWriter {
         while (8 + json.count) % 8 != 0 { json.append(0x20) }  // pad so tensor data starts 8-byte aligned
         guard FileManager.default.createFile(atPath: path, contents: nil),
               let handle = FileHandle(forWritingAtPath: path) else {
-            throw ModelError.unreadableFile(path: path, reason: "cannot create file")
+            throw ModelError.unwritableFile(path: path, reason: String(cString: strerror(errno)))
         }
         defer { try? handle.close() }
         var length = UInt64(json.count).littleEndian

@@ -27,7 +27,7 @@ extension MoE {
             try reportingErrors {
                 guard !inputIds.ids.isEmpty else { throw ModelError.emptyPrompt }
                 let model = try modelOptions.load()
-                var routing = RoutingRecord()
+                var routing = ForwardRouting()
                 model.routingObserver = { routing.record($1) }
                 let logits = try model.forward(.init(tokens: inputIds.ids, cache: model.makeCache(capacity: inputIds.ids.count)), logits: .all)
                 try write(logits: logits, routing: routing, spec: model.spec)
@@ -43,13 +43,13 @@ extension MoE {
                 }
             }
             defer { run.finish() }
-            var routing = RoutingRecord()
+            var routing = ForwardRouting()
             run.engine.routingObserver = { routing.record($1) }
             let logits = try run.engine.forward(tokens: inputIds.ids)
             if run.comm.rank == 0 { try reportingErrors { try write(logits: logits, routing: routing, spec: run.engine.model.spec) } }
         }
 
-        func write(logits: [Float], routing: RoutingRecord, spec: DecoderSpec) throws {
+        func write(logits: [Float], routing: ForwardRouting, spec: DecoderSpec) throws {
             let t = inputIds.ids.count, k = spec.topK
             let moeLayers = routing.ids.count / max(t * k, 1)
             try SafeTensorsWriter.write([
@@ -62,7 +62,7 @@ extension MoE {
 }
 
 /// Router decisions of one forward pass, layer after layer.
-struct RoutingRecord {
+struct ForwardRouting {
     var ids: [Int64] = []
     var weights: [Float] = []
 

@@ -7,9 +7,16 @@ extension MoE {
     /// `moe trace`: the routing of a run, as JSONL.
     struct Trace: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Record routing while generating: one JSON line per (token, layer) with sequence, token, layer, experts, weights.")
+            abstract: "Record routing while generating: one JSON line per (token, layer) with sequence, token, layer, experts, weights.",
+            discussion: """
+            Sequences are numbered from 0 in the order they are admitted (by arrival_step, then as given); lines \
+            are ordered by sequence, token, layer. Under mpirun every rank records the decisions it makes and rank \
+            0 writes the file.
+            """)
 
         @OptionGroup var modelOptions: ModelOptions
+        @OptionGroup var sampling: SamplingOptions
+        @OptionGroup var cluster: ClusterOptions
 
         @Option(help: "Comma-separated prompt token ids (one sequence).")
         var promptIds: TokenIds?
@@ -28,37 +35,69 @@ extension MoE {
             if maxNewTokens < 1 { throw ValidationError("--max-new-tokens must be at least 1") }
         }
 
+        /// The sequences to run, in admission order.
+        func work(_ model: MoEDecoder) throws -> [ClusterRequest] {
+            let all: [ClusterRequest]
+            if let requests {
+                all = try RequestFile.parse(path: requests, vocabulary: model.spec.vocabSize)
+            } else {
+                guard let ids = promptIds?.ids, !ids.isEmpty else { throw ModelError.emptyPrompt }
+                all = [ClusterRequest(id: "0", request: GenerationRequest(promptIds: ids, maxNewTokens: maxNewTokens, sampling: sampling.parameters))]
+            }
+            let engine = Engine(model: model)
+            for r in all { try engine.validate(r.request) }
+            return ClusterEngine.admissionOrder(all).map { all[$0] }
+        }
+
+        func create() throws -> FileHandle {
+            let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            guard fd >= 0 else { throw ModelError.unwritableFile(path: output, reason: String(cString: strerror(errno))) }
+            return FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        }
+
         func run() throws {
+            if DistributedRun.active { return try runDistributed() }
             try reportingErrors {
                 let model = try modelOptions.load()
-                let work: [ClusterRequest]
-                if let requests {
-                    work = try RequestFile.parse(path: requests, vocabulary: model.spec.vocabSize)
-                } else {
-                    guard let ids = promptIds?.ids, !ids.isEmpty else { throw ModelError.emptyPrompt }
-                    work = [ClusterRequest(id: "0", request: GenerationRequest(promptIds: ids, maxNewTokens: maxNewTokens))]
-                }
-                guard FileManager.default.createFile(atPath: output, contents: nil), let file = FileHandle(forWritingAtPath: output) else {
-                    throw ModelError.unreadableFile(path: output, reason: "cannot create")
-                }
+                let work = try work(model)
+                let file = try create()
                 defer { try? file.close() }
                 let engine = Engine(model: model)
                 for (sequence, r) in work.enumerated() {
-                    try engine.validate(r.request)
-                    var position = 0, lines = ""
+                    var position = 0, records: [RoutingRecord] = []
                     model.routingObserver = { layer, routing in
-                        for t in 0..<routing.tokens {
-                            let ids = (0..<routing.topK).map { Int(routing.ids[t * routing.topK + $0]) }
-                            let weights = (0..<routing.topK).map { routing.weights[t * routing.topK + $0] }
-                            lines += #"{"sequence":\#(sequence),"token":\#(position + t),"layer":\#(layer),"experts":\#(ids),"weights":\#(weights)}"# + "\n"
-                        }
+                        records += RoutingRecord.of(routing, layer: layer, sequence: sequence, positions: position..<(position + routing.tokens))
                         if layer == model.spec.moeLayers.lastIndex(of: true) { position += routing.tokens }
                     }
                     _ = try engine.generate([r.request])
                     model.routingObserver = nil
-                    try file.write(contentsOf: Data(lines.utf8))
+                    records.sort { ($0.token, $0.layer) < ($1.token, $1.layer) }
+                    try file.write(contentsOf: Data(records.map { $0.jsonLine + "\n" }.joined().utf8))
                 }
                 emit("wrote routing of \(work.count) sequence\(work.count == 1 ? "" : "s") to \(output)")
+            }
+        }
+
+        /// Under mpirun: rank 0 schedules the sequences as `moe generate` does (continuous batching), every rank
+        /// logs its router decisions, and rank 0 gathers and writes them.
+        func runDistributed() throws {
+            var queue: [ClusterRequest] = []
+            var file: FileHandle?
+            let run = try DistributedRun.start(model: modelOptions, cluster: cluster) { model, rank in
+                guard rank == 0 else { return }
+                queue = try work(model)
+                file = try create()
+            }
+            defer { run.finish() }
+            let log = RoutingLog()
+            run.engine.routingLog = log
+            _ = try run.engine.run(requests: queue) { _ in }
+            let records = try log.gather(run.comm, topK: run.engine.model.spec.topK)
+            guard let file else { return }
+            defer { try? file.close() }
+            try reportingErrors {
+                try file.write(contentsOf: Data(records.map { $0.jsonLine + "\n" }.joined().utf8))
+                emit("wrote routing of \(queue.count) sequence\(queue.count == 1 ? "" : "s") to \(output) (\(run.comm.size) ranks)")
             }
         }
     }

@@ -170,6 +170,40 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         }
     }
 
+    /// `moe trace` under mpirun writes the single process's trace: same lines in the same order, same experts,
+    /// weights within 1e-5, for requests admitted at different steps.
+    @Test(arguments: [(2, "ep2"), (3, "coherent"), (4, "coherent")])
+    func traceUnderMPIMatchesSingleProcess(ranks: Int, mode: String) throws {
+        let requests = TemporaryPath(".jsonl"), single = TemporaryPath(".jsonl"), cluster = TemporaryPath(".jsonl")
+        try """
+        {"id": "a", "prompt_ids": [5, 6, 7], "max_new_tokens": 4, "temperature": 0}
+        {"id": "b", "prompt_ids": [9, 10, 11, 12, 13], "max_new_tokens": 3, "temperature": 0, "arrival_step": 2}
+        {"id": "c", "prompt_ids": [1], "max_new_tokens": 5, "temperature": 0}
+        """.write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let args = ["trace", "--model", fixture("tiny-olmoe"), "--requests", requests.path, "--output"]
+        let s = try MoEBinary.run(args + [single.path])
+        #expect(s.status == 0, "\(s.stderr)")
+        let c = try MPIRun.run(ranks, args + [cluster.path, "--dispatch", mode])
+        #expect(c.status == 0, "\(c.stderr)")
+        func lines(_ path: String) throws -> [[String: Any]] {
+            try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map {
+                try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+            }
+        }
+        let a = try lines(single.path), b = try lines(cluster.path)
+        // a: 3 + 4 - 1 tokens, c: 1 + 5 - 1, b: 5 + 3 - 1 (the last sampled token is never run), 2 MoE layers.
+        let expected = (6 + 5 + 7) * 2
+        #expect(a.count == expected && b.count == expected)
+        let sequenceOne = a.filter { $0["sequence"] as? Int == 1 }
+        #expect(sequenceOne.count == 5 * 2, "sequence 1 is c, admitted at step 0")
+        for (x, y) in zip(a, b) {
+            for key in ["sequence", "token", "layer"] { #expect(x[key] as? Int == y[key] as? Int) }
+            #expect(x["experts"] as? [Int] == y["experts"] as? [Int])
+            let wx = x["weights"] as! [Double], wy = y["weights"] as! [Double]
+            #expect(zip(wx, wy).allSatisfy { abs($0 - $1) < 1e-5 })
+        }
+    }
+
     // MARK: Faults and bad input: every rank stops, rank 0 says why once, quickly.
 
     func expectStops(_ r: MoEBinary.Result, seconds: Double, saying message: String, limit: Double = 10) {

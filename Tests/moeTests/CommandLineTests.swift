@@ -129,6 +129,10 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
          "token id 320 is outside the vocabulary (0..<320)"),
         (["generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", ""], "the prompt is empty"),
         (["generate", "--model", fixture("tiny-olmoe"), "--prompt-ids", "1", "--stop-ids", "4000"], "token id 4000 is outside"),
+        (["trace", "--model", fixture("tiny-olmoe"), "--prompt-ids", "1", "--output", "/nonexistent/t.jsonl"],
+         "/nonexistent/t.jsonl: cannot write: No such file or directory"),
+        (["trace", "--model", fixture("tiny-mixtral"), "--prompt-ids", "1,320", "--output", "/tmp/unused-trace.jsonl"],
+         "token id 320 is outside the vocabulary"),
     ] as [([String], String)])
     func badInputFailsWithOneLine(args: [String], message: String) throws {
         let r = try MoEBinary.run(args)
@@ -148,6 +152,7 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
     @Test(arguments: [
         ["forward", "--input-ids", "1,x", "--output", "/tmp/x"],
         ["generate", "--prompt-ids", "1", "--max-new-tokens", "0"],
+        ["trace", "--prompt-ids", "1", "--requests", "r.jsonl", "--output", "/tmp/x"],
         ["generate", "--prompt-ids", "1", "--temperature", "-2"],
         ["bench", "--batch", "0"],
         ["bench", "--format", "xml"],
