@@ -56,7 +56,7 @@ let package = Package(
         ),
         .target(
             name: "Placement",
-            dependencies: ["CCbc", "Wire", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+            dependencies: ["CCbc", "COpenBLAS", "Wire", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
         ),
         .target(
             name: "Cluster",

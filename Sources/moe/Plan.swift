@@ -63,22 +63,26 @@ extension MoE.Plan {
         }
 
         func run() throws {
+            let started = Date()
             try reportingErrors {
                 let t = try RoutingTrace.load(paths: trace, layers: layers, experts: experts)
                 if t.skippedTokens > 0 { FileHandle.standardError.write(Data("moe plan: skipped \(t.skippedTokens) incomplete tokens\n".utf8)) }
                 let problem = PlacementProblem(statistics: TraceStatistics(t), ranks: ranks, nodes: nodes, capacity: expertsPerRank,
                                                coactivationWeight: coactivation)
                 try problem.validate()
-                let solution = try Interrupt.catching { try PlanDefaults.solve(problem, solver: solver, deadline: Date().addingTimeInterval(timeLimit * 0.95)) }
+                let solution = try Interrupt.catching { try PlanDefaults.solve(problem, solver: solver, deadline: started.addingTimeInterval(timeLimit * 0.95)) }
                 var plan = PlanFile(placement: solution.placement, topK: t.topK, nodes: nodes, solver: solution.solver,
                                     objective: solution.objective, lowerBound: solution.lowerBound, traceDigest: try TraceDigest.of(paths: trace))
                 plan.hash = plan.contentHash
                 let binary = format.map { $0 == "pb" } ?? (output.hasSuffix(".pb") || output.hasSuffix(".binpb"))
                 if binary { try plan.writeProtobuf(path: output) } else { try plan.write(path: output) }
                 let e = Evaluation(placement: solution.placement, trace: t, ranksPerNode: ranks / nodes)
-                emit(String(format: "%@: %d layers × %d experts on %d ranks, objective %.3f%@; training trace: %.3f of top-1 transitions cross ranks",
-                            solution.solver, t.layers, t.experts, ranks, solution.objective,
-                            solution.lowerBound.map { String(format: " (lower bound %.3f)", $0) } ?? "", e.crossRankTopOne))
+                let bound = solution.lowerBound.map {
+                    String(format: " (lower bound %.3f, gap %.1f %%)", $0, solution.objective > 0 ? 100 * (solution.objective - $0) / solution.objective : 0)
+                }
+                emit(String(format: "%@: %d layers × %d experts on %d ranks, objective %.3f%@; training trace: %.3f of top-1 transitions cross ranks; %.1f s",
+                            solution.solver, t.layers, t.experts, ranks, solution.objective, bound ?? "", e.crossRankTopOne,
+                            Date().timeIntervalSince(started)))
             }
         }
     }

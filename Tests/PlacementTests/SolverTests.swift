@@ -1,5 +1,5 @@
 import Foundation
-import Placement
+@testable import Placement
 import Testing
 
 /// A random trace: `tokens` tokens through `layers` layers of `experts` experts, top-k with random weights.
@@ -56,6 +56,16 @@ func allPlacements(layers: Int, experts: Int, ranks: Int) -> [Placement] {
         try improved.placement.validate(layers: 5, experts: experts, ranks: ranks)
         #expect(improved.objective <= problem.objective.cost(start, problem.statistics) + 1e-9)
         #expect(abs(problem.objective.cost(improved.placement, problem.statistics) - improved.objective) < 1e-9)
+        // A descent ends where no swap of two experts of a layer lowers the cost (its incremental tables are right).
+        for l in 0..<5 {
+            for a in 0..<experts {
+                for b in (a + 1)..<experts {
+                    var swapped = improved.placement
+                    swapped.rankOf[l].swapAt(a, b)
+                    #expect(problem.objective.cost(swapped, problem.statistics) >= improved.objective - 1e-9, "layer \(l): swap \(a), \(b)")
+                }
+            }
+        }
     }
 
     @Test func assignmentEqualsBruteForce() {
@@ -142,6 +152,28 @@ func allPlacements(layers: Int, experts: Int, ranks: Int) -> [Placement] {
             #expect(bound <= best + 1e-9, "seed \(seed): bound \(bound) above the optimum \(best)")
             #expect(bound > 0)
         }
+    }
+
+    /// Expert a of layer 0 goes to a+1 and a+3 (mod 6): every expert has only two partners, so the degree bound
+    /// keeps everything and says 0, but no grouping into pairs keeps both targets of a pair together. The
+    /// spectral part sees it: a positive bound, still no more than the brute-force optimum.
+    @Test func spectralBoundSeesWhatDegreesMiss() {
+        let e = 6
+        var c = [Double](repeating: 0, count: e * e)
+        for a in 0..<e { c[a * e + (a + 1) % e] += 1; c[a * e + (a + 3) % e] += 1 }
+        let stats = TraceStatistics(layers: 2, experts: e, transitions: [c], coactivation: [[Double]](repeating: [Double](repeating: 0, count: e * e), count: 2))
+        let problem = PlacementProblem(statistics: stats, ranks: 3)
+        #expect(CombinatorialBound.degreeBound(c, experts: e, size: 2) == 12)
+        let best = allPlacements(layers: 2, experts: e, ranks: 3).map { problem.objective.cost($0, stats) }.min()!
+        let bound = CombinatorialBound.lowerBound(problem)
+        #expect(bound > 0.5 && bound <= best + 1e-9, "bound \(bound), optimum \(best)")
+    }
+
+    @Test func singularValuesFromLAPACK() throws {
+        // Column-major 3 × 2: [[3, 0], [0, -4], [0, 0]] has singular values 4 and 3.
+        var a: [Double] = [3, 0, 0, 0, -4, 0]
+        let s = try #require(CombinatorialBound.singularValues(&a, rows: 3, cols: 2))
+        #expect(abs(s[0] - 4) < 1e-12 && abs(s[1] - 3) < 1e-12)
     }
 }
 
