@@ -18,7 +18,7 @@ for name in ("humaneval_2_routing.jsonl", "gsm8k_2_routing.jsonl"):
         if json.loads(line)["problem_id"] == int(sys.argv[2]): sys.stdout.write(line)
 PY
 done
-top1() { "$moe" plan evaluate --plan "$1" --trace "$2" --json | tail -n 1 | python3 -c 'import json,sys; print("%.3f" % json.load(sys.stdin)["cross_rank_top1"])'; }
+top1() { "$moe" plan evaluate --plan "$1" --trace "$2" --json | tail -n 1 | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["cross_rank_top1"])'; }
 echo "| ranks | placement | plan p0, test p1 | plan p1, test p0 |"
 echo "|---|---|---|---|"
 for g in 4 8; do
