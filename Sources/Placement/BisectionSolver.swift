@@ -17,7 +17,11 @@ public struct BisectionSolver: PlacementSolver {
         }
         var rankOf = Array(repeating: Array(repeating: 0, count: e), count: s.layers)
         try split(p, members: Array(repeating: Array(0..<e), count: s.layers), ranks: 0..<p.ranks, into: &rankOf)
-        let placement = Placement(rankOf: rankOf, ranks: p.ranks)
+        var placement = Placement(rankOf: rankOf, ranks: p.ranks)
+        if p.overload(placement) > 0 {
+            // A split that could not keep the bound was made without it: repair by swaps (or say it cannot be done).
+            placement = try LocalSearchSolver(start: placement).solve(p).placement
+        }
         return PlacementSolution(placement: placement, objective: p.objective.cost(placement, s), lowerBound: nil, solver: name)
     }
 
@@ -31,17 +35,28 @@ public struct BisectionSolver: PlacementSolver {
         // The two-rank problem over this half's experts, relabelled 0..<n per layer.
         var transitions = [[Double]](repeating: [Double](repeating: 0, count: n * n), count: max(layers - 1, 0))
         var coactivation = [[Double]](repeating: [Double](repeating: 0, count: n * n), count: layers)
+        var load = [[Double]](repeating: [Double](repeating: 0, count: n), count: layers)
         for l in 0..<layers {
             for (i, a) in members[l].enumerated() {
+                load[l][i] = s.load[l][a]
                 for (j, b) in members[l].enumerated() { coactivation[l][i * n + j] = s.coactivation[l][a * e + b] }
                 if l + 1 < layers { for (j, b) in members[l + 1].enumerated() { transitions[l][i * n + j] = s.transitions[l][a * e + b] } }
             }
         }
-        let sub = TraceStatistics(layers: layers, experts: n, transitions: transitions, coactivation: coactivation)
-        let half = PlacementProblem(statistics: sub, ranks: 2, coactivationWeight: p.objective.coactivationWeight)
+        let sub = TraceStatistics(layers: layers, experts: n, transitions: transitions, coactivation: coactivation, load: load)
+        var half = PlacementProblem(statistics: sub, ranks: 2, coactivationWeight: p.objective.coactivationWeight)
+        // Each half stands for ranks.count / 2 ranks: it may take that many ranks' worth of the bound. The last
+        // split (one rank a side) meets the bound itself, so a plan made of feasible splits is feasible.
+        half.loadLimits = p.loadLimits.map { $0.map { $0 * Double(ranks.count / 2) } }
+        half.maxLoadFactor = p.maxLoadFactor
         // This subtree makes ranks.count - 1 splits: this one gets its share of the time left.
         let share = deadline.map { Date().addingTimeInterval(max(0, $0.timeIntervalSinceNow) / Double(ranks.count - 1)) }
-        let two = try (try? ExactSolver().solve(half)) ?? LocalSearchSolver(deadline: share).solve(half)
+        func solveSplit(_ q: PlacementProblem) -> PlacementSolution? {
+            (try? ExactSolver().solve(q)) ?? (try? LocalSearchSolver(deadline: share).solve(q))
+        }
+        var free = half
+        free.loadLimits = nil
+        guard let two = solveSplit(half) ?? solveSplit(free) else { throw PlacementError.invalid("bisection could not split \(n) experts") }
         let middle = ranks.lowerBound + ranks.count / 2
         var left = [[Int]](repeating: [], count: layers), right = left
         for l in 0..<layers {

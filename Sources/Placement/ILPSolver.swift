@@ -4,11 +4,13 @@ import Foundation
 /// The placement as an integer program, solved by CBC within a time limit.
 ///
 /// One binary x[l,e,r] per (layer, expert, rank); every expert on one rank, at most `capacity` and (when there are
-/// enough experts) at least one per rank and layer.
+/// enough experts) at least one per rank and layer, and under a load bound at most its limit of each layer's load.
 /// Kept mass is linearised: for each pair with weight C (transition a→b between layers l and l+1, or
 /// co-activation within a layer) a continuous s[·,r] ≤ x[·,a,r], s[·,r] ≤ x[·,b,r] per rank, and on several nodes
 /// a t[·,n] on the node sums. Maximising C·(Σ_r s + Σ_n t) is minimising Σ C·hop, since hop = 2 − same node −
-/// same rank (1 − same rank on one node). CBC reports the incumbent and a proven bound, so the gap is known.
+/// same rank (1 − same rank on one node). CBC reports the incumbent and a proven bound (raised to the
+/// combinatorial bound where that is higher), so the gap is known. When CBC finds nothing better than the start
+/// in the time, the start is returned ("ilp (start kept)").
 public struct ILPSolver: PlacementSolver {
     public var timeLimit: Double
     /// A plan to start from (its objective is the incumbent CBC must beat).
@@ -62,6 +64,7 @@ public struct ILPSolver: PlacementSolver {
             for r in 0..<g {
                 row((0..<e).map { x[l][$0][r] }, Array(repeating: 1, count: e), "L", Double(p.capacity))
                 if e >= g { row((0..<e).map { x[l][$0][r] }, Array(repeating: 1, count: e), "G", 1) }  // every rank holds experts
+                if let limits = p.loadLimits { row((0..<e).map { x[l][$0][r] }, s.load[l], "L", limits[l]) }
             }
         }
         row([x[0][0][0]], [1], "E", 1)  // ranks are interchangeable: pin one expert
@@ -98,19 +101,29 @@ public struct ILPSolver: PlacementSolver {
         }
         Cbc_setMaximumSeconds(model, timeLimit)
         Cbc_solve(model)
-        guard Cbc_bestSolution(model) != nil, let solution = Cbc_getColSolution(model), Cbc_getNumCols(model) == columns,
-              !Cbc_isProvenInfeasible(model).isTrue else {
-            throw PlacementError.invalid("CBC found no feasible placement within \(timeLimit) s")
+        if Cbc_isProvenInfeasible(model).isTrue {
+            throw PlacementError.invalid("CBC proved that no placement fits the constraints" + (p.loadLimits == nil ? "" : " (with the load bound)"))
         }
-        var rankOf = Array(repeating: Array(repeating: 0, count: e), count: layers)
-        for l in 0..<layers {
-            for a in 0..<e { rankOf[l][a] = (0..<g).max { solution[Int(x[l][a][$0])] < solution[Int(x[l][a][$1])] }! }
-        }
-        let placement = Placement(rankOf: rankOf, ranks: g)
-        try placement.validate(layers: layers, experts: e, ranks: g, capacity: p.capacity)
         let bound = total - Cbc_getBestPossibleObjValue(model)
+        var placement: Placement
+        if Cbc_bestSolution(model) != nil, let solution = Cbc_getColSolution(model), Cbc_getNumCols(model) == columns {
+            var rankOf = Array(repeating: Array(repeating: 0, count: e), count: layers)
+            for l in 0..<layers {
+                for a in 0..<e { rankOf[l][a] = (0..<g).max { solution[Int(x[l][a][$0])] < solution[Int(x[l][a][$1])] }! }
+            }
+            placement = Placement(rankOf: rankOf, ranks: g)
+            try placement.validate(layers: layers, experts: e, ranks: g, capacity: p.capacity)
+            guard p.overload(placement) == 0 else { throw p.loadBoundMissed(name) }
+        } else if let start, (try? start.validate(layers: layers, experts: e, ranks: g, capacity: p.capacity)) != nil, p.overload(start) == 0 {
+            placement = start  // CBC found nothing better within the time: the start stands, with CBC's bound
+        } else {
+            throw PlacementError.invalid(String(format: "CBC found no feasible placement within %.0f s", timeLimit))
+        }
+        if let start, p.objective.cost(start, s) < p.objective.cost(placement, s), p.overload(start) == 0 { placement = start }
         let cost = p.objective.cost(placement, s)
-        return PlacementSolution(placement: placement, objective: cost, lowerBound: max(0, min(bound, cost)), solver: name)
+        let proven = max(0, bound, CombinatorialBound.lowerBound(p))
+        return PlacementSolution(placement: placement, objective: cost, lowerBound: min(proven, cost),
+                                 solver: placement == start ? "ilp (start kept)" : name)
     }
 }
 

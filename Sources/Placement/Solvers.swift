@@ -8,22 +8,63 @@ public struct PlacementProblem: Sendable {
     /// Experts of one layer a rank may hold (default ⌈E/G⌉).
     public var capacity: Int
     public var objective: PlacementObjective
+    /// The load-balance bound: `loadLimits[l]` is the most routed (token, expert) rows of layer l one rank may take
+    /// (`statistics.load`); nil: no bound.
+    public var loadLimits: [Double]?
 
-    public init(statistics: TraceStatistics, ranks: Int, nodes: Int = 1, capacity: Int? = nil, coactivationWeight: Double = 0) {
+    public init(statistics: TraceStatistics, ranks: Int, nodes: Int = 1, capacity: Int? = nil, coactivationWeight: Double = 0,
+                maxLoad: Double? = nil) {
         self.statistics = statistics
         self.ranks = ranks
         self.nodes = nodes
         self.capacity = capacity ?? (statistics.experts + ranks - 1) / ranks
         objective = PlacementObjective(ranksPerNode: max(ranks / max(nodes, 1), 1), coactivationWeight: coactivationWeight)
+        maxLoadFactor = maxLoad
+        loadLimits = maxLoad.map { f in statistics.load.map { f * $0.reduce(0, +) / Double(max(ranks, 1)) } }
     }
 
-    /// Checks that the topology can hold the experts.
+    /// The `--max-load` factor the limits came from (max/mean load per rank), for messages.
+    public var maxLoadFactor: Double?
+
+    /// Checks that the topology can hold the experts, and that no single expert breaks the load bound.
     public func validate() throws {
         guard ranks >= 1 else { throw PlacementError.invalid("--ranks must be at least 1") }
         guard nodes >= 1, ranks % nodes == 0 else { throw PlacementError.invalid("\(ranks) ranks do not split evenly over \(nodes) nodes") }
         guard capacity * ranks >= statistics.experts else {
             throw PlacementError.invalid("\(ranks) ranks × \(capacity) experts per rank cannot hold \(statistics.experts) experts per layer")
         }
+        if let f = maxLoadFactor, f < 1 { throw PlacementError.invalid("--max-load must be at least 1 (max/mean load per rank), got \(f)") }
+        guard let limits = loadLimits else { return }
+        for (l, row) in statistics.load.enumerated() {
+            if let e = row.indices.first(where: { row[$0] > loadLimit(l) }) {
+                let mean = row.reduce(0, +) / Double(ranks)
+                throw PlacementError.invalid(String(format: "expert %d of layer %d alone carries %.2f× the mean rank load; --max-load %@ cannot be met",
+                                                    e, l, row[e] / mean, maxLoadFactor.map { String(format: "%g", $0) } ?? "given"))
+            }
+        }
+    }
+
+    /// The most load one rank may take in layer l (a relative 1e-9 allowance for rounding; infinite without a bound).
+    public func loadLimit(_ l: Int) -> Double { loadLimits.map { $0[l] * (1 + 1e-9) } ?? .infinity }
+
+    /// Load of layer l on each rank under `placement`.
+    public func rankLoads(_ placement: Placement, layer l: Int) -> [Double] {
+        var loads = [Double](repeating: 0, count: ranks)
+        for (a, r) in placement.rankOf[l].enumerated() { loads[r] += statistics.load[l][a] }
+        return loads
+    }
+
+    /// Σ over layers and ranks of the load above the bound (0: the plan keeps it).
+    public func overload(_ placement: Placement) -> Double {
+        guard loadLimits != nil else { return 0 }
+        return (0..<statistics.layers).reduce(0.0) { acc, l in rankLoads(placement, layer: l).reduce(acc) { $0 + max(0, $1 - loadLimit(l)) } }
+    }
+
+    /// The error a solver gives when it ends above the bound (`proven`: none exists).
+    func loadBoundMissed(_ solver: String, proven: Bool = false) -> PlacementError {
+        let bound = "--max-load " + (maxLoadFactor.map { String(format: "%g", $0) } ?? "")
+        return .invalid(proven ? "no placement keeps every rank within \(bound) (\(solver) solver)"
+                               : "the \(solver) solver found no placement within \(bound); a larger bound or --solver exact/ilp may")
     }
 }
 
@@ -125,7 +166,9 @@ public struct ExactSolver: PlacementSolver {
         }
         // Co-located mass a partition keeps within a layer (co-activation), and between groups of two layers.
         let lambda = p.objective.coactivationWeight
+        // A grouping that puts more load on a rank than the bound allows is not a state of layer l.
         func inside(_ l: Int, _ st: [[Int]]) -> Double {
+            if p.loadLimits != nil, st.contains(where: { $0.reduce(0.0) { $0 + s.load[l][$1] } > p.loadLimit(l) }) { return -.infinity }
             guard lambda != 0 else { return 0 }
             var v = 0.0
             for block in st { for a in block { for b in block where a < b { v += s.coactivation[l][a * e + b] } } }
@@ -141,7 +184,8 @@ public struct ExactSolver: PlacementSolver {
             var next = Array(repeating: -Double.infinity, count: states.count), arg = Array(repeating: 0, count: states.count)
             for (j, q) in states.enumerated() {
                 let here = inside(l + 1, q)
-                for (i, pState) in states.enumerated() {
+                guard here > -.infinity else { continue }
+                for (i, pState) in states.enumerated() where value[i] > -.infinity {
                     let v = value[i] + Assignment.maximum(groupScores(l, pState, q)).value + here
                     if v > next[j] { next[j] = v; arg[j] = i }
                 }
@@ -149,7 +193,8 @@ public struct ExactSolver: PlacementSolver {
             value = next
             back.append(arg)
         }
-        var chosen = [value.indices.max { value[$0] < value[$1] }!]
+        guard let last = value.indices.max(by: { value[$0] < value[$1] }), value[last] > -.infinity else { throw p.loadBoundMissed(name, proven: true) }
+        var chosen = [last]
         for l in stride(from: layers - 2, through: 0, by: -1) { chosen.append(back[l][chosen.last!]) }
         chosen.reverse()
         // Labels: layer 0's groups are ranks 0..G-1; each next layer's groups take their matched group's rank.
@@ -200,7 +245,7 @@ public struct LocalSearchSolver: PlacementSolver {
         let s = p.statistics, e = s.experts, o = p.objective
         var best = start ?? Placement.contiguous(layers: s.layers, experts: e, ranks: p.ranks)
         descend(&best, p)
-        var bestCost = o.cost(best, s)
+        var bestCost = o.cost(best, s), bestOver = p.overload(best)
         progress?(bestCost)
         var rng = SplitMixRNG(seed: seed)
         var stalled = 0
@@ -213,20 +258,24 @@ public struct LocalSearchSolver: PlacementSolver {
                 }
             }
             descend(&candidate, p)
-            let cost = o.cost(candidate, s)
-            if cost < bestCost - 1e-12 {
+            let cost = o.cost(candidate, s), over = p.overload(candidate)
+            if over < bestOver - 1e-9 || (over <= bestOver + 1e-9 && cost < bestCost - 1e-12) {
                 best = candidate
                 bestCost = cost
+                bestOver = over
                 stalled = 0
                 progress?(bestCost)
             } else {
                 stalled += 1
             }
         }
+        guard bestOver == 0 else { throw p.loadBoundMissed(name) }
         return PlacementSolution(placement: best, objective: bestCost, lowerBound: nil, solver: name)
     }
 
-    /// Pairwise swaps within layers until none lowers the cost (or a stop is asked for).
+    /// Pairwise swaps within layers until none lowers the cost (or a stop is asked for). Under a load bound a swap
+    /// must first not raise the load above the bound: one that lowers it is taken even at a cost, so a start above
+    /// the bound is repaired where swaps can.
     ///
     /// While one layer's experts are swapped, its neighbours stay put, so what an expert costs on each rank through
     /// its transitions is a table made once per layer visit; the co-activation part is a table updated after each
@@ -250,11 +299,14 @@ public struct LocalSearchSolver: PlacementSolver {
                 for r in 0..<g { together[a * g + r] = lambda * (0..<g).reduce(0.0) { $0 + mass[$1] * hop[$1 * g + r] } }
             }
         }
+        var loads = [Double](repeating: 0, count: g)
+        func above(_ load: Double, _ l: Int) -> Double { max(0, load - p.loadLimit(l)) }
         var improved = true
         while improved && !shouldStop() && !(deadline.map { Date() > $0 } ?? false) {
             improved = false
             for l in 0..<s.layers {
                 table(l)
+                if p.loadLimits != nil { loads = p.rankLoads(placement, layer: l) }
                 for a in 0..<e {
                     for b in (a + 1)..<e where placement.rankOf[l][a] != placement.rankOf[l][b] {
                         let ra = placement.rankOf[l][a], rb = placement.rankOf[l][b]
@@ -264,7 +316,16 @@ public struct LocalSearchSolver: PlacementSolver {
                             delta += together[a * g + rb] + together[b * g + ra] - together[a * g + ra] - together[b * g + rb]
                                 + 2 * lambda * s.coactivation[l][a * e + b] * hop[ra * g + rb]
                         }
-                        guard delta < -1e-12 else { continue }
+                        if p.loadLimits != nil {
+                            let la = s.load[l][a], lb = s.load[l][b]
+                            let before = above(loads[ra], l) + above(loads[rb], l)
+                            let after = above(loads[ra] - la + lb, l) + above(loads[rb] - lb + la, l)
+                            guard after < before - 1e-9 || (after <= before + 1e-9 && delta < -1e-12) else { continue }
+                            loads[ra] += lb - la
+                            loads[rb] += la - lb
+                        } else {
+                            guard delta < -1e-12 else { continue }
+                        }
                         placement.rankOf[l][a] = rb
                         placement.rankOf[l][b] = ra
                         improved = true

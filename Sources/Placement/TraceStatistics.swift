@@ -14,14 +14,14 @@ public struct TraceStatistics: Sendable, Equatable {
     /// Tokens counted.
     public var tokens: Int
 
-    /// Statistics given directly (a sub-problem of a bisection, a test); topOne and load are left empty.
-    public init(layers: Int, experts: Int, transitions: [[Double]], coactivation: [[Double]]) {
+    /// Statistics given directly (a sub-problem of a bisection, a test); topOne is left empty, and load unless given.
+    public init(layers: Int, experts: Int, transitions: [[Double]], coactivation: [[Double]], load: [[Double]]? = nil) {
         self.layers = layers
         self.experts = experts
         self.transitions = transitions
         self.coactivation = coactivation
         topOne = transitions.map { $0.map { _ in 0 } }
-        load = Array(repeating: Array(repeating: 0, count: experts), count: layers)
+        self.load = load ?? Array(repeating: Array(repeating: 0, count: experts), count: layers)
         tokens = 0
     }
 

@@ -42,6 +42,9 @@ extension MoE.Plan {
         @Option(help: "Weight of co-activation within a layer (a token's experts on different ranks).")
         var coactivation: Double = PlanDefaults.coactivation
 
+        @Option(help: "Load-balance bound: in every layer no rank takes more than this times the mean rank load (routed token rows in the trace).")
+        var maxLoad: Double?
+
         @Option(help: "Seconds the solver may take.")
         var timeLimit: Double = 60
 
@@ -60,6 +63,7 @@ extension MoE.Plan {
                 throw ValidationError("--solver must be auto, exact, ilp, bisect, local, contiguous or round-robin")
             }
             if timeLimit <= 0 { throw ValidationError("--time-limit must be positive") }
+            if let maxLoad, !(maxLoad >= 1) { throw ValidationError("--max-load must be at least 1 (max/mean load per rank)") }
         }
 
         func run() throws {
@@ -68,7 +72,7 @@ extension MoE.Plan {
                 let t = try RoutingTrace.load(paths: trace, layers: layers, experts: experts)
                 if t.skippedTokens > 0 { FileHandle.standardError.write(Data("moe plan: skipped \(t.skippedTokens) incomplete tokens\n".utf8)) }
                 let problem = PlacementProblem(statistics: TraceStatistics(t), ranks: ranks, nodes: nodes, capacity: expertsPerRank,
-                                               coactivationWeight: coactivation)
+                                               coactivationWeight: coactivation, maxLoad: maxLoad)
                 try problem.validate()
                 let solution = try Interrupt.catching { try PlanDefaults.solve(problem, solver: solver, deadline: started.addingTimeInterval(timeLimit * 0.95)) }
                 var plan = PlanFile(placement: solution.placement, topK: t.topK, nodes: nodes, solver: solution.solver,
@@ -80,8 +84,12 @@ extension MoE.Plan {
                 let bound = solution.lowerBound.map {
                     String(format: " (lower bound %.3f, gap %.1f %%)", $0, solution.objective > 0 ? 100 * (solution.objective - $0) / solution.objective : 0)
                 }
-                emit(String(format: "%@: %d layers × %d experts on %d ranks, objective %.3f%@; training trace: %.3f of top-1 transitions cross ranks; %.1f s",
-                            solution.solver, t.layers, t.experts, ranks, solution.objective, bound ?? "", e.crossRankTopOne,
+                let worstLoad = (0..<t.layers).map { l -> Double in
+                    let loads = problem.rankLoads(solution.placement, layer: l), mean = loads.reduce(0, +) / Double(ranks)
+                    return mean > 0 ? loads.max()! / mean : 1
+                }.max() ?? 1
+                emit(String(format: "%@: %d layers × %d experts on %d ranks, objective %.3f%@; training trace: %.3f of top-1 transitions cross ranks, max/mean load %.2f (worst layer); %.1f s",
+                            solution.solver, t.layers, t.experts, ranks, solution.objective, bound ?? "", e.crossRankTopOne, worstLoad,
                             Date().timeIntervalSince(started)))
             }
         }
@@ -176,7 +184,10 @@ enum PlanDefaults {
         case "round-robin": return try RoundRobinSolver().solve(p)
         case "exact": return try ExactSolver().solve(p)
         case "local": return try search(deadline: deadline).solve(p)
-        case "ilp": return try ILPSolver(timeLimit: deadline.timeIntervalSinceNow).solve(p)
+        case "ilp":
+            // CBC starts from local search (a quarter of the time) where that finds a feasible plan.
+            let start = try? search(deadline: Date().addingTimeInterval(deadline.timeIntervalSinceNow / 4)).solve(p)
+            return try ILPSolver(timeLimit: deadline.timeIntervalSinceNow, start: start?.placement).solve(p)
         case "bisect": return try BisectionSolver(deadline: deadline).solve(p)
         default:
             if p.nodes == 1, let exact = try? ExactSolver().solve(p) { return exact }

@@ -194,3 +194,81 @@ func allPlacements(layers: Int, experts: Int, ranks: Int) -> [Placement] {
         #expect(throws: PlacementError.self) { try BisectionSolver().solve(problem) }
     }
 }
+
+/// A trace whose experts are unevenly popular (expert e drawn with weight e + 1), so load bounds bind.
+func skewedTrace(layers: Int, experts: Int, tokens: Int, seed: UInt64) -> RoutingTrace {
+    var s = seed
+    func next() -> UInt64 { s = s &* 6364136223846793005 &+ 1442695040888963407; return s >> 33 }
+    let total = experts * (experts + 1) / 2
+    func draw() -> Int {
+        var x = Int(next() % UInt64(total))
+        for e in 0..<experts { x -= e + 1; if x < 0 { return e } }
+        return experts - 1
+    }
+    let seq = (0..<tokens).map { _ in
+        (0..<layers).map { _ -> RoutingTrace.Choice in
+            var ids: [Int] = []
+            while ids.count < 2 { let e = draw(); if !ids.contains(e) { ids.append(e) } }
+            return RoutingTrace.Choice(experts: ids, weights: [0.6, 0.4])
+        }
+    }
+    return RoutingTrace(sequences: [.init(name: "s", tokens: seq)], layers: layers, experts: experts, topK: 2)
+}
+
+@Suite struct LoadBoundTests {
+    /// The best cost over the placements that keep the bound (nil: none does), by brute force.
+    func constrainedOptimum(_ p: PlacementProblem) -> Double? {
+        allPlacements(layers: p.statistics.layers, experts: p.statistics.experts, ranks: p.ranks)
+            .filter { p.overload($0) == 0 }.map { p.objective.cost($0, p.statistics) }.min()
+    }
+
+    /// Exact and the ILP meet the brute-force optimum among placements within the bound, and say so when there is
+    /// none; the bound changes the answer on these instances (the unbounded optimum breaks it).
+    @Test(arguments: [(4, 2, 1.1), (6, 3, 1.2), (6, 2, 1.05), (6, 3, 1.0)])
+    func exactAndILPKeepTheBoundAndMeetTheConstrainedOptimum(experts: Int, ranks: Int, maxLoad: Double) throws {
+        let trace = skewedTrace(layers: 2, experts: experts, tokens: 80, seed: UInt64(experts * 10 + ranks))
+        let p = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, coactivationWeight: 0.2, maxLoad: maxLoad)
+        let free = try ExactSolver().solve(PlacementProblem(statistics: p.statistics, ranks: ranks, coactivationWeight: 0.2))
+        #expect(p.overload(free.placement) > 0, "the bound should bind on this instance")
+        guard let best = constrainedOptimum(p) else {
+            #expect(throws: PlacementError.self) { try ExactSolver().solve(p) }
+            #expect(throws: PlacementError.self) { try ILPSolver(timeLimit: 20).solve(p) }
+            return
+        }
+        let exact = try ExactSolver().solve(p)
+        #expect(p.overload(exact.placement) == 0 && abs(exact.objective - best) < 1e-9)
+        let ilp = try ILPSolver(timeLimit: 20).solve(p)
+        #expect(p.overload(ilp.placement) == 0 && abs(ilp.objective - best) < 1e-6)
+    }
+
+    /// Local search repairs a start above the bound; bisection's plans keep it too.
+    @Test(arguments: [(8, 2, 1), (8, 4, 1), (8, 4, 2)])
+    func localSearchAndBisectionKeepTheBound(experts: Int, ranks: Int, nodes: Int) throws {
+        let trace = skewedTrace(layers: 4, experts: experts, tokens: 300, seed: 5)
+        let p = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, nodes: nodes, maxLoad: 1.15)
+        try p.validate()
+        let contiguous = Placement.contiguous(layers: 4, experts: experts, ranks: ranks)
+        #expect(p.overload(contiguous) > 0)
+        let local = try LocalSearchSolver(start: contiguous, deadline: Date().addingTimeInterval(2)).solve(p)
+        #expect(p.overload(local.placement) == 0)
+        #expect(abs(local.objective - p.objective.cost(local.placement, p.statistics)) < 1e-9)
+        let bisect = try BisectionSolver(deadline: Date().addingTimeInterval(2)).solve(p)
+        #expect(p.overload(bisect.placement) == 0)
+        try bisect.placement.validate(layers: 4, experts: experts, ranks: ranks)
+    }
+
+    @Test func boundsNoPlacementCanMeetAreRefusedUpFront() {
+        let stats = TraceStatistics(skewedTrace(layers: 2, experts: 8, tokens: 200, seed: 3))
+        #expect(throws: PlacementError.self) { try PlacementProblem(statistics: stats, ranks: 2, maxLoad: 0.9).validate() }
+        // Eight ranks hold one expert each: the popular experts alone are above the mean; the first is named.
+        let mean = stats.load[0].reduce(0, +) / 8
+        let hot = stats.load[0].firstIndex { $0 > 1.2 * mean }!
+        #expect(hot > 0)
+        do {
+            try PlacementProblem(statistics: stats, ranks: 8, maxLoad: 1.2).validate()
+            Issue.record("a hot expert above the bound was accepted")
+        } catch let error as PlacementError {
+            #expect(error.description.contains("expert \(hot) of layer 0 alone carries"), "\(error)")
+        } catch { Issue.record("\(error)") }
+    }
+}

@@ -65,6 +65,9 @@ import Testing
         ("\n\n", ["--ranks", "2"], "no complete token in the trace"),
         (#"{"sequence": 0, "token": 0, "layer": 0, "experts": [1, 2], "weights": [0.5, 0.5]}"#, ["--ranks", "2", "--experts", "8", "--experts-per-rank", "3"],
          "2 ranks × 3 experts per rank cannot hold 8 experts per layer"),
+        // One token: experts 1 and 2 carry all of layer 0's load, so on 4 ranks each is 2× the mean.
+        (#"{"sequence": 0, "token": 0, "layer": 0, "experts": [1, 2], "weights": [0.5, 0.5]}"#, ["--ranks", "4", "--experts", "8", "--max-load", "1.5"],
+         "expert 1 of layer 0 alone carries 2.00× the mean rank load; --max-load 1.5 cannot be met"),
     ] as [(String, [String], String)])
     func badTracesAndProblemsFailWithOneLine(content: String, args: [String], message: String) throws {
         let trace = TemporaryPath(".jsonl")
@@ -72,6 +75,27 @@ import Testing
         let r = try MoEBinary.run(["plan", "--trace", trace.path, "--output", "/tmp/unused-plan.json"] + args)
         #expect(r.status == 1)
         #expect(r.stderr.contains(message), "\(r.stderr)")
+    }
+
+    /// `--max-load`: every layer's rank loads within the bound in the written plan, for each solver that takes it;
+    /// below 1 is a usage error.
+    @Test(arguments: ["auto", "exact", "ilp", "local", "bisect"])
+    func maxLoadIsKeptByThePlan(solver: String) throws {
+        let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json")
+        try randomTraceLines(layers: 4, experts: 8, tokens: 120).write(toFile: trace.path, atomically: true, encoding: .utf8)
+        let r = try MoEBinary.run(["plan", "--trace", trace.path, "--ranks", "4", "--max-load", "1.1", "--solver", solver,
+                                   "--time-limit", "4", "--output", plan.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        let problem = PlacementProblem(statistics: TraceStatistics(try RoutingTrace.load(paths: [trace.path])), ranks: 4)
+        let bounded = PlacementProblem(statistics: problem.statistics, ranks: 4, maxLoad: 1.1)
+        #expect(bounded.overload(try ExactSolver().solve(problem).placement) > 0, "the bound binds: the unbounded optimum breaks it")
+        let placement = try PlanFile.load(path: plan.path).placement
+        for l in 0..<4 {
+            let mean = problem.statistics.load[l].reduce(0, +) / 4
+            #expect(problem.rankLoads(placement, layer: l).max()! <= 1.1 * mean + 1e-9, "layer \(l)")
+        }
+        let bad = try MoEBinary.run(["plan", "--trace", trace.path, "--ranks", "4", "--max-load", "0.8", "--output", plan.path])
+        #expect(bad.status == 64)
     }
 
     @Test func aPlanForAnotherShapeIsRefusedByEvaluate() throws {
