@@ -6,8 +6,13 @@ import Foundation
 /// groupings are few and by local search otherwise.
 public struct BisectionSolver: PlacementSolver {
     public var deadline: Date?
+    /// Polled by the splits' local searches: true ends them early with their best so far (Ctrl-C).
+    public var shouldStop: () -> Bool
 
-    public init(deadline: Date? = nil) { self.deadline = deadline }
+    public init(deadline: Date? = nil, shouldStop: @escaping () -> Bool = { false }) {
+        self.deadline = deadline
+        self.shouldStop = shouldStop
+    }
     public var name: String { "bisect" }
 
     public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
@@ -20,7 +25,7 @@ public struct BisectionSolver: PlacementSolver {
         var placement = Placement(rankOf: rankOf, ranks: p.ranks)
         if p.overload(placement) > 0 {
             // A split that could not keep the bound was made without it: repair by swaps (or say it cannot be done).
-            placement = try LocalSearchSolver(start: placement).solve(p).placement
+            placement = try LocalSearchSolver(start: placement, shouldStop: shouldStop).solve(p).placement
         }
         return PlacementSolution(placement: placement, objective: p.objective.cost(placement, s), lowerBound: nil, solver: name)
     }
@@ -52,7 +57,7 @@ public struct BisectionSolver: PlacementSolver {
         // This subtree makes ranks.count - 1 splits: this one gets its share of the time left.
         let share = deadline.map { Date().addingTimeInterval(max(0, $0.timeIntervalSinceNow) / Double(ranks.count - 1)) }
         func solveSplit(_ q: PlacementProblem) -> PlacementSolution? {
-            (try? ExactSolver().solve(q)) ?? (try? LocalSearchSolver(deadline: share).solve(q))
+            (try? ExactSolver().solve(q)) ?? (try? LocalSearchSolver(deadline: share, shouldStop: shouldStop).solve(q))
         }
         var free = half
         free.loadLimits = nil

@@ -15,10 +15,18 @@ public struct ILPSolver: PlacementSolver {
     public var timeLimit: Double
     /// A plan to start from (its objective is the incumbent CBC must beat).
     public var start: Placement?
+    /// Called every few seconds while CBC runs, with the seconds so far (a progress line).
+    public var progress: ((Double) -> Void)?
+    /// Polled while CBC runs: true returns the start at once ("ilp (interrupted, start kept)"); CBC's C interface
+    /// cannot be stopped, so it finishes its time limit on its own thread and then frees its model.
+    public var shouldStop: () -> Bool
 
-    public init(timeLimit: Double, start: Placement? = nil) {
+    public init(timeLimit: Double, start: Placement? = nil, progress: ((Double) -> Void)? = nil,
+                shouldStop: @escaping () -> Bool = { false }) {
         self.timeLimit = timeLimit
         self.start = start
+        self.progress = progress
+        self.shouldStop = shouldStop
     }
 
     public var name: String { "ilp" }
@@ -32,16 +40,17 @@ public struct ILPSolver: PlacementSolver {
         return s.layers * s.experts * g + pairs * perPair
     }
 
-    /// CBC keeps process-wide state (message handlers, the COIN random seed), so one model is solved at a time.
-    static let lock = NSLock()
+    /// CBC keeps process-wide state (message handlers, the COIN random seed), so one model is solved at a time. A
+    /// semaphore, not a lock: an abandoned run releases it from CBC's thread.
+    static let turn = DispatchSemaphore(value: 1)
 
     public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
-        Self.lock.lock()
-        defer { Self.lock.unlock() }
+        Self.turn.wait()
         let s = p.statistics, e = s.experts, g = p.ranks, layers = s.layers
         let perNode = p.objective.ranksPerNode, nodes = g / perNode
-        guard let model = Cbc_newModel() else { throw PlacementError.invalid("CBC could not create a model") }
-        defer { Cbc_deleteModel(model) }
+        guard let model = Cbc_newModel() else { Self.turn.signal(); throw PlacementError.invalid("CBC could not create a model") }
+        let job = CBCJob(model: model)
+        defer { if job.release() { Cbc_deleteModel(model); Self.turn.signal() } }
         Cbc_setLogLevel(model, 0)
         Cbc_setObjSense(model, -1)  // maximise kept mass
         var columns: Int32 = 0
@@ -100,13 +109,17 @@ public struct ILPSolver: PlacementSolver {
             if nodes == 1 || r0 / perNode == 0 { Cbc_setMIPStartI(model, Int32(idx.count), idx, val) }
         }
         Cbc_setMaximumSeconds(model, timeLimit)
-        Cbc_solve(model)
-        if Cbc_isProvenInfeasible(model).isTrue {
-            throw PlacementError.invalid("CBC proved that no placement fits the constraints" + (p.loadLimits == nil ? "" : " (with the load bound)"))
+        let startFits = start.map { (try? $0.validate(layers: layers, experts: e, ranks: g, capacity: p.capacity)) != nil && p.overload($0) == 0 } ?? false
+        if !job.run(progress: progress, shouldStop: shouldStop) {
+            guard let start, startFits else { throw PlacementError.invalid("interrupted before CBC found a placement") }
+            return PlacementSolution(placement: start, objective: p.objective.cost(start, s), lowerBound: CombinatorialBound.lowerBound(p),
+                                     solver: "ilp (interrupted, start kept)")
         }
-        let bound = total - Cbc_getBestPossibleObjValue(model)
+        // With a start, CBC may call the model infeasible when it finds nothing better than the start: trust our
+        // own check of the start over that.
+        let infeasible = Cbc_isProvenInfeasible(model).isTrue
         var placement: Placement
-        if Cbc_bestSolution(model) != nil, let solution = Cbc_getColSolution(model), Cbc_getNumCols(model) == columns {
+        if !infeasible, Cbc_bestSolution(model) != nil, let solution = Cbc_getColSolution(model), Cbc_getNumCols(model) == columns {
             var rankOf = Array(repeating: Array(repeating: 0, count: e), count: layers)
             for l in 0..<layers {
                 for a in 0..<e { rankOf[l][a] = (0..<g).max { solution[Int(x[l][a][$0])] < solution[Int(x[l][a][$1])] }! }
@@ -114,16 +127,73 @@ public struct ILPSolver: PlacementSolver {
             placement = Placement(rankOf: rankOf, ranks: g)
             try placement.validate(layers: layers, experts: e, ranks: g, capacity: p.capacity)
             guard p.overload(placement) == 0 else { throw p.loadBoundMissed(name) }
-        } else if let start, (try? start.validate(layers: layers, experts: e, ranks: g, capacity: p.capacity)) != nil, p.overload(start) == 0 {
-            placement = start  // CBC found nothing better within the time: the start stands, with CBC's bound
+        } else if let start, startFits {
+            placement = start  // CBC found nothing better within the time: the start stands
+        } else if infeasible {
+            throw PlacementError.invalid("CBC proved that no placement fits the constraints" + (p.loadLimits == nil ? "" : " (with the load bound)"))
         } else {
             throw PlacementError.invalid(String(format: "CBC found no feasible placement within %.0f s", timeLimit))
         }
-        if let start, p.objective.cost(start, s) < p.objective.cost(placement, s), p.overload(start) == 0 { placement = start }
+        if let start, startFits, p.objective.cost(start, s) < p.objective.cost(placement, s) { placement = start }
         let cost = p.objective.cost(placement, s)
-        let proven = max(0, bound, CombinatorialBound.lowerBound(p))
+        // CBC's bound on kept mass, used only when it is consistent with the plan in hand (a run stopped before its
+        // root relaxation can report a meaningless one).
+        let cbcBound = infeasible ? 0 : total - Cbc_getBestPossibleObjValue(model)
+        let proven = max(0, cbcBound <= cost + 1e-6 ? cbcBound : 0, CombinatorialBound.lowerBound(p))
         return PlacementSolution(placement: placement, objective: cost, lowerBound: min(proven, cost),
                                  solver: placement == start ? "ilp (start kept)" : name)
+    }
+}
+
+/// One CBC solve on its own thread, so that the caller can give up on it (Ctrl-C). Whoever finishes last frees the
+/// model and CBC's turn: the caller when CBC finished first, CBC's thread when the caller gave up.
+final class CBCJob: @unchecked Sendable {
+    private let model: UnsafeMutableRawPointer
+    private let state = NSLock()
+    private var finished = false, abandoned = false
+    private let done = DispatchSemaphore(value: 0)
+
+    init(model: UnsafeMutableRawPointer) { self.model = model }
+
+    /// Runs CBC and waits for it, calling `progress` every 5 s; false when `shouldStop` asked to give up first.
+    func run(progress: ((Double) -> Void)?, shouldStop: () -> Bool) -> Bool {
+        let started = Date()
+        let thread = Thread { [self] in
+            Cbc_solve(model)
+            state.lock()
+            finished = true
+            let orphan = abandoned
+            state.unlock()
+            if orphan {
+                Cbc_deleteModel(model)
+                ILPSolver.turn.signal()
+            }
+            done.signal()
+        }
+        thread.stackSize = 64 << 20  // CBC recurses deeply in presolve and cut generation
+        thread.start()
+        var reported = started
+        while done.wait(timeout: .now() + .milliseconds(100)) == .timedOut {
+            if shouldStop() {
+                state.lock()
+                defer { state.unlock() }
+                if finished { break }
+                abandoned = true
+                return false
+            }
+            if Date().timeIntervalSince(reported) >= 5 {
+                reported = Date()
+                progress?(reported.timeIntervalSince(started))
+            }
+        }
+        return true
+    }
+
+    /// True when the caller is to free the model (CBC finished and was not abandoned).
+    func release() -> Bool {
+        state.lock()
+        defer { state.unlock() }
+        return !abandoned
     }
 }
 

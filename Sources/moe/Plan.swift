@@ -187,15 +187,15 @@ enum PlanDefaults {
         case "ilp":
             // CBC starts from local search (a quarter of the time) where that finds a feasible plan.
             let start = try? search(deadline: Date().addingTimeInterval(deadline.timeIntervalSinceNow / 4)).solve(p)
-            return try ILPSolver(timeLimit: deadline.timeIntervalSinceNow, start: start?.placement).solve(p)
-        case "bisect": return try BisectionSolver(deadline: deadline).solve(p)
+            return try cbc(deadline: deadline, start: start?.placement).solve(p)
+        case "bisect": return try BisectionSolver(deadline: deadline, shouldStop: { Interrupt.requested }).solve(p)
         default:
             if p.nodes == 1, let exact = try? ExactSolver().solve(p) { return exact }
             let bound = CombinatorialBound.lowerBound(p)
             guard ILPSolver.columns(p) <= ilpColumnLimit else {
                 // Too large for CBC: bisection for half the time, then local search from its plan.
                 let halfway = Date().addingTimeInterval(deadline.timeIntervalSinceNow / 2)
-                let start = try? BisectionSolver(deadline: halfway).solve(p)
+                let start = try? BisectionSolver(deadline: halfway, shouldStop: { Interrupt.requested }).solve(p)
                 var refine = search(deadline: deadline)
                 refine.start = start?.placement
                 var local = try refine.solve(p)
@@ -204,7 +204,7 @@ enum PlanDefaults {
                 return local
             }
             let local = try search(deadline: Date().addingTimeInterval(deadline.timeIntervalSinceNow / 4)).solve(p)
-            var best = try ILPSolver(timeLimit: max(1, deadline.timeIntervalSinceNow), start: local.placement).solve(p)
+            var best = try cbc(deadline: deadline, start: local.placement).solve(p)
             if local.objective < best.objective { best = PlacementSolution(placement: local.placement, objective: local.objective,
                                                                           lowerBound: best.lowerBound, solver: "local") }
             best.lowerBound = max(best.lowerBound ?? 0, bound)
@@ -214,6 +214,16 @@ enum PlanDefaults {
 }
 
 extension PlanDefaults {
+    /// The ILP with a progress line while CBC runs; Ctrl-C returns the start plan at once.
+    static func cbc(deadline: Date, start: Placement?) -> ILPSolver {
+        let terminal = isatty(STDERR_FILENO) != 0
+        let limit = max(1, deadline.timeIntervalSinceNow)
+        return ILPSolver(timeLimit: limit, start: start, progress: { seconds in
+            let line = String(format: "moe plan: CBC running, %.0f of %.0f s (Ctrl-C keeps the start plan)", seconds, limit)
+            FileHandle.standardError.write(Data((terminal ? "\r" + line : line + "\n").utf8))
+        }, shouldStop: { Interrupt.requested })
+    }
+
     /// Local search that shows its progress on stderr and stops on Ctrl-C with the best plan so far.
     static func search(deadline: Date) -> LocalSearchSolver {
         let terminal = isatty(STDERR_FILENO) != 0
@@ -230,8 +240,15 @@ enum Interrupt {
     nonisolated(unsafe) static var flag: sig_atomic_t = 0
     static var requested: Bool { flag != 0 }
 
+    static let handler: @convention(c) (Int32) -> Void = { _ in Interrupt.flag = 1 }
+
     static func catching<T>(_ body: () throws -> T) rethrows -> T {
-        let previous = signal(SIGINT) { _ in Interrupt.flag = 1 }
+        // A parent may have started us with SIGINT blocked (a thread of a test runner or a service manager).
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        sigaddset(&unblock, SIGINT)
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
+        let previous = signal(SIGINT, handler)
         defer {
             signal(SIGINT, previous)
             if isatty(STDERR_FILENO) != 0 { FileHandle.standardError.write(Data("\n".utf8)) }

@@ -98,6 +98,39 @@ import Testing
         #expect(bad.status == 64)
     }
 
+    /// Ctrl-C while the ILP or local search runs (after its first progress line): the command ends within seconds,
+    /// exit 0, with the best plan so far written and the plan line saying which.
+    @Test(arguments: [("ilp", 16, 8, 400, "CBC running", "ilp (interrupted, start kept)"),
+                      ("local", 24, 64, 1500, "local search, objective", "local:")])
+    func ctrlCKeepsTheBestPlanSoFar(solver: String, layers: Int, experts: Int, tokens: Int, progress: String, line: String) throws {
+        let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json"), err = TemporaryPath(".err")
+        try randomTraceLines(layers: layers, experts: experts, tokens: tokens).write(toFile: trace.path, atomically: true, encoding: .utf8)
+        FileManager.default.createFile(atPath: err.path, contents: nil)
+        let p = Process()
+        p.executableURL = MoEBinary.url
+        p.arguments = ["plan", "--trace", trace.path, "--ranks", "4", "--solver", solver, "--time-limit", "120", "--output", plan.path]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle(forWritingAtPath: err.path)
+        try p.run()
+        let waitUntil = Date().addingTimeInterval(60)
+        while Date() < waitUntil, p.isRunning, !((try? String(contentsOfFile: err.path, encoding: .utf8))?.contains(progress) ?? false) {
+            usleep(20_000)
+        }
+        #expect(p.isRunning, "the solver should still be running when interrupted")
+        p.interrupt()
+        let sent = Date()
+        while p.isRunning && Date().timeIntervalSince(sent) < 30 { usleep(20_000) }
+        let seconds = Date().timeIntervalSince(sent)
+        if p.isRunning { p.terminate() }
+        p.waitUntilExit()
+        let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 0 && seconds < 3, "exit \(p.terminationStatus) after \(seconds) s")
+        #expect(stdout.contains(line), "\(stdout)")
+        let written = try PlanFile.load(path: plan.path)
+        try written.placement.validate(layers: layers, experts: experts, ranks: 4)
+    }
+
     @Test func aPlanForAnotherShapeIsRefusedByEvaluate() throws {
         let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json")
         try randomTraceLines(layers: 4, experts: 8, tokens: 10).write(toFile: trace.path, atomically: true, encoding: .utf8)
