@@ -228,7 +228,11 @@ extension PlanDefaults {
     static func search(deadline: Date) -> LocalSearchSolver {
         let terminal = isatty(STDERR_FILENO) != 0
         let start = Date()
+        nonisolated(unsafe) var shown: Date?
         return LocalSearchSolver(deadline: deadline, progress: { objective in
+            // Improvements come many a second: a line at most every half second.
+            guard shown.map({ Date().timeIntervalSince($0) >= 0.5 }) ?? true else { return }
+            shown = Date()
             let line = String(format: "moe plan: local search, objective %.3f after %.1f s", objective, Date().timeIntervalSince(start))
             FileHandle.standardError.write(Data((terminal ? "\r" + line : line + "\n").utf8))
         }, shouldStop: { Interrupt.requested })
