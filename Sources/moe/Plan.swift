@@ -75,6 +75,9 @@ extension MoE.Plan {
                                                coactivationWeight: coactivation, maxLoad: maxLoad)
                 try problem.validate()
                 let solution = try Interrupt.catching { try PlanDefaults.solve(problem, solver: solver, deadline: started.addingTimeInterval(timeLimit * 0.95)) }
+                if problem.overload(solution.placement) > 0 {  // the baselines do not look at the bound
+                    throw PlacementError.invalid("the \(solution.solver) plan breaks --max-load \(maxLoad.map { String(format: "%g", $0) } ?? "")")
+                }
                 var plan = PlanFile(placement: solution.placement, topK: t.topK, nodes: nodes, solver: solution.solver,
                                     objective: solution.objective, lowerBound: solution.lowerBound, traceDigest: try TraceDigest.of(paths: trace))
                 plan.hash = plan.contentHash

@@ -96,6 +96,12 @@ import Testing
         }
         let bad = try MoEBinary.run(["plan", "--trace", trace.path, "--ranks", "4", "--max-load", "0.8", "--output", plan.path])
         #expect(bad.status == 64)
+        // The contiguous baseline does not look at the bound: it is refused, not written.
+        let other = TemporaryPath(".json")
+        let baseline = try MoEBinary.run(["plan", "--trace", trace.path, "--ranks", "4", "--max-load", "1.1", "--solver", "contiguous", "--output", other.path])
+        #expect(bounded.overload(.contiguous(layers: 4, experts: 8, ranks: 4)) > 0)
+        #expect(baseline.status == 1 && baseline.stderr.contains("the contiguous plan breaks --max-load 1.1"), "\(baseline.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: other.path))
     }
 
     /// Ctrl-C while the ILP or local search runs (after its first progress line): the command ends within seconds,
