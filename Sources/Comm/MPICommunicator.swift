@@ -39,7 +39,8 @@ public final class MPICommunicator: Communicator {
         var buffer = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)
         var length: Int32 = 0
         MPI_Error_string(code, &buffer, &length)
-        throw MPIError(call: call, code: code, message: String(cString: buffer))
+        let text = buffer.prefix(Int(max(0, length))).map { UInt8(bitPattern: $0) }
+        throw MPIError(call: call, code: code, message: String(decoding: text, as: UTF8.self))
     }
 
     public func barrier() throws {

@@ -34,7 +34,7 @@ public struct PlacementProblem: Sendable {
             throw PlacementError.invalid("\(ranks) ranks × \(capacity) experts per rank cannot hold \(statistics.experts) experts per layer")
         }
         if let f = maxLoadFactor, f < 1 { throw PlacementError.invalid("--max-load must be at least 1 (max/mean load per rank), got \(f)") }
-        guard let limits = loadLimits else { return }
+        guard loadLimits != nil else { return }
         for (l, row) in statistics.load.enumerated() {
             if let e = row.indices.first(where: { row[$0] > loadLimit(l) }) {
                 let mean = row.reduce(0, +) / Double(ranks)
