@@ -86,9 +86,12 @@ public struct PlanFile: Codable, Sendable, Equatable {
     public var lowerBound: Double?
     public var traceDigest: String?
     public var hash: String?
+    /// The `--max-load` bound the plan was made under, if any.
+    public var maxLoad: Double?
 
     enum CodingKeys: String, CodingKey {
         case version, layers, experts, ranks, nodes, solver, objective, hash
+        case maxLoad = "max_load"
         case topK = "top_k"
         case rankOf = "rank_of"
         case lowerBound = "lower_bound"

@@ -18,6 +18,7 @@ extension PlanFile {
         m.lowerBound = lowerBound ?? 0
         m.traceDigest = traceDigest ?? ""
         m.hash = hash ?? ""
+        m.maxLoad = maxLoad ?? 0
         return m
     }
 
@@ -29,6 +30,7 @@ extension PlanFile {
         layers = Int(m.layers)
         experts = Int(m.experts)
         hash = m.hash.isEmpty ? nil : m.hash
+        maxLoad = m.maxLoad > 0 ? m.maxLoad : nil
     }
 
     /// Writes the plan as binary protobuf.

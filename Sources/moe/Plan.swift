@@ -80,6 +80,7 @@ extension MoE.Plan {
                 }
                 var plan = PlanFile(placement: solution.placement, topK: t.topK, nodes: nodes, solver: solution.solver,
                                     objective: solution.objective, lowerBound: solution.lowerBound, traceDigest: try TraceDigest.of(paths: trace))
+                plan.maxLoad = maxLoad
                 plan.hash = plan.contentHash
                 let binary = format.map { $0 == "pb" } ?? (output.hasSuffix(".pb") || output.hasSuffix(".binpb"))
                 if binary { try plan.writeProtobuf(path: output) } else { try plan.write(path: output) }

@@ -9,6 +9,7 @@ import Wire
         var plan = PlanFile(placement: Placement(rankOf: [[0, 1, 1, 0], [1, 0, 0, 1], [0, 0, 1, 1]], ranks: 2), topK: 2, nodes: 1,
                             solver: "exact", objective: 12.5, lowerBound: 12.5, traceDigest: "fnv1a64:0123")
         plan.hash = "fnv1a64:abcd"
+        plan.maxLoad = 1.25
         return plan
     }
 
@@ -38,5 +39,6 @@ import Wire
         let object = try JSONSerialization.jsonObject(with: mapped) as! [String: Any]
         #expect(object["rank_of"] as? [[Int]] == samplePlan().rankOf)
         #expect(object["lower_bound"] as? Double == 12.5)
+        #expect(object["max_load"] as? Double == 1.25)
     }
 }

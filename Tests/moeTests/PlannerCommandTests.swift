@@ -89,7 +89,9 @@ import Testing
         let problem = PlacementProblem(statistics: TraceStatistics(try RoutingTrace.load(paths: [trace.path])), ranks: 4)
         let bounded = PlacementProblem(statistics: problem.statistics, ranks: 4, maxLoad: 1.1)
         #expect(bounded.overload(try ExactSolver().solve(problem).placement) > 0, "the bound binds: the unbounded optimum breaks it")
-        let placement = try PlanFile.load(path: plan.path).placement
+        let file = try PlanFile.load(path: plan.path)
+        #expect(file.maxLoad == 1.1)
+        let placement = file.placement
         for l in 0..<4 {
             let mean = problem.statistics.load[l].reduce(0, +) / 4
             #expect(problem.rankLoads(placement, layer: l).max()! <= 1.1 * mean + 1e-9, "layer \(l)")

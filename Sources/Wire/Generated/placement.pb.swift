@@ -54,6 +54,9 @@ public nonisolated struct Moe_Placement_Plan: Sendable {
 
   public var hash: String = String()
 
+  /// The load-balance bound the plan was made under (max/mean rank load per layer); 0: none.
+  public var maxLoad: Double = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -65,7 +68,7 @@ fileprivate nonisolated let _protobuf_package = "moe.placement"
 
 nonisolated extension Moe_Placement_Plan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Plan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}layers\0\u{1}experts\0\u{3}top_k\0\u{1}ranks\0\u{1}nodes\0\u{3}rank_of\0\u{1}solver\0\u{1}objective\0\u{3}lower_bound\0\u{3}trace_digest\0\u{1}hash\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}layers\0\u{1}experts\0\u{3}top_k\0\u{1}ranks\0\u{1}nodes\0\u{3}rank_of\0\u{1}solver\0\u{1}objective\0\u{3}lower_bound\0\u{3}trace_digest\0\u{1}hash\0\u{3}max_load\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -85,6 +88,7 @@ nonisolated extension Moe_Placement_Plan: SwiftProtobuf.Message, SwiftProtobuf._
       case 10: try { try decoder.decodeSingularDoubleField(value: &self.lowerBound) }()
       case 11: try { try decoder.decodeSingularStringField(value: &self.traceDigest) }()
       case 12: try { try decoder.decodeSingularStringField(value: &self.hash) }()
+      case 13: try { try decoder.decodeSingularDoubleField(value: &self.maxLoad) }()
       default: break
       }
     }
@@ -127,6 +131,9 @@ nonisolated extension Moe_Placement_Plan: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.hash.isEmpty {
       try visitor.visitSingularStringField(value: self.hash, fieldNumber: 12)
     }
+    if self.maxLoad.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.maxLoad, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -143,6 +150,7 @@ nonisolated extension Moe_Placement_Plan: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.lowerBound != rhs.lowerBound {return false}
     if lhs.traceDigest != rhs.traceDigest {return false}
     if lhs.hash != rhs.hash {return false}
+    if lhs.maxLoad != rhs.maxLoad {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
