@@ -11,6 +11,8 @@ public struct PlacementProblem: Sendable {
     /// The load-balance bound: `loadLimits[l]` is the most routed (token, expert) rows of layer l one rank may take
     /// (`statistics.load`); nil: no bound.
     public var loadLimits: [Double]?
+    /// The `--max-load` factor the limits came from (max/mean load per rank), for messages.
+    public var maxLoadFactor: Double?
 
     public init(statistics: TraceStatistics, ranks: Int, nodes: Int = 1, capacity: Int? = nil, coactivationWeight: Double = 0,
                 maxLoad: Double? = nil) {
@@ -22,9 +24,6 @@ public struct PlacementProblem: Sendable {
         maxLoadFactor = maxLoad
         loadLimits = maxLoad.map { f in statistics.load.map { f * $0.reduce(0, +) / Double(max(ranks, 1)) } }
     }
-
-    /// The `--max-load` factor the limits came from (max/mean load per rank), for messages.
-    public var maxLoadFactor: Double?
 
     /// Checks that the topology can hold the experts, and that no single expert breaks the load bound.
     public func validate() throws {

@@ -26,6 +26,31 @@ struct SamplingOptions: ParsableArguments {
     }
 }
 
+/// What to run: one prompt, or a file of requests (shared by `generate` and `trace`).
+struct InputOptions: ParsableArguments {
+    @Option(help: "Comma-separated prompt token ids.")
+    var promptIds: TokenIds?
+
+    @Option(help: "Requests, one JSON object per line (id, prompt_ids, max_new_tokens, optional temperature, top_p, top_k, seed, stop_ids, arrival_step).")
+    var requests: String?
+
+    @Option(help: "Tokens to generate at most (with --prompt-ids).")
+    var maxNewTokens: Int = 16
+
+    func validate() throws {
+        if maxNewTokens < 1 { throw ValidationError("--max-new-tokens must be at least 1") }
+        if (promptIds == nil) == (requests == nil) { throw ValidationError("give either --prompt-ids or --requests") }
+    }
+
+    /// The requests of the file, or `single` (the prompt with the command's other flags) checked against `model`.
+    func queue(_ model: MoEDecoder, single: GenerationRequest) throws -> [ClusterRequest] {
+        if let requests { return try RequestFile.parse(path: requests, vocabulary: model.spec.vocabSize) }
+        guard !single.promptIds.isEmpty else { throw ModelError.emptyPrompt }
+        try Engine(model: model).validate(single)
+        return [ClusterRequest(id: "0", request: single)]
+    }
+}
+
 extension MoE {
     /// `moe generate`: token ids in, generated token ids out, with a KV cache.
     struct Generate: ParsableCommand {
@@ -40,15 +65,7 @@ extension MoE {
         @OptionGroup var modelOptions: ModelOptions
         @OptionGroup var sampling: SamplingOptions
         @OptionGroup var cluster: ClusterOptions
-
-        @Option(help: "Comma-separated prompt token ids.")
-        var promptIds: TokenIds?
-
-        @Option(help: "Requests, one JSON object per line (id, prompt_ids, max_new_tokens, optional temperature, top_p, top_k, seed, stop_ids, arrival_step); each result is written as one JSON line when it finishes.")
-        var requests: String?
-
-        @Option(help: "Tokens to generate at most.")
-        var maxNewTokens: Int = 16
+        @OptionGroup var input: InputOptions
 
         @Option(help: "Comma-separated ids that end generation (kept in the output).")
         var stopIds: TokenIds?
@@ -56,20 +73,15 @@ extension MoE {
         @Flag(help: "Print the result as one JSON object on the last line.")
         var json = false
 
-        func validate() throws {
-            if maxNewTokens < 1 { throw ValidationError("--max-new-tokens must be at least 1") }
-            if (promptIds == nil) == (requests == nil) { throw ValidationError("give either --prompt-ids or --requests") }
-        }
-
         var request: GenerationRequest {
-            GenerationRequest(promptIds: promptIds?.ids ?? [], maxNewTokens: maxNewTokens, sampling: sampling.parameters,
+            GenerationRequest(promptIds: input.promptIds?.ids ?? [], maxNewTokens: input.maxNewTokens, sampling: sampling.parameters,
                               stopIds: Set(stopIds?.ids ?? []))
         }
 
         func run() throws {
             if DistributedRun.active { return try runDistributed() }
             try reportingErrors {
-                if let requests { return try runRequests(path: requests) }
+                if let requests = input.requests { return try runRequests(path: requests) }
                 guard !request.promptIds.isEmpty else { throw ModelError.emptyPrompt }
                 let model = try modelOptions.load()
                 let engine = Engine(model: model)
@@ -107,17 +119,11 @@ extension MoE {
             var queue: [ClusterRequest] = []
             let run = try DistributedRun.start(model: modelOptions, cluster: cluster) { model, rank in
                 guard rank == 0 else { return }
-                if let requests {
-                    queue = try RequestFile.parse(path: requests, vocabulary: model.spec.vocabSize)
-                } else {
-                    guard !request.promptIds.isEmpty else { throw ModelError.emptyPrompt }
-                    try Engine(model: model).validate(request)
-                    queue = [ClusterRequest(id: "0", request: request)]
-                }
+                queue = try input.queue(model, single: request)
             }
             defer { run.finish() }
             _ = try run.engine.run(requests: queue) { result in
-                if requests != nil || !json {
+                if input.requests != nil || !json {
                     emit(try resultLine(result))
                 } else {
                     let decodeSeconds = result.latency - result.timeToFirstToken

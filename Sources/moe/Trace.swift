@@ -17,35 +17,19 @@ extension MoE {
         @OptionGroup var modelOptions: ModelOptions
         @OptionGroup var sampling: SamplingOptions
         @OptionGroup var cluster: ClusterOptions
-
-        @Option(help: "Comma-separated prompt token ids (one sequence).")
-        var promptIds: TokenIds?
-
-        @Option(help: "Requests JSONL (as `moe generate --requests`); each is one sequence.")
-        var requests: String?
-
-        @Option(help: "Tokens to generate per prompt (with --prompt-ids).")
-        var maxNewTokens: Int = 16
+        @OptionGroup var input: InputOptions
 
         @Option(help: "Output trace file.")
         var output: String
 
-        func validate() throws {
-            if (promptIds == nil) == (requests == nil) { throw ValidationError("give either --prompt-ids or --requests") }
-            if maxNewTokens < 1 { throw ValidationError("--max-new-tokens must be at least 1") }
-        }
-
-        /// The sequences to run, in admission order.
+        /// The sequences to run (each request is one), in admission order.
         func work(_ model: MoEDecoder) throws -> [ClusterRequest] {
-            let all: [ClusterRequest]
-            if let requests {
-                all = try RequestFile.parse(path: requests, vocabulary: model.spec.vocabSize)
-            } else {
-                guard let ids = promptIds?.ids, !ids.isEmpty else { throw ModelError.emptyPrompt }
-                all = [ClusterRequest(id: "0", request: GenerationRequest(promptIds: ids, maxNewTokens: maxNewTokens, sampling: sampling.parameters))]
+            let single = GenerationRequest(promptIds: input.promptIds?.ids ?? [], maxNewTokens: input.maxNewTokens, sampling: sampling.parameters)
+            let all = try input.queue(model, single: single)
+            if input.requests != nil {  // the single prompt was checked by queue
+                let engine = Engine(model: model)
+                for r in all { try engine.validate(r.request) }
             }
-            let engine = Engine(model: model)
-            for r in all { try engine.validate(r.request) }
             return ClusterEngine.admissionOrder(all).map { all[$0] }
         }
 
