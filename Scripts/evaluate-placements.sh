@@ -2,7 +2,9 @@
 # Out-of-sample placement quality on the real Mixtral-8x7B traces of ../shared/data (not shipped with the project):
 # plan on problem 0 of both traces and evaluate on problem 1, and the reverse, at 4 and 8 ranks, beside ExFlow's
 # published placements and the contiguous baseline. Metric: fraction of top-1 transitions (layer l -> l+1) whose
-# experts sit on different ranks. Prints a Markdown table. Usage: Scripts/evaluate-placements.sh [SHARED_DIR]
+# experts sit on different ranks. Prints a Markdown table; its last row per rank count is moe plan's saving over
+# ExFlow's plan with the block-bootstrap standard deviation of the test half (`moe plan evaluate --against`) and
+# the saving on each test sequence. Usage: Scripts/evaluate-placements.sh [SHARED_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${1:-../shared}
@@ -18,6 +20,11 @@ for name in ("humaneval_2_routing.jsonl", "gsm8k_2_routing.jsonl"):
         if json.loads(line)["problem_id"] == int(sys.argv[2]): sys.stdout.write(line)
 PY
 done
+saving() { "$moe" plan evaluate --plan "$1" --against "$2" --trace "$3" --json | tail -n 1 | python3 -c '
+import json, sys
+a = json.load(sys.stdin)["against"]
+parts = ", ".join("%s %+.4f" % (p["sequence"].split("/")[0], p["saving"]) for p in a["saving_per_sequence"])
+print("%+.4f ± %.4f (%s)" % (a["saving_top1"], a["saving_sd"], parts))'; }
 top1() { "$moe" plan evaluate --plan "$1" --trace "$2" --json | tail -n 1 | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["cross_rank_top1"])'; }
 echo "| ranks | placement | plan p0, test p1 | plan p1, test p0 |"
 echo "|---|---|---|---|"
@@ -28,4 +35,5 @@ for g in 4 8; do
     echo "| $g | contiguous | $(top1 "$work/contiguous$g.json" "$work/half1.jsonl") | $(top1 "$work/contiguous$g.json" "$work/half0.jsonl") |"
     echo "| $g | ExFlow (published) | $(top1 "$work/exflow$g.json" "$work/half1.jsonl") | $(top1 "$work/exflow$g.json" "$work/half0.jsonl") |"
     echo "| $g | moe plan (auto) | $(top1 "$work/plan$g-0.json" "$work/half1.jsonl") | $(top1 "$work/plan$g-1.json" "$work/half0.jsonl") |"
+    echo "| $g | saving over ExFlow ± sd (per test sequence) | $(saving "$work/plan$g-0.json" "$work/exflow$g.json" "$work/half1.jsonl") | $(saving "$work/plan$g-1.json" "$work/exflow$g.json" "$work/half0.jsonl") |"
 done

@@ -82,3 +82,81 @@ extension Placement {
         return Placement(rankOf: rankOf, ranks: ranks)
     }
 }
+
+/// A paired comparison of two placements on one trace: the share of top-1 transitions (layer l → l+1) that the
+/// reference sends across ranks and the placement keeps, minus the reverse, with its sampling uncertainty.
+///
+/// The uncertainty is a block bootstrap over tokens: each sequence is cut into blocks of consecutive tokens
+/// (neighbouring tokens route alike, so single tokens would understate it) and resampled by blocks within
+/// itself, so every resample keeps the trace's mix of sequences. It measures how much the figure could move on
+/// another draw of tokens like these, not how it would move on other kinds of prompt.
+public struct PlacementComparison: Sendable {
+    /// One sequence's part.
+    public struct Part: Sendable, Equatable {
+        public var name: String
+        public var transitions: Int
+        /// Transitions the reference crosses minus those the placement crosses, over `transitions`.
+        public var saving: Double
+    }
+
+    /// Positive when the placement crosses fewer top-1 transitions than the reference: their difference over all
+    /// top-1 transitions of the trace (the difference of their `crossRankTopOne`).
+    public var saving: Double
+    public var parts: [Part]
+    /// Standard deviation of `saving` over the bootstrap resamples.
+    public var standardError: Double
+    /// The 2.5th and 97.5th percentiles of the resamples.
+    public var interval: (low: Double, high: Double)
+    public var block: Int
+    public var resamples: Int
+
+    public init(_ placement: Placement, against reference: Placement, trace: RoutingTrace, block: Int = 16, resamples: Int = 2000,
+                using generator: inout some RandomNumberGenerator) {
+        precondition(block >= 1 && resamples >= 1, "block and resamples must be positive")
+        self.block = block
+        self.resamples = resamples
+        // Per sequence, per block: (top-1 transitions, reference crossings − placement crossings).
+        var blocks: [[(transitions: Int, difference: Int)]] = []
+        parts = []
+        var transitions = 0, difference = 0
+        for sequence in trace.sequences {
+            var rows: [(transitions: Int, difference: Int)] = []
+            for start in stride(from: 0, to: sequence.tokens.count, by: block) {
+                var n = 0, d = 0
+                for token in sequence.tokens[start..<min(start + block, sequence.tokens.count)] {
+                    for l in 0..<max(trace.layers - 1, 0) {
+                        let a = token[l].experts[0], b = token[l + 1].experts[0]
+                        n += 1
+                        if reference.rankOf[l][a] != reference.rankOf[l + 1][b] { d += 1 }
+                        if placement.rankOf[l][a] != placement.rankOf[l + 1][b] { d -= 1 }
+                    }
+                }
+                rows.append((n, d))
+            }
+            let n = rows.reduce(0) { $0 + $1.transitions }, d = rows.reduce(0) { $0 + $1.difference }
+            parts.append(Part(name: sequence.name, transitions: n, saving: n > 0 ? Double(d) / Double(n) : 0))
+            transitions += n
+            difference += d
+            if !rows.isEmpty { blocks.append(rows) }
+        }
+        saving = transitions > 0 ? Double(difference) / Double(transitions) : 0
+        var draws: [Double] = []
+        draws.reserveCapacity(resamples)
+        for _ in 0..<resamples {
+            var n = 0, d = 0
+            for rows in blocks {
+                for _ in rows.indices {
+                    let row = rows[Int.random(in: rows.indices, using: &generator)]
+                    n += row.transitions
+                    d += row.difference
+                }
+            }
+            draws.append(n > 0 ? Double(d) / Double(n) : 0)
+        }
+        let mean = draws.reduce(0, +) / Double(resamples)
+        standardError = (draws.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(resamples)).squareRoot()
+        draws.sort()
+        func percentile(_ q: Double) -> Double { draws[min(resamples - 1, max(0, Int((q * Double(resamples)).rounded(.down))))] }
+        interval = (percentile(0.025), percentile(0.975))
+    }
+}

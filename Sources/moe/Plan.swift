@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Placement
+import Models
 
 extension MoE {
     /// `moe plan`: expert placements from routing traces, and their evaluation.
@@ -100,7 +101,7 @@ extension MoE.Plan {
     }
 
     struct Evaluate: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Score a plan on a trace, beside the contiguous and round-robin baselines.")
+        static let configuration = CommandConfiguration(abstract: "Score a plan on a trace, beside the contiguous and round-robin baselines (and, with --against, another plan).")
 
         @Option(help: "Plan file (JSON).")
         var plan: String
@@ -108,24 +109,51 @@ extension MoE.Plan {
         @Option(help: "Routing trace; repeat for several.")
         var trace: [String] = []
 
+        @Option(help: "A second plan to compare with: how many top-1 transitions the plan keeps that this one sends across ranks, with a bootstrap interval.")
+        var against: String?
+
+        @Option(help: "Tokens per bootstrap block (consecutive tokens of one sequence) for --against.")
+        var block: Int = 16
+
+        @Option(help: "Bootstrap resamples for --against.")
+        var resamples: Int = 2000
+
+        @Option(help: "Seed of the bootstrap for --against.")
+        var seed: UInt64 = 1
+
         @Flag(help: "Print one JSON object on the last line.")
         var json = false
 
-        func validate() throws { if trace.isEmpty { throw ValidationError("give at least one --trace") } }
+        func validate() throws {
+            if trace.isEmpty { throw ValidationError("give at least one --trace") }
+            if block < 1 { throw ValidationError("--block must be at least 1") }
+            if !(1...1_000_000).contains(resamples) { throw ValidationError("--resamples must be between 1 and 1,000,000") }
+        }
 
         func run() throws {
             try reportingErrors {
                 let p = try PlanFile.read(path: plan)
                 let t = try RoutingTrace.load(paths: trace)
-                guard t.layers == p.layers, t.experts <= p.experts else {
-                    throw PlacementError.mismatch("the plan has \(p.layers) layers of \(p.experts) experts, the trace \(t.layers) layers with expert ids up to \(t.experts - 1)")
+                func checkFits(_ p: PlanFile, _ path: String) throws {
+                    guard t.layers == p.layers, t.experts <= p.experts else {
+                        throw PlacementError.mismatch("\(path): the plan has \(p.layers) layers of \(p.experts) experts, the trace \(t.layers) layers with expert ids up to \(t.experts - 1)")
+                    }
+                }
+                try checkFits(p, plan)
+                let reference = try against.map { path -> PlanFile in
+                    let r = try PlanFile.read(path: path)
+                    try checkFits(r, path)
+                    return r
                 }
                 let perNode = p.ranks / max(p.nodes, 1)
-                let rows: [(String, Evaluation)] = [
+                var rows: [(String, Evaluation)] = [
                     ("plan", Evaluation(placement: p.placement, trace: t, ranksPerNode: perNode)),
                     ("contiguous", Evaluation(placement: .contiguous(layers: p.layers, experts: p.experts, ranks: p.ranks), trace: t, ranksPerNode: perNode)),
                     ("round-robin", Evaluation(placement: .roundRobin(layers: p.layers, experts: p.experts, ranks: p.ranks), trace: t, ranksPerNode: perNode)),
                 ]
+                if let reference {
+                    rows.append(("against", Evaluation(placement: reference.placement, trace: t, ranksPerNode: reference.ranks / max(reference.nodes, 1))))
+                }
                 func object(_ e: Evaluation) -> [String: Any] {
                     ["cross_rank_top1": e.crossRankTopOne, "cross_rank_topk": e.crossRankTopK, "hops_per_token": e.hopsPerToken,
                      "secondary_remote": e.secondaryRemote, "max_mean_load": e.maxMeanLoad]
@@ -136,10 +164,27 @@ extension MoE.Plan {
                     emit(String(format: "| %@ | %.3f | %.3f | %.2f | %.3f | %.2f |", name, e.crossRankTopOne, e.crossRankTopK,
                                 e.hopsPerToken, e.secondaryRemote, e.maxMeanLoad))
                 }
+                var comparison: PlacementComparison?
+                if let reference {
+                    var generator = SplitMix64(seed: seed)
+                    let c = PlacementComparison(p.placement, against: reference.placement, trace: t, block: block, resamples: resamples, using: &generator)
+                    let parts = c.parts.map { String(format: "%@ %+.4f (%d)", $0.name, $0.saving, $0.transitions) }.joined(separator: ", ")
+                    emit(String(format: "plan against %@: %+.4f of top-1 transitions kept on their rank (bootstrap sd %.4f, 95 %% interval %+.4f to %+.4f; blocks of %d tokens, %d resamples); per sequence (transitions): %@",
+                                against ?? "", c.saving, c.standardError, c.interval.low, c.interval.high, block, resamples, parts))
+                    comparison = c
+                }
                 if json {
                     var o = object(rows[0].1)
                     o["contiguous"] = object(rows[1].1)
                     o["round_robin"] = object(rows[2].1)
+                    if let comparison {
+                        var a = object(rows[3].1)
+                        a["saving_top1"] = comparison.saving
+                        a["saving_sd"] = comparison.standardError
+                        a["saving_interval"] = [comparison.interval.low, comparison.interval.high]
+                        a["saving_per_sequence"] = comparison.parts.map { ["sequence": $0.name, "transitions": $0.transitions, "saving": $0.saving] as [String: Any] }
+                        o["against"] = a
+                    }
                     emit(try jsonLine(o))
                 }
             }

@@ -17,6 +17,18 @@ func randomTrace(layers: Int, experts: Int, topK: Int, tokens: Int, seed: UInt64
     return RoutingTrace(sequences: [.init(name: "r", tokens: seq)], layers: layers, experts: experts, topK: topK)
 }
 
+/// A seedable generator for the bootstrap (a 64-bit LCG's high bits).
+struct LCG: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        let hi = state >> 32
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        return hi << 32 | state >> 32
+    }
+}
+
 /// Every placement with exactly E/G experts per rank in every layer (small instances only).
 func allPlacements(layers: Int, experts: Int, ranks: Int) -> [Placement] {
     let c = experts / ranks
@@ -103,6 +115,61 @@ func allPlacements(layers: Int, experts: Int, ranks: Int) -> [Placement] {
         #expect(abs(e.hopsPerToken - 1.25 / 2) < 1e-12)
         // Load per layer (top-k assignments per rank): l0 [3, 1], l1 [3, 1], l2 [2, 2] → max/mean 1.5, 1.5, 1.
         #expect(abs(e.maxMeanLoad - 4.0 / 3) < 1e-12)
+    }
+
+    @Test func comparisonCountsEachSequencesSavingByHand() {
+        // Three layers, four experts on two ranks. Plan A: {0, 1} | {2, 3} in every layer; plan B swaps experts 1
+        // and 2 in layer 1, so B holds {0, 2} | {1, 3} there.
+        let c = { (a: Int) in RoutingTrace.Choice(experts: [a], weights: [1]) }
+        let trace = RoutingTrace(sequences: [
+            .init(name: "x", tokens: [[c(0), c(1), c(1)],    // A: stays, stays; B: crosses, crosses
+                                      [c(0), c(2), c(3)],    // A: crosses, stays; B: stays, crosses
+                                      [c(1), c(1), c(1)]]),  // A: stays, stays; B: crosses, crosses
+            .init(name: "y", tokens: [[c(2), c(1), c(3)]]),  // A: crosses, crosses; B: stays, stays
+        ], layers: 3, experts: 4, topK: 1)
+        let a = Placement.contiguous(layers: 3, experts: 4, ranks: 2)
+        let b = Placement(rankOf: [[0, 0, 1, 1], [0, 1, 0, 1], [0, 0, 1, 1]], ranks: 2)
+        var g = LCG(seed: 3)
+        let comparison = PlacementComparison(a, against: b, trace: trace, block: 1, resamples: 500, using: &g)
+        // B crosses 5 of 8 transitions, A 3; in x B crosses 5 of 6 and A 1, in y B none of 2 and A both.
+        #expect(abs(comparison.saving - 2.0 / 8) < 1e-12)
+        let parts: [PlacementComparison.Part] = [.init(name: "x", transitions: 6, saving: 4.0 / 6), .init(name: "y", transitions: 2, saving: -2.0 / 2)]
+        #expect(comparison.parts == parts)
+        let difference: Double = Evaluation(placement: b, trace: trace).crossRankTopOne - Evaluation(placement: a, trace: trace).crossRankTopOne
+        #expect(abs(comparison.saving - difference) < 1e-12)
+        #expect(comparison.interval.low <= comparison.saving && comparison.saving <= comparison.interval.high)
+        // Against itself nothing is saved and nothing varies.
+        let same = PlacementComparison(a, against: a, trace: trace, using: &g)
+        #expect(same.saving == 0)
+        #expect(same.standardError == 0)
+        #expect(same.interval.low == 0 && same.interval.high == 0)
+    }
+
+    @Test func bootstrapSpreadMatchesTheSamplingFormula() {
+        let trace = randomTrace(layers: 5, experts: 6, topK: 1, tokens: 300, seed: 11)
+        let halves = RoutingTrace(sequences: [.init(name: "a", tokens: Array(trace.sequences[0].tokens[..<120])),
+                                              .init(name: "b", tokens: Array(trace.sequences[0].tokens[120...]))],
+                                  layers: 5, experts: 6, topK: 1)
+        let p = Placement.contiguous(layers: 5, experts: 6, ranks: 3), q = Placement.roundRobin(layers: 5, experts: 6, ranks: 3)
+        var g = LCG(seed: 5)
+        // One block per sequence: every resample is the trace itself.
+        let whole = PlacementComparison(p, against: q, trace: halves, block: 1_000, resamples: 200, using: &g)
+        #expect(whole.standardError < 1e-12)
+        // Single tokens resampled within each sequence: the variance of a stratified mean, Σ_s n_s σ_s² / N².
+        let single = PlacementComparison(p, against: q, trace: halves, block: 1, resamples: 8_000, using: &g)
+        var variance = 0.0, n = 0.0
+        for s in halves.sequences {
+            let d = s.tokens.map { t in (0..<4).reduce(0.0) { acc, l in
+                let a = t[l].experts[0], b = t[l + 1].experts[0]
+                return acc + (q.rankOf[l][a] != q.rankOf[l + 1][b] ? 1 : 0) - (p.rankOf[l][a] != p.rankOf[l + 1][b] ? 1 : 0)
+            } }
+            let mean = d.reduce(0, +) / Double(d.count)
+            variance += d.reduce(0) { $0 + ($1 - mean) * ($1 - mean) }
+            n += Double(d.count * 4)
+        }
+        let expected = variance.squareRoot() / n
+        #expect(expected > 0)
+        #expect(abs(single.standardError / expected - 1) < 0.06, "bootstrap sd \(single.standardError), formula \(expected)")
     }
 
     @Test func exflowCSVImportsAndRejectsBadRows() throws {

@@ -113,7 +113,7 @@ import Testing
     func ctrlCKeepsTheBestPlanSoFar(solver: String, layers: Int, experts: Int, tokens: Int, progress: String, line: String) throws {
         let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json"), err = TemporaryPath(".err")
         try randomTraceLines(layers: layers, experts: experts, tokens: tokens).write(toFile: trace.path, atomically: true, encoding: .utf8)
-        FileManager.default.createFile(atPath: err.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: err.path, contents: nil)
         let p = Process()
         p.executableURL = MoEBinary.url
         p.arguments = ["plan", "--trace", trace.path, "--ranks", "4", "--solver", solver, "--time-limit", "120", "--output", plan.path]
@@ -146,6 +146,46 @@ import Testing
         let r = try MoEBinary.run(["plan", "evaluate", "--plan", plan.path, "--trace", trace.path])
         #expect(r.status == 1)
         #expect(r.stderr.contains("the plan has 3 layers of 8 experts, the trace 4 layers"), "\(r.stderr)")
+    }
+
+    @Test func evaluateAgainstAnotherPlanGivesTheSavingAndItsSpread() throws {
+        let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json"), other = TemporaryPath(".json")
+        try randomTraceLines(layers: 4, experts: 8, tokens: 80).write(toFile: trace.path, atomically: true, encoding: .utf8)
+        #expect(try MoEBinary.run(["plan", "--trace", trace.path, "--ranks", "4", "--output", plan.path]).status == 0)
+        try PlanFile(placement: .contiguous(layers: 4, experts: 8, ranks: 4), topK: 2, solver: "contiguous").write(path: other.path)
+        let args = ["plan", "evaluate", "--plan", plan.path, "--trace", trace.path, "--against", other.path, "--json"]
+        let r = try MoEBinary.run(args)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("| against |") && r.stdout.contains("bootstrap sd"), "\(r.stdout)")
+        let json = try JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as! [String: Any]
+        let against = json["against"] as! [String: Any]
+        let t = try RoutingTrace.load(paths: [trace.path])
+        let mine = Evaluation(placement: try PlanFile.load(path: plan.path).placement, trace: t)
+        let theirs = Evaluation(placement: .contiguous(layers: 4, experts: 8, ranks: 4), trace: t)
+        let saving = against["saving_top1"] as! Double, interval = against["saving_interval"] as! [Double]
+        #expect(abs(saving - (theirs.crossRankTopOne - mine.crossRankTopOne)) < 1e-12)
+        #expect(abs((against["cross_rank_top1"] as! Double) - theirs.crossRankTopOne) < 1e-12)
+        #expect(saving > 0 && (against["saving_sd"] as! Double) > 0 && interval[0] <= saving && saving <= interval[1])
+        #expect((against["saving_per_sequence"] as! [[String: Any]]).count == 1)
+        // The same seed gives the same interval.
+        #expect(try MoEBinary.run(args).lastLine == r.lastLine)
+    }
+
+    @Test(arguments: [
+        (["--block", "0"], "--block must be at least 1"),
+        (["--resamples", "0"], "--resamples must be between 1 and 1,000,000"),
+        (["--against", "/nonexistent/plan.json"], "/nonexistent/plan.json"),
+        (["--against", "SHAPE"], ": the plan has 3 layers of 8 experts, the trace 4 layers"),
+    ] as [([String], String)])
+    func badComparisonsFailWithOneLine(extra: [String], message: String) throws {
+        let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json"), shape = TemporaryPath(".json")
+        try randomTraceLines(layers: 4, experts: 8, tokens: 10).write(toFile: trace.path, atomically: true, encoding: .utf8)
+        try PlanFile(placement: .contiguous(layers: 4, experts: 8, ranks: 2), topK: 2, solver: "contiguous").write(path: plan.path)
+        try PlanFile(placement: .contiguous(layers: 3, experts: 8, ranks: 2), topK: 2, solver: "contiguous").write(path: shape.path)
+        let r = try MoEBinary.run(["plan", "evaluate", "--plan", plan.path, "--trace", trace.path] + extra.map { $0 == "SHAPE" ? shape.path : $0 })
+        #expect(r.status != 0)
+        #expect(r.stderr.contains(message), "\(r.stderr)")
+        #expect(r.stdout.isEmpty, "\(r.stdout)")
     }
 }
 
