@@ -1,9 +1,12 @@
 import Foundation
 
 /// ExFlow-style recursive bisection: split the ranks in two (whole nodes first, then ranks within a node), split
-/// each layer's experts between the halves so that the least transition (and co-activation) mass crosses, and
-/// recurse into each half. Each split is a two-rank placement of the half's experts, solved exactly where the
+/// each layer's experts between the sides so that the least transition (and co-activation) mass crosses, and
+/// recurse into each side. Each split is a two-rank placement of the side's experts, solved exactly where the
 /// groupings are few and by local search otherwise.
+///
+/// Any rank count works: an odd count of nodes or ranks splits one short of half, and each side takes experts in
+/// proportion to its ranks (within what they can hold at `capacity` each) and the matching share of the load bound.
 public struct BisectionSolver: PlacementSolver {
     public var deadline: Date?
     /// Polled by the splits' local searches: true ends them early with their best so far (Ctrl-C).
@@ -17,8 +20,8 @@ public struct BisectionSolver: PlacementSolver {
 
     public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
         let s = p.statistics, e = s.experts
-        guard p.capacity * p.ranks == e, p.ranks & (p.ranks - 1) == 0 else {
-            throw PlacementError.invalid("bisection needs a power-of-two rank count holding exactly E/G experts each")
+        guard p.capacity * p.ranks >= e, p.rankShares == nil else {
+            throw PlacementError.invalid("bisection needs ranks that hold every expert, with one load share each")
         }
         var rankOf = Array(repeating: Array(repeating: 0, count: e), count: s.layers)
         try split(p, members: Array(repeating: Array(0..<e), count: s.layers), ranks: 0..<p.ranks, into: &rankOf)
@@ -37,7 +40,15 @@ public struct BisectionSolver: PlacementSolver {
             return
         }
         let s = p.statistics, e = s.experts, n = members[0].count, layers = s.layers
-        // The two-rank problem over this half's experts, relabelled 0..<n per layer.
+        guard n > 0 else { return }  // more ranks than experts: these ranks stay empty
+        // Whole nodes first: a range of several nodes splits between nodes, a range within one node between ranks.
+        let perNode = p.objective.ranksPerNode
+        let leftRanks = ranks.count > perNode ? ranks.count / perNode / 2 * perNode : ranks.count / 2
+        let rightRanks = ranks.count - leftRanks
+        // Experts in proportion to ranks, within what each side can hold (n ≤ capacity × ranks.count, so this fits).
+        let proportional = Int((Double(n * leftRanks) / Double(ranks.count)).rounded())
+        let leftExperts = min(p.capacity * leftRanks, max(n - p.capacity * rightRanks, proportional))
+        // The two-rank problem over this range's experts, relabelled 0..<n per layer.
         var transitions = [[Double]](repeating: [Double](repeating: 0, count: n * n), count: max(layers - 1, 0))
         var coactivation = [[Double]](repeating: [Double](repeating: 0, count: n * n), count: layers)
         var load = [[Double]](repeating: [Double](repeating: 0, count: n), count: layers)
@@ -49,20 +60,28 @@ public struct BisectionSolver: PlacementSolver {
             }
         }
         let sub = TraceStatistics(layers: layers, experts: n, transitions: transitions, coactivation: coactivation, load: load)
-        var half = PlacementProblem(statistics: sub, ranks: 2, coactivationWeight: p.objective.coactivationWeight)
-        // Each half stands for ranks.count / 2 ranks: it may take that many ranks' worth of the bound. The last
-        // split (one rank a side) meets the bound itself, so a plan made of feasible splits is feasible.
-        half.loadLimits = p.loadLimits.map { $0.map { $0 * Double(ranks.count / 2) } }
+        var half = PlacementProblem(statistics: sub, ranks: 2, capacity: max(leftExperts, n - leftExperts),
+                                    coactivationWeight: p.objective.coactivationWeight)
         half.maxLoadFactor = p.maxLoadFactor
         // This subtree makes ranks.count - 1 splits: this one gets its share of the time left.
         let share = deadline.map { Date().addingTimeInterval(max(0, $0.timeIntervalSinceNow) / Double(ranks.count - 1)) }
+        let even = leftRanks == rightRanks && 2 * leftExperts == n
+        if even {
+            // Each side stands for leftRanks ranks: it may take that many ranks' worth of the bound.
+            half.loadLimits = p.loadLimits.map { $0.map { $0 * Double(leftRanks) } }
+        } else {
+            half.loadLimits = p.loadLimits
+            half.rankShares = [Double(leftRanks), Double(rightRanks)]
+        }
+        // The last split (one rank a side) meets the bound itself, so a plan made of feasible splits is feasible.
+        let start = Placement(rankOf: Array(repeating: (0..<n).map { $0 < leftExperts ? 0 : 1 }, count: layers), ranks: 2)
         func solveSplit(_ q: PlacementProblem) -> PlacementSolution? {
-            (try? ExactSolver().solve(q)) ?? (try? LocalSearchSolver(deadline: share, shouldStop: shouldStop).solve(q))
+            (even ? try? ExactSolver().solve(q) : nil) ?? (try? LocalSearchSolver(start: start, deadline: share, shouldStop: shouldStop).solve(q))
         }
         var free = half
         free.loadLimits = nil
         guard let two = solveSplit(half) ?? solveSplit(free) else { throw PlacementError.invalid("bisection could not split \(n) experts") }
-        let middle = ranks.lowerBound + ranks.count / 2
+        let middle = ranks.lowerBound + leftRanks
         var left = [[Int]](repeating: [], count: layers), right = left
         for l in 0..<layers {
             for (i, a) in members[l].enumerated() {

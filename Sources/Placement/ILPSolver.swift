@@ -45,6 +45,7 @@ public struct ILPSolver: PlacementSolver {
     static let turn = DispatchSemaphore(value: 1)
 
     public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
+        guard p.rankShares == nil else { throw PlacementError.invalid("the ILP takes one load share per rank") }
         Self.turn.wait()
         let s = p.statistics, e = s.experts, g = p.ranks, layers = s.layers
         let perNode = p.objective.ranksPerNode, nodes = g / perNode

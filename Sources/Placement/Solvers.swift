@@ -13,6 +13,9 @@ public struct PlacementProblem: Sendable {
     public var loadLimits: [Double]?
     /// The `--max-load` factor the limits came from (max/mean load per rank), for messages.
     public var maxLoadFactor: Double?
+    /// How many ranks' worth of the load bound each rank may take (nil: one each): a side of an uneven bisection
+    /// split stands for several ranks. Only local search reads it; exact and the ILP refuse it.
+    public var rankShares: [Double]?
 
     public init(statistics: TraceStatistics, ranks: Int, nodes: Int = 1, capacity: Int? = nil, coactivationWeight: Double = 0,
                 maxLoad: Double? = nil) {
@@ -46,6 +49,9 @@ public struct PlacementProblem: Sendable {
     /// The most load one rank may take in layer l (a relative 1e-9 allowance for rounding; infinite without a bound).
     public func loadLimit(_ l: Int) -> Double { loadLimits.map { $0[l] * (1 + 1e-9) } ?? .infinity }
 
+    /// The most load rank r may take in layer l: its share of the bound.
+    public func loadLimit(_ l: Int, rank r: Int) -> Double { loadLimit(l) * (rankShares?[r] ?? 1) }
+
     /// Load of layer l on each rank under `placement`.
     public func rankLoads(_ placement: Placement, layer l: Int) -> [Double] {
         var loads = [Double](repeating: 0, count: ranks)
@@ -56,7 +62,9 @@ public struct PlacementProblem: Sendable {
     /// Σ over layers and ranks of the load above the bound (0: the plan keeps it).
     public func overload(_ placement: Placement) -> Double {
         guard loadLimits != nil else { return 0 }
-        return (0..<statistics.layers).reduce(0.0) { acc, l in rankLoads(placement, layer: l).reduce(acc) { $0 + max(0, $1 - loadLimit(l)) } }
+        return (0..<statistics.layers).reduce(0.0) { acc, l in
+            rankLoads(placement, layer: l).enumerated().reduce(acc) { $0 + max(0, $1.element - loadLimit(l, rank: $1.offset)) }
+        }
     }
 
     /// The error a solver gives when it ends above the bound (`proven`: none exists).
@@ -160,6 +168,7 @@ public struct ExactSolver: PlacementSolver {
     public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
         let s = p.statistics, e = s.experts, g = p.ranks, layers = s.layers
         guard p.nodes == 1 else { throw PlacementError.invalid("the exact solver covers one node; use --solver local or ilp for \(p.nodes) nodes") }
+        guard p.rankShares == nil else { throw PlacementError.invalid("the exact solver takes one load share per rank") }
         guard p.capacity * g == e, let states = Self.partitions(experts: e, ranks: g, limit: maxStates) else {
             throw PlacementError.invalid("the exact solver needs E divisible by G and at most \(maxStates) groupings per layer")
         }
@@ -298,14 +307,17 @@ public struct LocalSearchSolver: PlacementSolver {
                 for r in 0..<g { together[a * g + r] = lambda * (0..<g).reduce(0.0) { $0 + mass[$1] * hop[$1 * g + r] } }
             }
         }
-        var loads = [Double](repeating: 0, count: g)
-        func above(_ load: Double, _ l: Int) -> Double { max(0, load - p.loadLimit(l)) }
+        // Under a load bound: the layer's rank loads and each rank's limit.
+        var loads = [Double](repeating: 0, count: g), limits = loads
         var improved = true
         while improved && !shouldStop() && !(deadline.map { Date() > $0 } ?? false) {
             improved = false
             for l in 0..<s.layers {
                 table(l)
-                if p.loadLimits != nil { loads = p.rankLoads(placement, layer: l) }
+                if p.loadLimits != nil {
+                    loads = p.rankLoads(placement, layer: l)
+                    for r in 0..<g { limits[r] = p.loadLimit(l, rank: r) }
+                }
                 for a in 0..<e {
                     for b in (a + 1)..<e where placement.rankOf[l][a] != placement.rankOf[l][b] {
                         let ra = placement.rankOf[l][a], rb = placement.rankOf[l][b]
@@ -317,8 +329,8 @@ public struct LocalSearchSolver: PlacementSolver {
                         }
                         if p.loadLimits != nil {
                             let la = s.load[l][a], lb = s.load[l][b]
-                            let before = above(loads[ra], l) + above(loads[rb], l)
-                            let after = above(loads[ra] - la + lb, l) + above(loads[rb] - lb + la, l)
+                            let before = max(0, loads[ra] - limits[ra]) + max(0, loads[rb] - limits[rb])
+                            let after = max(0, loads[ra] - la + lb - limits[ra]) + max(0, loads[rb] - lb + la - limits[rb])
                             guard after < before - 1e-9 || (after <= before + 1e-9 && delta < -1e-12) else { continue }
                             loads[ra] += lb - la
                             loads[rb] += la - lb

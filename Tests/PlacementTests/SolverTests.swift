@@ -256,9 +256,24 @@ func allPlacements(layers: Int, experts: Int, ranks: Int) -> [Placement] {
         if ranks == 2 { #expect(abs(plan.objective - (try ExactSolver().solve(problem)).objective) < 1e-9) }
     }
 
-    @Test func bisectionRefusesRankCountsItCannotHalve() {
-        let problem = PlacementProblem(statistics: TraceStatistics(randomTrace(layers: 2, experts: 6, topK: 2, tokens: 10, seed: 1)), ranks: 3)
-        #expect(throws: PlacementError.self) { try BisectionSolver().solve(problem) }
+    /// Rank counts that do not halve evenly, and experts that do not fill every rank: each side takes experts in
+    /// proportion to its ranks, so no rank goes over its capacity, and whole nodes are split first.
+    @Test(arguments: [(6, 3, 1), (8, 3, 1), (10, 4, 1), (10, 6, 2), (16, 6, 3), (20, 5, 1), (3, 4, 1)])
+    func bisectionHandlesAnyRankCount(experts: Int, ranks: Int, nodes: Int) throws {
+        let trace = randomTrace(layers: 3, experts: experts, topK: 2, tokens: 120, seed: 8)
+        let problem = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, nodes: nodes, coactivationWeight: 0.1)
+        let plan = try BisectionSolver(deadline: Date().addingTimeInterval(5)).solve(problem)
+        try plan.placement.validate(layers: 3, experts: experts, ranks: ranks, capacity: problem.capacity)
+        #expect(abs(problem.objective.cost(plan.placement, problem.statistics) - plan.objective) < 1e-9)
+        let perNode = ranks / nodes
+        for l in 0..<3 {
+            var perRank = [Int](repeating: 0, count: ranks)
+            for r in plan.placement.rankOf[l] { perRank[r] += 1 }
+            // Proportional sides keep every rank within one expert of E/G, and each node within its share.
+            #expect(perRank.max()! - perRank.min()! <= 1, "\(perRank)")
+            let perNodeCounts = stride(from: 0, to: ranks, by: perNode).map { perRank[$0..<($0 + perNode)].reduce(0, +) }
+            #expect(perNodeCounts.max()! - perNodeCounts.min()! <= 1, "\(perNodeCounts)")
+        }
     }
 }
 
@@ -309,7 +324,7 @@ func skewedTrace(layers: Int, experts: Int, tokens: Int, seed: UInt64) -> Routin
     }
 
     /// Local search repairs a start above the bound; bisection's plans keep it too.
-    @Test(arguments: [(8, 2, 1), (8, 4, 1), (8, 4, 2)])
+    @Test(arguments: [(8, 2, 1), (8, 4, 1), (8, 4, 2), (12, 3, 1), (12, 6, 2)])
     func localSearchAndBisectionKeepTheBound(experts: Int, ranks: Int, nodes: Int) throws {
         let trace = skewedTrace(layers: 4, experts: experts, tokens: 300, seed: 5)
         let p = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, nodes: nodes, maxLoad: 1.15)
