@@ -11,7 +11,8 @@ import COpenBLAS
 /// - spectrum: a grouping of each layer into G groups of c experts keeps `Σ_r 1_{A_r}ᵀ C 1_{B_r}`. Removing row
 ///   and column means from C changes that by a constant (T/G for a matrix of total T), and the normalised group
 ///   indicators, less their common component, have singular values at most 1 and rank G−1, so von Neumann's trace
-///   inequality bounds the rest by c times the sum of the G−1 largest singular values of the centred C.
+///   inequality bounds the rest by c times the sum of the G−1 largest singular values of the centred C. Groups
+///   with room to spare (G·c > E) are filled with experts that route nowhere (zero rows and columns).
 public enum CombinatorialBound {
     public static func lowerBound(_ p: PlacementProblem) -> Double {
         let s = p.statistics, e = s.experts
@@ -54,10 +55,18 @@ public enum CombinatorialBound {
         return min(rows, cols)
     }
 
-    /// T/G + size · Σ_{i<G} σ_i(centred m): the spectral bound above. Infinite (no bound) when the groups do not
-    /// hold all experts exactly or LAPACK fails.
-    static func spectralBound(_ m: [Double], experts e: Int, size: Int, groups: Int) -> Double {
-        guard groups >= 1, size * groups == e else { return .infinity }
+    /// T/G + size · Σ_{i<G} σ_i(centred m): the spectral bound above. When the groups have room for more than the
+    /// E experts, m is padded with zero rows and columns to size × groups: a grouping with spare room becomes one
+    /// with exactly `size` per group by filling it with these, keeping the same mass, so the bound still holds.
+    /// Infinite (no bound) when the groups cannot hold the experts or LAPACK fails.
+    static func spectralBound(_ matrix: [Double], experts n: Int, size: Int, groups: Int) -> Double {
+        guard groups >= 1, size >= 1, size * groups >= n else { return .infinity }
+        let e = size * groups
+        var m = matrix
+        if e > n {
+            m = [Double](repeating: 0, count: e * e)
+            for a in 0..<n { for b in 0..<n { m[a * e + b] = matrix[a * n + b] } }
+        }
         let total = m.reduce(0, +)
         guard groups > 1 else { return total }
         var rowMean = [Double](repeating: 0, count: e), colMean = rowMean

@@ -29,9 +29,9 @@ struct LCG: RandomNumberGenerator {
     }
 }
 
-/// Every placement with exactly E/G experts per rank in every layer (small instances only).
-func allPlacements(layers: Int, experts: Int, ranks: Int) -> [Placement] {
-    let c = experts / ranks
+/// Every placement with exactly E/G experts per rank in every layer, or with at most `capacity` (small instances only).
+func allPlacements(layers: Int, experts: Int, ranks: Int, capacity: Int? = nil) -> [Placement] {
+    let c = capacity ?? experts / ranks
     var rows: [[Int]] = []
     func fill(_ row: [Int], _ counts: [Int]) {
         if row.count == experts { rows.append(row); return }
@@ -209,12 +209,14 @@ func allPlacements(layers: Int, experts: Int, ranks: Int) -> [Placement] {
 }
 
 @Suite struct BoundTests {
-    @Test(arguments: [(4, 2, 1, 0.0), (6, 3, 1, 0.5), (4, 2, 2, 0.0), (6, 2, 1, 0.3)])
+    /// Including experts that do not fill the ranks (5 on 2, 5 on 3, 7 on 2): the padded spectral bound.
+    @Test(arguments: [(4, 2, 1, 0.0), (6, 3, 1, 0.5), (4, 2, 2, 0.0), (6, 2, 1, 0.3), (5, 2, 1, 0.0), (5, 3, 1, 0.3), (7, 2, 1, 0.2)])
     func combinatorialBoundNeverExceedsTheOptimum(experts: Int, ranks: Int, nodes: Int, coactivation: Double) {
         for seed in 1...3 {
             let trace = randomTrace(layers: 2, experts: experts, topK: 2, tokens: 50, seed: UInt64(seed))
             let problem = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, nodes: nodes, coactivationWeight: coactivation)
-            let best = allPlacements(layers: 2, experts: experts, ranks: ranks).map { problem.objective.cost($0, problem.statistics) }.min()!
+            let best = allPlacements(layers: 2, experts: experts, ranks: ranks, capacity: problem.capacity)
+                .map { problem.objective.cost($0, problem.statistics) }.min()!
             let bound = CombinatorialBound.lowerBound(problem)
             #expect(bound <= best + 1e-9, "seed \(seed): bound \(bound) above the optimum \(best)")
             #expect(bound > 0)
