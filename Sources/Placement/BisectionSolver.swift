@@ -76,7 +76,7 @@ public struct BisectionSolver: PlacementSolver {
         // The last split (one rank a side) meets the bound itself, so a plan made of feasible splits is feasible.
         let start = Placement(rankOf: Array(repeating: (0..<n).map { $0 < leftExperts ? 0 : 1 }, count: layers), ranks: 2)
         func solveSplit(_ q: PlacementProblem) -> PlacementSolution? {
-            (even ? try? ExactSolver().solve(q) : nil) ?? (try? LocalSearchSolver(start: start, deadline: share, shouldStop: shouldStop).solve(q))
+            (even ? try? ExactSolver().solve(q) : nil) ?? (try? LocalSearchSolver(start: start, deadline: share, keepsCounts: true, shouldStop: shouldStop).solve(q))
         }
         var free = half
         free.loadLimits = nil

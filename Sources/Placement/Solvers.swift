@@ -222,9 +222,10 @@ public struct ExactSolver: PlacementSolver {
     }
 }
 
-/// Improves any placement by swapping two experts of one layer between ranks while the cost falls; with time
-/// left, perturbs the best placement found (a few random swaps per layer) and descends again (iterated local
-/// search), keeping the best. Every step keeps each rank's count, so plans stay feasible.
+/// Improves any placement by swapping two experts of one layer between ranks while the cost falls (and, where the
+/// ranks have room to spare, moving one to a rank below its capacity); with time left, perturbs the best placement
+/// found (a few random swaps per layer) and descends again (iterated local search), keeping the best. Every step
+/// keeps each rank within its capacity, so plans stay feasible.
 public struct LocalSearchSolver: PlacementSolver {
     public var start: Placement?
     /// When to stop perturbing (nil: one descent only).
@@ -234,10 +235,13 @@ public struct LocalSearchSolver: PlacementSolver {
     /// Polled between moves: true stops with the best placement so far (Ctrl-C).
     public var shouldStop: () -> Bool
     public var seed: UInt64
+    /// Swaps only, so every rank keeps the count of experts it starts with (a bisection's sides have set sizes).
+    public var keepsCounts: Bool
 
-    public init(start: Placement? = nil, deadline: Date? = nil, seed: UInt64 = 1,
+    public init(start: Placement? = nil, deadline: Date? = nil, seed: UInt64 = 1, keepsCounts: Bool = false,
                 progress: ((Double) -> Void)? = nil, shouldStop: @escaping () -> Bool = { false }) {
         self.start = start
+        self.keepsCounts = keepsCounts
         self.deadline = deadline
         self.seed = seed
         self.progress = progress
@@ -281,78 +285,114 @@ public struct LocalSearchSolver: PlacementSolver {
         return PlacementSolution(placement: best, objective: bestCost, lowerBound: nil, solver: name)
     }
 
-    /// Pairwise swaps within layers until none lowers the cost (or a stop is asked for). Under a load bound a swap
-    /// must first not raise the load above the bound: one that lowers it is taken even at a cost, so a start above
-    /// the bound is repaired where swaps can.
+    /// Pairwise swaps (and moves to ranks with room) within layers until none lowers the cost (or a stop is asked
+    /// for). Under a load bound a step must first not raise the load above the bound: one that lowers it is taken
+    /// even at a cost, so a start above the bound is repaired where swaps and moves can.
     ///
     /// While one layer's experts are swapped, its neighbours stay put, so what an expert costs on each rank through
     /// its transitions is a table made once per layer visit; the co-activation part is a table updated after each
-    /// swap. A swap is then judged in O(1) instead of O(E).
+    /// step. A swap or move is then judged in O(1) instead of O(E).
     func descend(_ placement: inout Placement, _ p: PlacementProblem) {
         let s = p.statistics, e = s.experts, g = p.ranks, o = p.objective, lambda = o.coactivationWeight
         var hop = [Double](repeating: 0, count: g * g)
         for r in 0..<g { for q in 0..<g { hop[r * g + q] = o.hop(r, q) } }
-        // through[a * g + r]: cost of expert a's transitions if it sat on rank r; together[a * g + r]: the same for
-        // its co-activations with the layer's other experts where they are now.
-        var through = [Double](repeating: 0, count: e * g), together = through, mass = [Double](repeating: 0, count: g)
-        func table(_ l: Int) {
-            for a in 0..<e {
-                for r in 0..<g { mass[r] = 0 }
-                if l > 0 { for x in 0..<e { mass[placement.rankOf[l - 1][x]] += s.transitions[l - 1][x * e + a] } }
-                if l + 1 < s.layers { for y in 0..<e { mass[placement.rankOf[l + 1][y]] += s.transitions[l][a * e + y] } }
-                for r in 0..<g { through[a * g + r] = (0..<g).reduce(0.0) { $0 + mass[$1] * hop[$1 * g + r] } }
-                guard lambda != 0 else { continue }
-                for r in 0..<g { mass[r] = 0 }
-                for x in 0..<e where x != a { mass[placement.rankOf[l][x]] += s.coactivation[l][a * e + x] }
-                for r in 0..<g { together[a * g + r] = lambda * (0..<g).reduce(0.0) { $0 + mass[$1] * hop[$1 * g + r] } }
-            }
-        }
+        var through = [Double](repeating: 0, count: e * g), together = through
         // Under a load bound: the layer's rank loads and each rank's limit.
         var loads = [Double](repeating: 0, count: g), limits = loads
+        let moves = p.capacity * g > e && !keepsCounts
         var improved = true
         while improved && !shouldStop() && !(deadline.map { Date() > $0 } ?? false) {
             improved = false
             for l in 0..<s.layers {
-                table(l)
+                Self.tables(layer: l, placement, s, hop: hop, ranks: g, lambda: lambda, through: &through, together: &together)
                 if p.loadLimits != nil {
                     loads = p.rankLoads(placement, layer: l)
                     for r in 0..<g { limits[r] = p.loadLimit(l, rank: r) }
                 }
+                // The neighbours stay put while this layer changes: work on its row and write it back.
+                var row = placement.rankOf[l]
+                let coactivation = s.coactivation[l], load = s.load[l]
+                /// Whether a step that changes the cost by `delta` and rank loads by `moved` on ra and rb is taken.
+                func accepted(_ delta: Double, _ ra: Int, _ rb: Int, _ moved: Double) -> Bool {
+                    guard p.loadLimits != nil else { return delta < -1e-12 }
+                    let before = max(0, loads[ra] - limits[ra]) + max(0, loads[rb] - limits[rb])
+                    let after = max(0, loads[ra] - moved - limits[ra]) + max(0, loads[rb] + moved - limits[rb])
+                    guard after < before - 1e-9 || (after <= before + 1e-9 && delta < -1e-12) else { return false }
+                    loads[ra] -= moved
+                    loads[rb] += moved
+                    return true
+                }
                 for a in 0..<e {
-                    for b in (a + 1)..<e where placement.rankOf[l][a] != placement.rankOf[l][b] {
-                        let ra = placement.rankOf[l][a], rb = placement.rankOf[l][b]
+                    for b in (a + 1)..<e where row[a] != row[b] {
+                        let ra = row[a], rb = row[b]
                         var delta = through[a * g + rb] + through[b * g + ra] - through[a * g + ra] - through[b * g + rb]
                         if lambda != 0 {
                             // The tables count the a-b pair at the other's old rank; its own hop does not change.
                             delta += together[a * g + rb] + together[b * g + ra] - together[a * g + ra] - together[b * g + rb]
-                                + 2 * lambda * s.coactivation[l][a * e + b] * hop[ra * g + rb]
+                                + 2 * lambda * coactivation[a * e + b] * hop[ra * g + rb]
                         }
-                        if p.loadLimits != nil {
-                            let la = s.load[l][a], lb = s.load[l][b]
-                            let before = max(0, loads[ra] - limits[ra]) + max(0, loads[rb] - limits[rb])
-                            let after = max(0, loads[ra] - la + lb - limits[ra]) + max(0, loads[rb] - lb + la - limits[rb])
-                            guard after < before - 1e-9 || (after <= before + 1e-9 && delta < -1e-12) else { continue }
-                            loads[ra] += lb - la
-                            loads[rb] += la - lb
-                        } else {
-                            guard delta < -1e-12 else { continue }
-                        }
-                        placement.rankOf[l][a] = rb
-                        placement.rankOf[l][b] = ra
+                        guard accepted(delta, ra, rb, load[a] - load[b]) else { continue }
+                        row[a] = rb
+                        row[b] = ra
                         improved = true
-                        if lambda != 0 {
-                            for x in 0..<e {
-                                let wa = lambda * s.coactivation[l][x * e + a], wb = lambda * s.coactivation[l][x * e + b]
-                                guard wa != 0 || wb != 0 else { continue }
-                                for r in 0..<g {
-                                    let moved = (hop[r * g + rb] - hop[r * g + ra]) * (x == a ? 0 : wa) + (hop[r * g + ra] - hop[r * g + rb]) * (x == b ? 0 : wb)
-                                    together[x * g + r] += moved
-                                }
+                        guard lambda != 0 else { continue }
+                        for x in 0..<e {
+                            let wa = lambda * coactivation[x * e + a], wb = lambda * coactivation[x * e + b]
+                            guard wa != 0 || wb != 0 else { continue }
+                            for r in 0..<g {
+                                together[x * g + r] += (hop[r * g + rb] - hop[r * g + ra]) * (x == a ? 0 : wa)
+                                    + (hop[r * g + ra] - hop[r * g + rb]) * (x == b ? 0 : wb)
                             }
                         }
                     }
                 }
+                // With room to spare (capacity × G > E), an expert may also move to a rank below its capacity; no
+                // rank is left without experts of the layer (as in the ILP).
+                if moves {
+                    var count = [Int](repeating: 0, count: g)
+                    for r in row { count[r] += 1 }
+                    for a in 0..<e where count[row[a]] > 1 || e < g {
+                        let ra = row[a]
+                        for rb in 0..<g where rb != ra && count[rb] < p.capacity {
+                            var delta = through[a * g + rb] - through[a * g + ra]
+                            if lambda != 0 { delta += together[a * g + rb] - together[a * g + ra] }
+                            guard accepted(delta, ra, rb, load[a]) else { continue }
+                            row[a] = rb
+                            count[ra] -= 1
+                            count[rb] += 1
+                            improved = true
+                            if lambda != 0 {
+                                for x in 0..<e where x != a {
+                                    let w = lambda * coactivation[x * e + a]
+                                    guard w != 0 else { continue }
+                                    for r in 0..<g { together[x * g + r] += w * (hop[r * g + rb] - hop[r * g + ra]) }
+                                }
+                            }
+                            break
+                        }
+                    }
+                }
+                placement.rankOf[l] = row
             }
+        }
+    }
+
+    /// For layer l with its neighbours where `placement` has them: `through[a * g + r]`, what expert a's transitions
+    /// cost if it sat on rank r, and `together[a * g + r]`, the same for its co-activations with the layer's other
+    /// experts where they are now.
+    static func tables(layer l: Int, _ placement: Placement, _ s: TraceStatistics, hop: [Double], ranks g: Int, lambda: Double,
+                       through: inout [Double], together: inout [Double]) {
+        let e = s.experts
+        var mass = [Double](repeating: 0, count: g)
+        for a in 0..<e {
+            for r in 0..<g { mass[r] = 0 }
+            if l > 0 { for x in 0..<e { mass[placement.rankOf[l - 1][x]] += s.transitions[l - 1][x * e + a] } }
+            if l + 1 < s.layers { for y in 0..<e { mass[placement.rankOf[l + 1][y]] += s.transitions[l][a * e + y] } }
+            for r in 0..<g { through[a * g + r] = (0..<g).reduce(0.0) { $0 + mass[$1] * hop[$1 * g + r] } }
+            guard lambda != 0 else { continue }
+            for r in 0..<g { mass[r] = 0 }
+            for x in 0..<e where x != a { mass[placement.rankOf[l][x]] += s.coactivation[l][a * e + x] }
+            for r in 0..<g { together[a * g + r] = lambda * (0..<g).reduce(0.0) { $0 + mass[$1] * hop[$1 * g + r] } }
         }
     }
 }

@@ -59,13 +59,14 @@ func allPlacements(layers: Int, experts: Int, ranks: Int, capacity: Int? = nil) 
         }
     }
 
-    @Test(arguments: [(8, 4, 1), (8, 2, 2), (12, 3, 2)])
-    func localSearchStaysFeasibleAndNeverWorsens(experts: Int, ranks: Int, nodes: Int) throws {
+    /// Also with room to spare (7 experts on 3 ranks of 3, 10 on 4 of 3, and 8 on 2 of 6 by --experts-per-rank).
+    @Test(arguments: [(8, 4, 1, nil), (8, 2, 2, nil), (12, 6, 2, nil), (7, 3, 1, nil), (10, 4, 2, nil), (8, 2, 1, 6)] as [(Int, Int, Int, Int?)])
+    func localSearchStaysFeasibleAndNeverWorsens(experts: Int, ranks: Int, nodes: Int, capacity: Int?) throws {
         let trace = randomTrace(layers: 5, experts: experts, topK: 2, tokens: 200, seed: 11)
-        let problem = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, nodes: nodes, coactivationWeight: 0.3)
+        let problem = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, nodes: nodes, capacity: capacity, coactivationWeight: 0.3)
         let start = Placement.roundRobin(layers: 5, experts: experts, ranks: ranks)
         let improved = try LocalSearchSolver(start: start).solve(problem)
-        try improved.placement.validate(layers: 5, experts: experts, ranks: ranks)
+        try improved.placement.validate(layers: 5, experts: experts, ranks: ranks, capacity: problem.capacity)
         #expect(improved.objective <= problem.objective.cost(start, problem.statistics) + 1e-9)
         #expect(abs(problem.objective.cost(improved.placement, problem.statistics) - improved.objective) < 1e-9)
         // A descent ends where no swap of two experts of a layer lowers the cost (its incremental tables are right).
@@ -77,6 +78,20 @@ func allPlacements(layers: Int, experts: Int, ranks: Int, capacity: Int? = nil) 
                     #expect(problem.objective.cost(swapped, problem.statistics) >= improved.objective - 1e-9, "layer \(l): swap \(a), \(b)")
                 }
             }
+            // Nor does a move of one expert to a rank with room (leaving no rank empty).
+            var count = [Int](repeating: 0, count: ranks)
+            for r in improved.placement.rankOf[l] { count[r] += 1 }
+            for a in 0..<experts where count[improved.placement.rankOf[l][a]] > 1 {
+                for r in 0..<ranks where count[r] < problem.capacity && r != improved.placement.rankOf[l][a] {
+                    var moved = improved.placement
+                    moved.rankOf[l][a] = r
+                    #expect(problem.objective.cost(moved, problem.statistics) >= improved.objective - 1e-9, "layer \(l): move \(a) to \(r)")
+                }
+            }
+        }
+        if let capacity, capacity * ranks > experts + 2 {
+            // Lots of room: the search uses it (some rank holds more than E/G).
+            #expect((0..<5).contains { l in (0..<ranks).contains { r in improved.placement.rankOf[l].filter { $0 == r }.count > experts / ranks } })
         }
     }
 
