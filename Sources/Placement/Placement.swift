@@ -62,12 +62,15 @@ public enum PlacementError: Error, CustomStringConvertible, Equatable {
     case unreadable(path: String, reason: String)
     case mismatch(String)
     case invalid(String)
+    /// A solver stopped (time limit, Ctrl-C) before it had any plan.
+    case unsolved(String)
 
     public var description: String {
         switch self {
         case .unreadable(let path, let reason): return "\(path): \(reason)"
         case .mismatch(let m): return "placement does not fit: \(m)"
         case .invalid(let m): return "invalid placement: \(m)"
+        case .unsolved(let m): return "no plan: \(m)"
         }
     }
 }

@@ -120,37 +120,58 @@ public struct RoundRobinSolver: PlacementSolver {
 /// Exact optimum on one node when each layer's ways to group experts into ranks are few.
 ///
 /// On one node the cost only asks which experts share a rank, so a layer's state is an unlabeled partition of its
-/// experts into G groups of the capacity. Between two layers the best labeling is an assignment problem over the
-/// groups, and the labelings of successive layer pairs can be chosen independently, so a dynamic program over the
-/// layers' partitions finds the optimum. With one expert per rank this is a chain of assignment problems.
+/// experts into G non-empty groups of at most the capacity (of exactly E/G when E fills the ranks; every group fits
+/// every rank either way). Between two layers the best labeling is an assignment problem over the groups, and the
+/// labelings of successive layer pairs can be chosen independently, so a dynamic program over the layers'
+/// partitions finds the optimum. With one expert per rank this is a chain of assignment problems.
 public struct ExactSolver: PlacementSolver {
     /// Largest number of partitions per layer the solver takes on.
     public var maxStates: Int
+    /// When to give up (the program has no plan before it ends); nil: never.
+    public var deadline: Date?
+    /// Polled as the program runs: true gives up (Ctrl-C).
+    public var shouldStop: () -> Bool
 
-    public init(maxStates: Int = 6000) { self.maxStates = maxStates }
+    public init(maxStates: Int = 6000, deadline: Date? = nil, shouldStop: @escaping () -> Bool = { false }) {
+        self.maxStates = maxStates
+        self.deadline = deadline
+        self.shouldStop = shouldStop
+    }
     public var name: String { "exact" }
 
-    /// Partitions of `E` experts into `G` groups of exactly E/G, or nil when there are more than `limit`.
-    public static func partitions(experts: Int, ranks: Int, limit: Int) -> [[[Int]]]? {
-        guard experts % ranks == 0 else { return nil }
-        let size = experts / ranks
-        // E! / ((E/G)!^G · G!) groupings: count before enumerating any.
-        func logFactorial(_ n: Int) -> Double { (1...max(n, 1)).reduce(0.0) { $0 + Foundation.log(Double($1)) } }
-        let count = logFactorial(experts) - Double(ranks) * logFactorial(size) - logFactorial(ranks)
-        guard count <= Foundation.log(Double(limit)) + 1e-9 else { return nil }
-        var out: [[[Int]]] = []
-        func extend(_ remaining: [Int], _ acc: [[Int]]) -> Bool {
-            if remaining.isEmpty { out.append(acc); return out.count <= limit }
-            let first = remaining[0], rest = Array(remaining.dropFirst())
-            var ok = true
-            combinations(rest, size - 1) { combo in
-                guard ok else { return }
-                let left = rest.filter { !combo.contains($0) }
-                ok = extend(left, acc + [[first] + combo])
-            }
-            return ok
+    /// Partitions of `E` experts into `G` non-empty groups of at most `capacity` each (exactly E/G when that is the
+    /// capacity), or nil when there are more than `limit`.
+    public static func partitions(experts: Int, ranks: Int, capacity: Int, limit: Int) -> [[[Int]]]? {
+        guard ranks >= 1, experts >= ranks, capacity * ranks >= experts else { return nil }
+        // Count before enumerating any: the group of the first expert has j members, the rest form k - 1 groups.
+        var memo: [Int: Double] = [:]
+        func binomial(_ n: Int, _ k: Int) -> Double { (0..<k).reduce(1.0) { $0 * Double(n - $1) / Double($1 + 1) } }
+        func count(_ n: Int, _ k: Int) -> Double {
+            if n == 0 { return k == 0 ? 1 : 0 }
+            if k == 0 || n > k * capacity { return 0 }
+            if let v = memo[n * 1000 + k] { return v }
+            let v = (1...min(capacity, n)).reduce(0.0) { $0 + binomial(n - 1, $1 - 1) * count(n - $1, k - 1) }
+            memo[n * 1000 + k] = v
+            return v
         }
-        return extend(Array(0..<experts), []) ? out : nil
+        guard count(experts, ranks) <= Double(limit) else { return nil }
+        var out: [[[Int]]] = []
+        func extend(_ remaining: [Int], _ acc: [[Int]]) {
+            let groups = ranks - acc.count
+            if remaining.isEmpty { if groups == 0 { out.append(acc) }; return }
+            guard groups > 0 else { return }
+            let first = remaining[0], rest = Array(remaining.dropFirst())
+            // Leave each later group at least one expert and no more than its capacity.
+            let most = min(capacity, remaining.count - (groups - 1)), least = max(1, remaining.count - (groups - 1) * capacity)
+            guard least <= most else { return }
+            for size in least...most {
+                combinations(rest, size - 1) { combo in
+                    extend(rest.filter { !combo.contains($0) }, acc + [[first] + combo])
+                }
+            }
+        }
+        extend(Array(0..<experts), [])
+        return out
     }
 
     static func combinations(_ items: [Int], _ k: Int, _ body: ([Int]) -> Void) {
@@ -169,8 +190,8 @@ public struct ExactSolver: PlacementSolver {
         let s = p.statistics, e = s.experts, g = p.ranks, layers = s.layers
         guard p.nodes == 1 else { throw PlacementError.invalid("the exact solver covers one node; use --solver local or ilp for \(p.nodes) nodes") }
         guard p.rankShares == nil else { throw PlacementError.invalid("the exact solver takes one load share per rank") }
-        guard p.capacity * g == e, let states = Self.partitions(experts: e, ranks: g, limit: maxStates) else {
-            throw PlacementError.invalid("the exact solver needs E divisible by G and at most \(maxStates) groupings per layer")
+        guard let states = Self.partitions(experts: e, ranks: g, capacity: p.capacity, limit: maxStates) else {
+            throw PlacementError.invalid("the exact solver needs at least as many experts as ranks and at most \(maxStates) groupings per layer")
         }
         // Co-located mass a partition keeps within a layer (co-activation), and between groups of two layers.
         let lambda = p.objective.coactivationWeight
@@ -185,16 +206,35 @@ public struct ExactSolver: PlacementSolver {
         func groupScores(_ l: Int, _ from: [[Int]], _ to: [[Int]]) -> [[Double]] {
             from.map { bi in to.map { bj in bi.reduce(0.0) { acc, a in bj.reduce(acc) { $0 + s.transitions[l][a * e + $1] } } } }
         }
-        // Dynamic program maximising kept mass (minimising the cost is the same on one node).
+        // Dynamic program maximising kept mass (minimising the cost is the same on one node). Per layer pair,
+        // `outflow[i][h * e + b]` is the mass state i's group h sends to expert b, so a pair of states' G × G group
+        // scores take G·E additions; their assignment problems reuse one workspace.
+        let n = states.count
+        var groupOf = [[Int]](repeating: [Int](repeating: 0, count: e), count: n)
+        for (i, st) in states.enumerated() { for (h, block) in st.enumerated() { for a in block { groupOf[i][a] = h } } }
+        var workspace = AssignmentWorkspace(size: g)
+        var score = [Double](repeating: 0, count: g * g), outflow = [Double](repeating: 0, count: n * g * e)
         var value = states.map { inside(0, $0) }
         var back: [[Int]] = []
         for l in 0..<(layers - 1) {
-            var next = Array(repeating: -Double.infinity, count: states.count), arg = Array(repeating: 0, count: states.count)
-            for (j, q) in states.enumerated() {
-                let here = inside(l + 1, q)
+            let t = s.transitions[l]
+            for i in 0..<n { for h in 0..<g { for b in 0..<e { outflow[(i * g + h) * e + b] = states[i][h].reduce(0.0) { $0 + t[$1 * e + b] } } } }
+            var next = Array(repeating: -Double.infinity, count: n), arg = Array(repeating: 0, count: n)
+            for j in 0..<n {
+                if shouldStop() { throw PlacementError.unsolved("interrupted before the exact solver finished (it has no plan until it ends)") }
+                if let deadline, Date() > deadline {
+                    throw PlacementError.unsolved("the exact solver did not finish within the time limit (\(n) groupings per layer); --solver auto or ilp give a plan with its gap")
+                }
+                let here = inside(l + 1, states[j])
                 guard here > -.infinity else { continue }
-                for (i, pState) in states.enumerated() where value[i] > -.infinity {
-                    let v = value[i] + Assignment.maximum(groupScores(l, pState, q)).value + here
+                let to = groupOf[j]
+                for i in 0..<n where value[i] > -.infinity {
+                    for k in 0..<(g * g) { score[k] = 0 }
+                    for h in 0..<g {
+                        let base = (i * g + h) * e
+                        for b in 0..<e { score[h * g + to[b]] += outflow[base + b] }
+                    }
+                    let v = value[i] + workspace.maximum(score).value + here
                     if v > next[j] { next[j] = v; arg[j] = i }
                 }
             }
@@ -414,23 +454,45 @@ struct SplitMixRNG {
 public enum Assignment {
     /// The best `match[i]` (row i to column match[i]) and its total score.
     public static func maximum(_ score: [[Double]]) -> (match: [Int], value: Double) {
-        let n = score.count
+        var workspace = AssignmentWorkspace(size: score.count)
+        return workspace.maximum(score.flatMap { $0 })
+    }
+}
+
+/// The Hungarian algorithm's working arrays for one size, kept across calls: the exact solver solves millions of
+/// small assignment problems.
+public struct AssignmentWorkspace {
+    public let size: Int
+    var u: [Double], v: [Double], minv: [Double], p: [Int], way: [Int], used: [Bool], match: [Int]
+
+    public init(size n: Int) {
+        self.size = n
+        u = [Double](repeating: 0, count: n + 1)
+        v = u
+        minv = u
+        p = [Int](repeating: 0, count: n + 1)
+        way = p
+        used = [Bool](repeating: false, count: n + 1)
+        match = [Int](repeating: 0, count: n)
+    }
+
+    /// The best `match[i]` and its total for a row-major `size × size` score matrix.
+    public mutating func maximum(_ score: [Double]) -> (match: [Int], value: Double) {
+        let n = size
         guard n > 0 else { return ([], 0) }
-        if n == 1 { return ([0], score[0][0]) }
+        if n == 1 { return ([0], score[0]) }
         // Minimise the negated scores with potentials (1-based arrays as in the textbook form).
-        var u = [Double](repeating: 0, count: n + 1), v = u
-        var p = [Int](repeating: 0, count: n + 1), way = p
+        for j in 0...n { u[j] = 0; v[j] = 0; p[j] = 0; way[j] = 0 }
         for i in 1...n {
             p[0] = i
             var j0 = 0
-            var minv = [Double](repeating: .infinity, count: n + 1)
-            var used = [Bool](repeating: false, count: n + 1)
+            for j in 0...n { minv[j] = .infinity; used[j] = false }
             repeat {
                 used[j0] = true
                 let i0 = p[j0]
                 var delta = Double.infinity, j1 = 0
                 for j in 1...n where !used[j] {
-                    let cur = -score[i0 - 1][j - 1] - u[i0] - v[j]
+                    let cur = -score[(i0 - 1) * n + j - 1] - u[i0] - v[j]
                     if cur < minv[j] { minv[j] = cur; way[j] = j0 }
                     if minv[j] < delta { delta = minv[j]; j1 = j }
                 }
@@ -445,8 +507,9 @@ public enum Assignment {
                 j0 = j1
             } while j0 != 0
         }
-        var match = [Int](repeating: 0, count: n)
+        var total = 0.0
         for j in 1...n { match[p[j] - 1] = j - 1 }
-        return (match, (0..<n).reduce(0) { $0 + score[$1][match[$1]] })
+        for i in 0..<n { total += score[i * n + match[i]] }
+        return (match, total)
     }
 }

@@ -231,7 +231,7 @@ enum PlanDefaults {
         switch solver {
         case "contiguous": return try ContiguousSolver().solve(p)
         case "round-robin": return try RoundRobinSolver().solve(p)
-        case "exact": return try ExactSolver().solve(p)
+        case "exact": return try ExactSolver(deadline: deadline, shouldStop: { Interrupt.requested }).solve(p)
         case "local": return try search(deadline: deadline).solve(p)
         case "ilp":
             // CBC starts from local search (a quarter of the time) where that finds a feasible plan.
@@ -239,7 +239,10 @@ enum PlanDefaults {
             return try cbc(deadline: deadline, start: start?.placement).solve(p)
         case "bisect": return try BisectionSolver(deadline: deadline, shouldStop: { Interrupt.requested }).solve(p)
         default:
-            if p.nodes == 1, let exact = try? ExactSolver().solve(p) { return exact }
+            // Exact where it fits in half the time; else the rest goes to the ILP or to bisection and local search.
+            let exactBy = Date().addingTimeInterval(deadline.timeIntervalSinceNow / 2)
+            if p.nodes == 1, let exact = try? ExactSolver(deadline: exactBy, shouldStop: { Interrupt.requested }).solve(p) { return exact }
+            if Interrupt.requested { throw PlacementError.unsolved("interrupted before any plan was found") }
             let bound = CombinatorialBound.lowerBound(p)
             guard ILPSolver.columns(p) <= ilpColumnLimit else {
                 // Too large for CBC: bisection for half the time, then local search from its plan.

@@ -44,18 +44,23 @@ func allPlacements(layers: Int, experts: Int, ranks: Int, capacity: Int? = nil) 
 }
 
 @Suite struct SolverTests {
-    @Test(arguments: [(4, 2, 1, 0.0), (4, 2, 2, 0.0), (4, 2, 2, 0.7), (6, 3, 2, 0.3), (4, 4, 2, 0.0), (6, 2, 2, 0.5)])
-    func exactEqualsBruteForce(experts: Int, ranks: Int, topK: Int, coactivation: Double) throws {
+    /// Also where the ranks have room to spare (5 experts on 2 or 3 ranks, 4 on 2 ranks of 3): groups of any size up
+    /// to the capacity, none empty.
+    @Test(arguments: [(4, 2, 1, 0.0, nil), (4, 2, 2, 0.0, nil), (4, 2, 2, 0.7, nil), (6, 3, 2, 0.3, nil), (4, 4, 2, 0.0, nil),
+                      (6, 2, 2, 0.5, nil), (5, 2, 2, 0.0, nil), (5, 3, 2, 0.3, nil), (4, 2, 2, 0.4, 3)] as [(Int, Int, Int, Double, Int?)])
+    func exactEqualsBruteForce(experts: Int, ranks: Int, topK: Int, coactivation: Double, capacity: Int?) throws {
         for seed in 1...3 {
-            let layers = experts == 6 ? 2 : 3  // brute force over 90² or 20² placements
+            let layers = experts == 6 || ranks == 3 ? 2 : 3  // brute force over at most 90² or 20³ placements
             let trace = randomTrace(layers: layers, experts: experts, topK: topK, tokens: 40, seed: UInt64(seed * 7 + experts))
-            let problem = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, coactivationWeight: coactivation)
+            let problem = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, capacity: capacity, coactivationWeight: coactivation)
             let exact = try ExactSolver().solve(problem)
-            let best = allPlacements(layers: layers, experts: experts, ranks: ranks).map { problem.objective.cost($0, problem.statistics) }.min()!
+            let best = allPlacements(layers: layers, experts: experts, ranks: ranks, capacity: problem.capacity)
+                .filter { p in p.rankOf.allSatisfy { Set($0).count == ranks } }  // no rank left without experts
+                .map { problem.objective.cost($0, problem.statistics) }.min()!
             #expect(abs(exact.objective - best) < 1e-9, "seed \(seed): exact \(exact.objective), brute force \(best)")
             #expect(exact.lowerBound == exact.objective)
             #expect(abs(problem.objective.cost(exact.placement, problem.statistics) - exact.objective) < 1e-9)
-            try exact.placement.validate(layers: layers, experts: experts, ranks: ranks)
+            try exact.placement.validate(layers: layers, experts: experts, ranks: ranks, capacity: problem.capacity)
         }
     }
 
@@ -93,6 +98,22 @@ func allPlacements(layers: Int, experts: Int, ranks: Int, capacity: Int? = nil) 
             // Lots of room: the search uses it (some rank holds more than E/G).
             #expect((0..<5).contains { l in (0..<ranks).contains { r in improved.placement.rankOf[l].filter { $0 == r }.count > experts / ranks } })
         }
+    }
+
+    /// Set partitions into G non-empty groups of at most c, counted by hand: 5 into (3, 2): C(5, 3) = 10; into
+    /// (2, 2, 1): 5!/(2!·2!·1!·2!) = 15; 8 into (3, 3, 2): 8!/(3!·3!·2!·2!) = 280; into (2, 2, 2, 1, 1): 420; 8 into
+    /// pairs: 105; 4 into two groups of at most 3: (3, 1) 4 ways and (2, 2) 3 ways.
+    @Test(arguments: [(5, 2, 3, 10), (5, 3, 2, 15), (8, 3, 3, 280), (8, 5, 2, 420), (8, 4, 2, 105), (4, 2, 3, 7)])
+    func partitionsAreCountedAndDistinct(experts: Int, ranks: Int, capacity: Int, count: Int) throws {
+        let all = try #require(ExactSolver.partitions(experts: experts, ranks: ranks, capacity: capacity, limit: 10_000))
+        #expect(all.count == count)
+        let canonical = Set(all.map { $0.map { $0.sorted() }.sorted { $0[0] < $1[0] } })
+        #expect(canonical.count == count)
+        for p in all {
+            #expect(p.count == ranks && p.allSatisfy { !$0.isEmpty && $0.count <= capacity })
+            #expect(p.flatMap { $0 }.sorted() == Array(0..<experts))
+        }
+        #expect(ExactSolver.partitions(experts: experts, ranks: ranks, capacity: capacity, limit: count - 1) == nil)
     }
 
     @Test func assignmentEqualsBruteForce() {

@@ -139,6 +139,23 @@ import Testing
         try written.placement.validate(layers: layers, experts: experts, ranks: 4)
     }
 
+    /// 12 experts on 3 ranks have 5,775 groupings per layer: the exact program takes far longer than a second.
+    @Test func exactGivesUpAtTheTimeLimitAndAutoFallsBack() throws {
+        let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json")
+        try randomTraceLines(layers: 6, experts: 12, tokens: 100).write(toFile: trace.path, atomically: true, encoding: .utf8)
+        let started = Date()
+        let exact = try MoEBinary.run(["plan", "--trace", trace.path, "--ranks", "3", "--solver", "exact", "--time-limit", "1", "--output", plan.path])
+        #expect(exact.status == 1)
+        #expect(exact.stderr.contains("no plan: the exact solver did not finish within the time limit (5775 groupings per layer)"), "\(exact.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: plan.path))
+        #expect(Date().timeIntervalSince(started) < 10)
+        let auto = try MoEBinary.run(["plan", "--trace", trace.path, "--ranks", "3", "--time-limit", "3", "--output", plan.path])
+        #expect(auto.status == 0, "\(auto.stderr)")
+        let file = try PlanFile.load(path: plan.path)
+        #expect(file.solver.hasPrefix("ilp") || file.solver == "local", "\(file.solver)")
+        try file.placement.validate(layers: 6, experts: 12, ranks: 3, capacity: 4)
+    }
+
     @Test func aPlanForAnotherShapeIsRefusedByEvaluate() throws {
         let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json")
         try randomTraceLines(layers: 4, experts: 8, tokens: 10).write(toFile: trace.path, atomically: true, encoding: .utf8)
