@@ -53,7 +53,8 @@ struct DistributedRun {
             } else {
                 placement = .contiguous(layers: spec.layers, experts: spec.experts, ranks: comm.size)
             }
-            try placement.validate(layers: spec.layers, experts: spec.experts, ranks: comm.size)
+            // A plan may give a rank more than ⌈E/G⌉ experts (`moe plan --experts-per-rank`): any count runs.
+            try placement.validate(layers: spec.layers, experts: spec.experts, ranks: comm.size, capacity: spec.experts)
             let rank = comm.rank
             let table = placement.rankOf
             let model = try options.load(holding: { layer, expert in table[layer][expert] == rank })

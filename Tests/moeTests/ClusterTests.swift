@@ -104,6 +104,22 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         #expect(json?["tokens"] as? [Int] == ref.greedy)
     }
 
+    /// A plan made with room to spare (`moe plan --experts-per-rank`): rank 0 holds all but one expert per other
+    /// rank of every layer. It runs, with the single process's tokens.
+    @Test(arguments: [(2, "ep2"), (2, "coherent"), (3, "coherent")])
+    func unevenPlansRun(ranks: Int, mode: String) throws {
+        let ref = Reference.all["tiny-mixtral"]!
+        let e = ref.spec.experts
+        let rankOf = (0..<ref.spec.layers).map { l in (0..<e).map { x in x >= e - (ranks - 1) ? e - x : 0 }.map { ($0 + l) % ranks } }
+        let plan = TemporaryPath(".json")
+        try PlanFile(placement: Placement(rankOf: rankOf, ranks: ranks), topK: ref.spec.topK, solver: "uneven").write(path: plan.path)
+        let g = try MPIRun.run(ranks, ["generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", ref.prompt.map(String.init).joined(separator: ","),
+                                       "--max-new-tokens", "8", "--temperature", "0", "--json", "--dispatch", mode, "--placement", plan.path])
+        #expect(g.status == 0, "\(g.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(g.lastLine.utf8)) as? [String: Any]
+        #expect(json?["tokens"] as? [Int] == ref.greedy)
+    }
+
     func bench(_ ranks: Int, _ mode: String, _ extra: [String]) throws -> [String: Any] {
         let r = try MPIRun.run(ranks, ["bench", "--model", fixture("tiny-mixtral"), "--batch", "3", "--prompt-len", "4", "--gen-len", "4",
                                        "--repetitions", "1", "--format", "json", "--dispatch", mode] + extra)
