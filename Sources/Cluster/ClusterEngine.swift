@@ -86,8 +86,9 @@ public final class ClusterEngine {
         // The decision's buffers are the model's workspace, writable until its next route call.
         let ids = UnsafeMutablePointer(mutating: routing.ids), weights = UnsafeMutablePointer(mutating: routing.weights)
         let k = routing.topK
+        let routed = replay.layerIds.firstIndex(of: l)!  // checkReplay: the trace routes exactly the MoE layers
         for (i, p) in positions.enumerated() {
-            let choice = replay.sequences[p.slot % replay.sequences.count].tokens[p.position][l]
+            let choice = replay.sequences[p.slot % replay.sequences.count].tokens[p.position][routed]
             for j in 0..<k {
                 ids[i * k + j] = Int32(choice.experts[j])
                 weights[i * k + j] = choice.weights[j]
@@ -98,9 +99,11 @@ public final class ClusterEngine {
 
     /// Checks that a trace can drive this model for sequences of `positions` tokens.
     public static func checkReplay(_ trace: RoutingTrace, spec: DecoderSpec, positions: Int) throws {
-        guard trace.layers == spec.layers, trace.experts <= spec.experts, trace.topK == spec.topK else {
-            throw PlacementError.mismatch("the trace has \(trace.layers) layers, \(trace.experts) experts, top-\(trace.topK); "
-                + "the model \(spec.layers), \(spec.experts), top-\(spec.topK)")
+        let moe = spec.moeLayers.indices.filter { spec.moeLayers[$0] }
+        guard trace.layerIds == moe, trace.experts <= spec.experts, trace.topK == spec.topK else {
+            func layers(_ ids: [Int]) -> String { ids == Array(0..<ids.count) ? "\(ids.count) layers" : "layers \(ids.map(String.init).joined(separator: ","))" }
+            throw PlacementError.mismatch("the trace routes \(layers(trace.layerIds)), \(trace.experts) experts, top-\(trace.topK); "
+                + "the model \(layers(moe)), \(spec.experts), top-\(spec.topK)")
         }
         let shortest = trace.sequences.map(\.tokens.count).min()!
         guard shortest >= positions else {

@@ -28,6 +28,17 @@ public struct Placement: Sendable, Equatable {
         Placement(rankOf: Array(repeating: (0..<experts).map { $0 % ranks }, count: layers), ranks: ranks)
     }
 
+    /// The rows of model layers `ids` (a trace's routed layers), as a placement of those layers alone.
+    public func routed(_ ids: [Int]) -> Placement { Placement(rankOf: ids.map { rankOf[$0] }, ranks: ranks) }
+
+    /// A placement of routed layers `ids` as one of a model of `layers` layers: the dense layers between, which run
+    /// no experts, get the contiguous row.
+    public func model(layers: Int, routed ids: [Int]) -> Placement {
+        var rows = Placement.contiguous(layers: layers, experts: experts, ranks: ranks).rankOf
+        for (i, l) in ids.enumerated() { rows[l] = rankOf[i] }
+        return Placement(rankOf: rows, ranks: ranks)
+    }
+
     /// Per-rank capacity: ceil(E/G) experts of each layer.
     public var capacity: Int { (experts + ranks - 1) / max(ranks, 1) }
 
@@ -36,7 +47,7 @@ public struct Placement: Sendable, Equatable {
 
     /// Checks the placement against a model (`layers` MoE layers of `experts`) and a job of `ranks` ranks.
     public func validate(layers modelLayers: Int, experts modelExperts: Int, ranks jobRanks: Int, capacity limit: Int? = nil) throws {
-        guard layers == modelLayers else { throw PlacementError.mismatch("the plan has \(layers) layers, the model \(modelLayers) MoE layers") }
+        guard layers == modelLayers else { throw PlacementError.mismatch("the plan has \(layers) layers, the model \(modelLayers)") }
         guard experts == modelExperts else { throw PlacementError.mismatch("the plan has \(experts) experts per layer, the model \(modelExperts)") }
         guard ranks == jobRanks else { throw PlacementError.mismatch("the plan is for \(ranks) ranks, the job has \(jobRanks)") }
         let cap = limit ?? capacity

@@ -7,6 +7,10 @@ import Foundation
 /// `experts`, `weights`, as `moe trace` writes) and the vLLM dump of `../shared/data/traces` (`dataset`,
 /// `problem_id`, `token_idx`, `layer`, `experts`, `gating_probs`). Tokens that lack a layer are skipped and
 /// counted; the rest keep their order as consecutive positions.
+///
+/// Layers no line mentions are dense (a model's MLP-only layers, such as Qwen-MoE's `mlp_only_layers`): the trace
+/// keeps only the routed ones, in order, so a token's transitions go from one routed layer to the next, and
+/// `layerIds` says which model layer each is.
 public struct RoutingTrace: Sendable {
     /// One layer's decision for one token.
     public struct Choice: Sendable, Equatable {
@@ -29,7 +33,12 @@ public struct RoutingTrace: Sendable {
     }
 
     public var sequences: [Sequence]
+    /// Routed layers (the length of each token's list).
     public var layers: Int
+    /// The model layer of each routed layer, ascending.
+    public var layerIds: [Int]
+    /// Layers of the model, routed or dense (given, or one more than the largest layer seen).
+    public var modelLayers: Int
     /// One more than the largest expert id seen.
     public var experts: Int
     public var topK: Int
@@ -44,9 +53,11 @@ public struct RoutingTrace: Sendable {
         public var description: String { "\(path):\(line): \(reason)" }
     }
 
-    public init(sequences: [Sequence], layers: Int, experts: Int, topK: Int, skippedTokens: Int = 0) {
+    public init(sequences: [Sequence], layers: Int, experts: Int, topK: Int, skippedTokens: Int = 0, layerIds: [Int]? = nil, modelLayers: Int? = nil) {
         self.sequences = sequences
         self.layers = layers
+        self.layerIds = layerIds ?? Array(0..<layers)
+        self.modelLayers = modelLayers ?? layers
         self.experts = experts
         self.topK = topK
         self.skippedTokens = skippedTokens
@@ -57,7 +68,7 @@ public struct RoutingTrace: Sendable {
     public static func load(paths: [String], layers modelLayers: Int? = nil, experts modelExperts: Int? = nil) throws -> RoutingTrace {
         var records: [String: [Int: [Int: Choice]]] = [:]  // sequence → token → layer → choice
         var order: [String] = []
-        var layers = 0, experts = 0, topK = 0
+        var seen = Set<Int>(), experts = 0, topK = 0
         for path in paths {
             guard let data = FileManager.default.contents(atPath: path) else {
                 throw LineError(path: path, line: 0, reason: FileManager.default.fileExists(atPath: path) ? "cannot read" : "no such file")
@@ -100,24 +111,25 @@ public struct RoutingTrace: Sendable {
                 }
                 if records[sequence] == nil { order.append(sequence) }
                 records[sequence, default: [:]][token, default: [:]][layer] = Choice(experts: ids, weights: weights)
-                layers = max(layers, layer + 1)
+                seen.insert(layer)
                 experts = max(experts, ids.max()! + 1)
             }
         }
-        layers = modelLayers ?? layers
+        let layerIds = seen.sorted()
         var sequences: [Sequence] = []
         var skipped = 0
         for name in order {
             var tokens: [[Choice]] = []
             for (_, byLayer) in records[name]!.sorted(by: { $0.key < $1.key }) {
-                guard byLayer.count == layers else { skipped += 1; continue }
-                tokens.append((0..<layers).map { byLayer[$0]! })
+                guard byLayer.count == layerIds.count else { skipped += 1; continue }
+                tokens.append(layerIds.map { byLayer[$0]! })
             }
             if !tokens.isEmpty { sequences.append(Sequence(name: name, tokens: tokens)) }
         }
         guard !sequences.isEmpty else {
             throw LineError(path: paths.joined(separator: ", "), line: 0, reason: "no complete token in the trace")
         }
-        return RoutingTrace(sequences: sequences, layers: layers, experts: modelExperts ?? experts, topK: topK, skippedTokens: skipped)
+        return RoutingTrace(sequences: sequences, layers: layerIds.count, experts: modelExperts ?? experts, topK: topK, skippedTokens: skipped,
+                            layerIds: layerIds, modelLayers: modelLayers ?? (layerIds.last! + 1))
     }
 }

@@ -79,7 +79,8 @@ extension MoE.Plan {
                 if problem.overload(solution.placement) > 0 {  // the baselines do not look at the bound
                     throw PlacementError.invalid("the \(solution.solver) plan breaks --max-load \(maxLoad.map { String(format: "%g", $0) } ?? "")")
                 }
-                var plan = PlanFile(placement: solution.placement, topK: t.topK, nodes: nodes, solver: solution.solver,
+                // Dense layers (none in the trace) get a row too: the cluster indexes the plan by model layer.
+                var plan = PlanFile(placement: solution.placement.model(layers: t.modelLayers, routed: t.layerIds), topK: t.topK, nodes: nodes, solver: solution.solver,
                                     objective: solution.objective, lowerBound: solution.lowerBound, traceDigest: try TraceDigest.of(paths: trace))
                 plan.maxLoad = maxLoad
                 plan.hash = plan.contentHash
@@ -93,9 +94,10 @@ extension MoE.Plan {
                     let loads = problem.rankLoads(solution.placement, layer: l), mean = loads.reduce(0, +) / Double(ranks)
                     return mean > 0 ? loads.max()! / mean : 1
                 }.max() ?? 1
-                emit(String(format: "%@: %d layers × %d experts on %d ranks, objective %.3f%@; training trace: %.3f of top-1 transitions cross ranks, max/mean load %.2f (worst layer); %.1f s",
-                            solution.solver, t.layers, t.experts, ranks, solution.objective, bound ?? "", e.crossRankTopOne, worstLoad,
-                            Date().timeIntervalSince(started)))
+                let dense = t.modelLayers - t.layers
+                emit(String(format: "%@: %d layers%@ × %d experts on %d ranks, objective %.3f%@; training trace: %.3f of top-1 transitions cross ranks, max/mean load %.2f (worst layer); %.1f s",
+                            solution.solver, t.layers, dense > 0 ? " (and \(dense) dense)" : "", t.experts, ranks, solution.objective, bound ?? "",
+                            e.crossRankTopOne, worstLoad, Date().timeIntervalSince(started)))
             }
         }
     }
@@ -133,26 +135,24 @@ extension MoE.Plan {
         func run() throws {
             try reportingErrors {
                 let p = try PlanFile.read(path: plan)
-                let t = try RoutingTrace.load(paths: trace)
-                func checkFits(_ p: PlanFile, _ path: String) throws {
-                    guard t.layers == p.layers, t.experts <= p.experts else {
-                        throw PlacementError.mismatch("\(path): the plan has \(p.layers) layers of \(p.experts) experts, the trace \(t.layers) layers with expert ids up to \(t.experts - 1)")
-                    }
-                }
-                try checkFits(p, plan)
+                // The plan is the model's shape: a trace line outside it is an error naming its line.
+                let t = try RoutingTrace.load(paths: trace, layers: p.layers, experts: p.experts)
                 let reference = try against.map { path -> PlanFile in
                     let r = try PlanFile.read(path: path)
-                    try checkFits(r, path)
+                    guard r.layers == p.layers, r.experts == p.experts else {
+                        throw PlacementError.mismatch("\(path): the plan has \(r.layers) layers of \(r.experts) experts, \(plan) \(p.layers) of \(p.experts)")
+                    }
                     return r
                 }
                 let perNode = p.ranks / max(p.nodes, 1)
                 var rows: [(String, Evaluation)] = [
-                    ("plan", Evaluation(placement: p.placement, trace: t, ranksPerNode: perNode)),
-                    ("contiguous", Evaluation(placement: .contiguous(layers: p.layers, experts: p.experts, ranks: p.ranks), trace: t, ranksPerNode: perNode)),
-                    ("round-robin", Evaluation(placement: .roundRobin(layers: p.layers, experts: p.experts, ranks: p.ranks), trace: t, ranksPerNode: perNode)),
+                    ("plan", Evaluation(placement: p.placement.routed(t.layerIds), trace: t, ranksPerNode: perNode)),
+                    ("contiguous", Evaluation(placement: .contiguous(layers: t.layers, experts: p.experts, ranks: p.ranks), trace: t, ranksPerNode: perNode)),
+                    ("round-robin", Evaluation(placement: .roundRobin(layers: t.layers, experts: p.experts, ranks: p.ranks), trace: t, ranksPerNode: perNode)),
                 ]
                 if let reference {
-                    rows.append(("against", Evaluation(placement: reference.placement, trace: t, ranksPerNode: reference.ranks / max(reference.nodes, 1))))
+                    rows.append(("against", Evaluation(placement: reference.placement.routed(t.layerIds), trace: t,
+                                                       ranksPerNode: reference.ranks / max(reference.nodes, 1))))
                 }
                 func object(_ e: Evaluation) -> [String: Any] {
                     ["cross_rank_top1": e.crossRankTopOne, "cross_rank_topk": e.crossRankTopK, "hops_per_token": e.hopsPerToken,
@@ -167,7 +167,8 @@ extension MoE.Plan {
                 var comparison: PlacementComparison?
                 if let reference {
                     var generator = SplitMix64(seed: seed)
-                    let c = PlacementComparison(p.placement, against: reference.placement, trace: t, block: block, resamples: resamples, using: &generator)
+                    let c = PlacementComparison(p.placement.routed(t.layerIds), against: reference.placement.routed(t.layerIds), trace: t,
+                                                block: block, resamples: resamples, using: &generator)
                     let parts = c.parts.map { String(format: "%@ %+.4f (%d)", $0.name, $0.saving, $0.transitions) }.joined(separator: ", ")
                     emit(String(format: "plan against %@: %+.4f of top-1 transitions kept on their rank (bootstrap sd %.4f, 95 %% interval %+.4f to %+.4f; blocks of %d tokens, %d resamples); per sequence (transitions): %@",
                                 against ?? "", c.saving, c.standardError, c.interval.low, c.interval.high, block, resamples, parts))

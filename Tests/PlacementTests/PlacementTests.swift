@@ -14,7 +14,7 @@ import Testing
 
     @Test func validationNamesWhatDoesNotFit() {
         let p = Placement.contiguous(layers: 3, experts: 8, ranks: 4)
-        #expect(throws: PlacementError.mismatch("the plan has 3 layers, the model 4 MoE layers")) {
+        #expect(throws: PlacementError.mismatch("the plan has 3 layers, the model 4")) {
             try p.validate(layers: 4, experts: 8, ranks: 4)
         }
         #expect(throws: PlacementError.mismatch("the plan is for 4 ranks, the job has 2")) { try p.validate(layers: 3, experts: 8, ranks: 2) }
@@ -78,5 +78,28 @@ import Testing
         } catch {
             #expect("\(error)" == "\(ours.path):1: 'weights' must be a list of 2 numbers")
         }
+    }
+
+    /// A model whose layer 1 is dense (no routing): the trace keeps layers 0 and 2, a token's transition goes from
+    /// one to the other, and a plan of those two layers becomes one of the model's three.
+    @Test func denseLayersAreLeftOutOfTheTraceAndFilledInThePlan() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("dense-\(UUID().uuidString).jsonl")
+        defer { try? FileManager.default.removeItem(at: path) }
+        var lines: [String] = []
+        for t in 0..<3 { for l in [0, 2] { lines.append(#"{"sequence": 0, "token": \#(t), "layer": \#(l), "experts": [\#(t + l)], "weights": [1]}"#) } }
+        lines.removeLast()  // token 2 lacks layer 2
+        try lines.joined(separator: "\n").write(to: path, atomically: true, encoding: .utf8)
+        let trace = try RoutingTrace.load(paths: [path.path])
+        #expect(trace.layers == 2 && trace.layerIds == [0, 2] && trace.modelLayers == 3)
+        #expect(trace.skippedTokens == 1)
+        #expect(trace.sequences[0].tokens.map { $0.map(\.experts) } == [[[0], [2]], [[1], [3]]])
+        #expect(try RoutingTrace.load(paths: [path.path], layers: 5).modelLayers == 5)
+        // Token 0 goes 0 → 2, token 1 goes 1 → 3: with {0, 1} | {2, 3} in layer 0 and {0, 2} | {1, 3} in layer 2 the
+        // first stays on rank 0 and the second crosses to rank 1.
+        let routed = Placement(rankOf: [[0, 0, 1, 1], [0, 1, 0, 1]], ranks: 2)
+        #expect(Evaluation(placement: routed, trace: trace).crossRankTopOne == 0.5)
+        let model = routed.model(layers: 3, routed: trace.layerIds)
+        #expect(model.rankOf == [[0, 0, 1, 1], [0, 0, 1, 1], [0, 1, 0, 1]])
+        #expect(model.routed(trace.layerIds) == routed)
     }
 }
