@@ -17,8 +17,9 @@ public struct ILPSolver: PlacementSolver {
     public var start: Placement?
     /// Called every few seconds while CBC runs, with the seconds so far (a progress line).
     public var progress: ((Double) -> Void)?
-    /// Polled while CBC runs: true returns the start at once ("ilp (interrupted, start kept)"); CBC's C interface
-    /// cannot be stopped, so it finishes its time limit on its own thread and then frees its model.
+    /// Polled while CBC runs: true returns the start at once ("ilp (interrupted, start kept)"), as does passing the
+    /// time limit ("ilp (time limit, start kept)"); CBC's C interface cannot be stopped, so it runs on to its own
+    /// limit on its thread and then frees its model.
     public var shouldStop: () -> Bool
 
     public init(timeLimit: Double, start: Placement? = nil, progress: ((Double) -> Void)? = nil,
@@ -46,6 +47,9 @@ public struct ILPSolver: PlacementSolver {
 
     public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
         guard p.rankShares == nil else { throw PlacementError.invalid("the ILP takes one load share per rank") }
+        // CBC checks its own limit only between search nodes (its root can run far past it): this one is kept by
+        // giving up on CBC, as for Ctrl-C.
+        let hardDeadline = Date().addingTimeInterval(timeLimit)
         Self.turn.wait()
         let s = p.statistics, e = s.experts, g = p.ranks, layers = s.layers
         let perNode = p.objective.ranksPerNode, nodes = g / perNode
@@ -109,12 +113,13 @@ public struct ILPSolver: PlacementSolver {
             for l in 0..<layers { for a in 0..<e { for r in 0..<g { idx.append(x[l][a][r]); val.append(relabel(start.rankOf[l][a]) == r ? 1 : 0) } } }
             if nodes == 1 || r0 / perNode == 0 { Cbc_setMIPStartI(model, Int32(idx.count), idx, val) }
         }
-        Cbc_setMaximumSeconds(model, timeLimit)
+        Cbc_setMaximumSeconds(model, max(0.5, hardDeadline.timeIntervalSinceNow))
         let startFits = start.map { (try? $0.validate(layers: layers, experts: e, ranks: g, capacity: p.capacity)) != nil && p.overload($0) == 0 } ?? false
-        if !job.run(progress: progress, shouldStop: shouldStop) {
-            guard let start, startFits else { throw PlacementError.invalid("interrupted before CBC found a placement") }
+        if !job.run(progress: progress, shouldStop: { shouldStop() || Date() > hardDeadline }) {
+            let why = shouldStop() ? "interrupted" : "time limit"
+            guard let start, startFits else { throw PlacementError.unsolved("\(why) before CBC found a placement") }
             return PlacementSolution(placement: start, objective: p.objective.cost(start, s), lowerBound: CombinatorialBound.lowerBound(p),
-                                     solver: "ilp (interrupted, start kept)")
+                                     solver: "ilp (\(why), start kept)")
         }
         // With a start, CBC may call the model infeasible when it finds nothing better than the start: trust our
         // own check of the start over that.

@@ -173,6 +173,20 @@ import Testing
         try written.placement.validate(layers: layers, experts: experts, ranks: 4)
     }
 
+    /// On two nodes CBC's root can run a minute past a 3 s limit (its own limit is checked between search nodes):
+    /// the planner gives up on it at the limit and keeps the start.
+    @Test func ilpKeepsItsTimeLimit() throws {
+        let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json")
+        try randomTraceLines(layers: 16, experts: 8, tokens: 400).write(toFile: trace.path, atomically: true, encoding: .utf8)
+        let started = Date()
+        let r = try MoEBinary.run(["plan", "--trace", trace.path, "--ranks", "8", "--nodes", "2", "--solver", "ilp", "--time-limit", "3", "--output", plan.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(Date().timeIntervalSince(started) < 8)
+        let file = try PlanFile.load(path: plan.path)
+        try file.placement.validate(layers: 16, experts: 8, ranks: 8)
+        #expect(file.solver.hasPrefix("ilp"))
+    }
+
     /// 12 experts on 3 ranks have 5,775 groupings per layer: the exact program takes far longer than a second.
     @Test func exactGivesUpAtTheTimeLimitAndAutoFallsBack() throws {
         let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json")
