@@ -117,13 +117,15 @@ public struct RoundRobinSolver: PlacementSolver {
     }
 }
 
-/// Exact optimum on one node when each layer's ways to group experts into ranks are few.
+/// Exact optimum when each layer's ways to group experts into ranks (and ranks into nodes) are few.
 ///
-/// On one node the cost only asks which experts share a rank, so a layer's state is an unlabeled partition of its
-/// experts into G non-empty groups of at most the capacity (of exactly E/G when E fills the ranks; every group fits
-/// every rank either way). Between two layers the best labeling is an assignment problem over the groups, and the
-/// labelings of successive layer pairs can be chosen independently, so a dynamic program over the layers'
-/// partitions finds the optimum. With one expert per rank this is a chain of assignment problems.
+/// The cost only asks which experts share a rank and which share a node, so a layer's state is an unlabeled
+/// partition of its experts into G non-empty groups of at most the capacity (of exactly E/G when E fills the ranks;
+/// every group fits every rank either way), dealt into the nodes. Between two layers the best labeling is an
+/// assignment problem over the groups (on several nodes, over the nodes, each pair scored by its mass plus the best
+/// assignment of its ranks), and the labelings of successive layer pairs can be chosen independently, so a dynamic
+/// program over the layers' states finds the optimum. With one expert per rank on one node this is a chain of
+/// assignment problems.
 public struct ExactSolver: PlacementSolver {
     /// Largest number of partitions per layer the solver takes on.
     public var maxStates: Int
@@ -186,39 +188,95 @@ public struct ExactSolver: PlacementSolver {
         go(0)
     }
 
+    /// The ways to deal `groups` groups into `nodes` nodes of equal size, each listing node 0's groups first, then
+    /// node 1's, and so on (every grouping once: groups ascending within a node, nodes by their first group).
+    static func nodeGroupings(groups: Int, nodes: Int) -> [[Int]] {
+        guard nodes > 1 else { return [Array(0..<groups)] }
+        let size = groups / nodes
+        var out: [[Int]] = []
+        func extend(_ remaining: [Int], _ acc: [Int]) {
+            guard let first = remaining.first else { out.append(acc); return }
+            let rest = Array(remaining.dropFirst())
+            combinations(rest, size - 1) { combo in extend(rest.filter { !combo.contains($0) }, acc + [first] + combo) }
+        }
+        extend(Array(0..<groups), [])
+        return out
+    }
+
     public func solve(_ p: PlacementProblem) throws -> PlacementSolution {
         let s = p.statistics, e = s.experts, g = p.ranks, layers = s.layers
-        guard p.nodes == 1 else { throw PlacementError.invalid("the exact solver covers one node; use --solver local or ilp for \(p.nodes) nodes") }
+        let perNode = p.objective.ranksPerNode, nodes = g / perNode
         guard p.rankShares == nil else { throw PlacementError.invalid("the exact solver takes one load share per rank") }
-        guard let states = Self.partitions(experts: e, ranks: g, capacity: p.capacity, limit: maxStates) else {
+        // On several nodes a state also says which groups share a node: its groups n·perNode ..< (n+1)·perNode.
+        let dealings = Self.nodeGroupings(groups: g, nodes: nodes)
+        guard let partitions = Self.partitions(experts: e, ranks: g, capacity: p.capacity, limit: maxStates / dealings.count) else {
             throw PlacementError.invalid("the exact solver needs at least as many experts as ranks and at most \(maxStates) groupings per layer")
         }
-        // Co-located mass a partition keeps within a layer (co-activation), and between groups of two layers.
+        let states = partitions.flatMap { part in dealings.map { order in order.map { part[$0] } } }
         let lambda = p.objective.coactivationWeight
-        // A grouping that puts more load on a rank than the bound allows is not a state of layer l.
+        // Co-activation a state keeps within layer l (on a rank, and on a node); -∞ when a rank's load breaks the
+        // bound (not a state of that layer).
         func inside(_ l: Int, _ st: [[Int]]) -> Double {
             if p.loadLimits != nil, st.contains(where: { $0.reduce(0.0) { $0 + s.load[l][$1] } > p.loadLimit(l) }) { return -.infinity }
             guard lambda != 0 else { return 0 }
-            var v = 0.0
-            for block in st { for a in block { for b in block where a < b { v += s.coactivation[l][a * e + b] } } }
+            func pairs(_ block: [Int]) -> Double {
+                var v = 0.0
+                for a in block { for b in block where a < b { v += s.coactivation[l][a * e + b] } }
+                return v
+            }
+            var v = st.reduce(0.0) { $0 + pairs($1) }
+            if nodes > 1 { for n in 0..<nodes { v += pairs(st[(n * perNode)..<((n + 1) * perNode)].flatMap { $0 }) } }
             return lambda * v
         }
-        func groupScores(_ l: Int, _ from: [[Int]], _ to: [[Int]]) -> [[Double]] {
-            from.map { bi in to.map { bj in bi.reduce(0.0) { acc, a in bj.reduce(acc) { $0 + s.transitions[l][a * e + $1] } } } }
+        // Mass two states keep between adjacent layers, from the G × G masses between their groups: the best
+        // assignment of groups (on several nodes: of nodes, each scored by its mass plus the best assignment of
+        // its ranks), with the group matching when asked for.
+        var rankWork = AssignmentWorkspace(size: nodes > 1 ? perNode : g), nodeWork = AssignmentWorkspace(size: nodes)
+        var sub = [Double](repeating: 0, count: perNode * perNode), nodeScore = [Double](repeating: 0, count: nodes * nodes)
+        func kept(_ score: [Double], matching: Bool = false) -> (value: Double, match: [Int]) {
+            guard nodes > 1 else {
+                let best = rankWork.maximum(score)
+                return (best.value, best.match)
+            }
+            for n in 0..<nodes {
+                for m in 0..<nodes {
+                    var sum = 0.0
+                    for a in 0..<perNode { for b in 0..<perNode { sub[a * perNode + b] = score[(n * perNode + a) * g + m * perNode + b]; sum += sub[a * perNode + b] } }
+                    nodeScore[n * nodes + m] = sum + rankWork.maximum(sub).value
+                }
+            }
+            let best = nodeWork.maximum(nodeScore)
+            guard matching else { return (best.value, []) }
+            var match = [Int](repeating: 0, count: g)
+            for (n, m) in best.match.enumerated() {
+                for a in 0..<perNode { for b in 0..<perNode { sub[a * perNode + b] = score[(n * perNode + a) * g + m * perNode + b] } }
+                for (a, b) in rankWork.maximum(sub).match.enumerated() { match[n * perNode + a] = m * perNode + b }
+            }
+            return (best.value, match)
         }
-        // Dynamic program maximising kept mass (minimising the cost is the same on one node). Per layer pair,
+        // Dynamic program maximising kept mass (the cost is the hop-weighted total less it). Per layer pair,
         // `outflow[i][h * e + b]` is the mass state i's group h sends to expert b, so a pair of states' G × G group
-        // scores take G·E additions; their assignment problems reuse one workspace.
+        // masses take G·E additions.
         let n = states.count
         var groupOf = [[Int]](repeating: [Int](repeating: 0, count: e), count: n)
         for (i, st) in states.enumerated() { for (h, block) in st.enumerated() { for a in block { groupOf[i][a] = h } } }
-        var workspace = AssignmentWorkspace(size: g)
         var score = [Double](repeating: 0, count: g * g), outflow = [Double](repeating: 0, count: n * g * e)
+        func groupMasses(_ l: Int, _ i: Int, _ j: Int) {
+            let to = groupOf[j]
+            for k in 0..<(g * g) { score[k] = 0 }
+            for h in 0..<g {
+                let base = (i * g + h) * e
+                for b in 0..<e { score[h * g + to[b]] += outflow[base + b] }
+            }
+        }
+        func fillOutflow(_ l: Int) {
+            let t = s.transitions[l]
+            for i in 0..<n { for h in 0..<g { for b in 0..<e { outflow[(i * g + h) * e + b] = states[i][h].reduce(0.0) { $0 + t[$1 * e + b] } } } }
+        }
         var value = states.map { inside(0, $0) }
         var back: [[Int]] = []
         for l in 0..<(layers - 1) {
-            let t = s.transitions[l]
-            for i in 0..<n { for h in 0..<g { for b in 0..<e { outflow[(i * g + h) * e + b] = states[i][h].reduce(0.0) { $0 + t[$1 * e + b] } } } }
+            fillOutflow(l)
             var next = Array(repeating: -Double.infinity, count: n), arg = Array(repeating: 0, count: n)
             for j in 0..<n {
                 if shouldStop() { throw PlacementError.unsolved("interrupted before the exact solver finished (it has no plan until it ends)") }
@@ -227,14 +285,9 @@ public struct ExactSolver: PlacementSolver {
                 }
                 let here = inside(l + 1, states[j])
                 guard here > -.infinity else { continue }
-                let to = groupOf[j]
                 for i in 0..<n where value[i] > -.infinity {
-                    for k in 0..<(g * g) { score[k] = 0 }
-                    for h in 0..<g {
-                        let base = (i * g + h) * e
-                        for b in 0..<e { score[h * g + to[b]] += outflow[base + b] }
-                    }
-                    let v = value[i] + workspace.maximum(score).value + here
+                    groupMasses(l, i, j)
+                    let v = value[i] + kept(score).value + here
                     if v > next[j] { next[j] = v; arg[j] = i }
                 }
             }
@@ -245,12 +298,15 @@ public struct ExactSolver: PlacementSolver {
         var chosen = [last]
         for l in stride(from: layers - 2, through: 0, by: -1) { chosen.append(back[l][chosen.last!]) }
         chosen.reverse()
-        // Labels: layer 0's groups are ranks 0..G-1; each next layer's groups take their matched group's rank.
+        // Labels: layer 0's groups are ranks 0..G-1 (node n holding groups n·perNode...); each next layer's groups
+        // take their matched group's rank, so matched nodes stay on one node.
         var rankOf = Array(repeating: Array(repeating: 0, count: e), count: layers)
         var groupRank = Array(0..<g)
         for (r, block) in states[chosen[0]].enumerated() { for a in block { rankOf[0][a] = r } }
         for l in 1..<max(layers, 1) {
-            let match = Assignment.maximum(groupScores(l - 1, states[chosen[l - 1]], states[chosen[l]])).match
+            fillOutflow(l - 1)
+            groupMasses(l - 1, chosen[l - 1], chosen[l])
+            let match = kept(score, matching: true).match
             var next = Array(repeating: 0, count: g)
             for (bi, bj) in match.enumerated() { next[bj] = groupRank[bi] }
             for (bj, block) in states[chosen[l]].enumerated() { for a in block { rankOf[l][a] = next[bj] } }

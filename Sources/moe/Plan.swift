@@ -242,7 +242,7 @@ enum PlanDefaults {
         default:
             // Exact where it fits in half the time; else the rest goes to the ILP or to bisection and local search.
             let exactBy = Date().addingTimeInterval(deadline.timeIntervalSinceNow / 2)
-            if p.nodes == 1, let exact = try? ExactSolver(deadline: exactBy, shouldStop: { Interrupt.requested }).solve(p) { return exact }
+            if let exact = try? ExactSolver(deadline: exactBy, shouldStop: { Interrupt.requested }).solve(p) { return exact }
             if Interrupt.requested { throw PlacementError.unsolved("interrupted before any plan was found") }
             let bound = CombinatorialBound.lowerBound(p)
             guard ILPSolver.columns(p) <= ilpColumnLimit else {

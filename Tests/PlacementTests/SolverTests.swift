@@ -46,13 +46,15 @@ func allPlacements(layers: Int, experts: Int, ranks: Int, capacity: Int? = nil) 
 @Suite struct SolverTests {
     /// Also where the ranks have room to spare (5 experts on 2 or 3 ranks, 4 on 2 ranks of 3): groups of any size up
     /// to the capacity, none empty.
-    @Test(arguments: [(4, 2, 1, 0.0, nil), (4, 2, 2, 0.0, nil), (4, 2, 2, 0.7, nil), (6, 3, 2, 0.3, nil), (4, 4, 2, 0.0, nil),
-                      (6, 2, 2, 0.5, nil), (5, 2, 2, 0.0, nil), (5, 3, 2, 0.3, nil), (4, 2, 2, 0.4, 3)] as [(Int, Int, Int, Double, Int?)])
-    func exactEqualsBruteForce(experts: Int, ranks: Int, topK: Int, coactivation: Double, capacity: Int?) throws {
+    /// And on several nodes (4 experts on 4 ranks in 2 nodes; 5 on 4 in 2; 6 on 3 ranks that are each a node).
+    @Test(arguments: [(4, 2, 1, 0.0, nil, 1), (4, 2, 2, 0.0, nil, 1), (4, 2, 2, 0.7, nil, 1), (6, 3, 2, 0.3, nil, 1), (4, 4, 2, 0.0, nil, 1),
+                      (6, 2, 2, 0.5, nil, 1), (5, 2, 2, 0.0, nil, 1), (5, 3, 2, 0.3, nil, 1), (4, 2, 2, 0.4, 3, 1),
+                      (4, 4, 2, 0.0, nil, 2), (4, 4, 2, 0.6, nil, 2), (5, 4, 2, 0.3, nil, 2), (6, 3, 2, 0.4, nil, 3)] as [(Int, Int, Int, Double, Int?, Int)])
+    func exactEqualsBruteForce(experts: Int, ranks: Int, topK: Int, coactivation: Double, capacity: Int?, nodes: Int) throws {
         for seed in 1...3 {
-            let layers = experts == 6 || ranks == 3 ? 2 : 3  // brute force over at most 90² or 20³ placements
+            let layers = experts >= 5 && ranks >= 3 || experts == 6 ? 2 : 3  // brute force over at most 240² or 24³ placements
             let trace = randomTrace(layers: layers, experts: experts, topK: topK, tokens: 40, seed: UInt64(seed * 7 + experts))
-            let problem = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, capacity: capacity, coactivationWeight: coactivation)
+            let problem = PlacementProblem(statistics: TraceStatistics(trace), ranks: ranks, nodes: nodes, capacity: capacity, coactivationWeight: coactivation)
             let exact = try ExactSolver().solve(problem)
             let best = allPlacements(layers: layers, experts: experts, ranks: ranks, capacity: problem.capacity)
                 .filter { p in p.rankOf.allSatisfy { Set($0).count == ranks } }  // no rank left without experts
@@ -222,7 +224,7 @@ func allPlacements(layers: Int, experts: Int, ranks: Int, capacity: Int? = nil) 
         let stats = TraceStatistics(randomTrace(layers: 2, experts: 8, topK: 2, tokens: 5, seed: 1))
         #expect(throws: PlacementError.self) { try PlacementProblem(statistics: stats, ranks: 2, capacity: 3).validate() }
         #expect(throws: PlacementError.self) { try PlacementProblem(statistics: stats, ranks: 4, nodes: 3).validate() }
-        #expect(throws: PlacementError.self) { try ExactSolver().solve(PlacementProblem(statistics: stats, ranks: 4, nodes: 2)) }
+        #expect(throws: PlacementError.self) { try ExactSolver().solve(PlacementProblem(statistics: stats, ranks: 9)) }  // a rank would stay empty
     }
 }
 
