@@ -133,10 +133,13 @@ public struct ExactSolver: PlacementSolver {
     public var deadline: Date?
     /// Polled as the program runs: true gives up (Ctrl-C).
     public var shouldStop: () -> Bool
+    /// Called as the program runs with the work done and all of it (states of each layer pair; a progress line).
+    public var progress: ((Int, Int) -> Void)?
 
-    public init(maxStates: Int = 6000, deadline: Date? = nil, shouldStop: @escaping () -> Bool = { false }) {
+    public init(maxStates: Int = 6000, deadline: Date? = nil, progress: ((Int, Int) -> Void)? = nil, shouldStop: @escaping () -> Bool = { false }) {
         self.maxStates = maxStates
         self.deadline = deadline
+        self.progress = progress
         self.shouldStop = shouldStop
     }
     public var name: String { "exact" }
@@ -279,6 +282,7 @@ public struct ExactSolver: PlacementSolver {
             fillOutflow(l)
             var next = Array(repeating: -Double.infinity, count: n), arg = Array(repeating: 0, count: n)
             for j in 0..<n {
+                progress?(l * n + j, (layers - 1) * n)
                 if shouldStop() { throw PlacementError.unsolved("interrupted before the exact solver finished (it has no plan until it ends)") }
                 if let deadline, Date() > deadline {
                     throw PlacementError.unsolved("the exact solver did not finish within the time limit (\(n) groupings per layer); --solver auto or ilp give a plan with its gap")

@@ -232,7 +232,7 @@ enum PlanDefaults {
         switch solver {
         case "contiguous": return try ContiguousSolver().solve(p)
         case "round-robin": return try RoundRobinSolver().solve(p)
-        case "exact": return try ExactSolver(deadline: deadline, shouldStop: { Interrupt.requested }).solve(p)
+        case "exact": return try exact(deadline: deadline).solve(p)
         case "local": return try search(deadline: deadline).solve(p)
         case "ilp":
             // CBC starts from local search (a quarter of the time) where that finds a feasible plan.
@@ -242,7 +242,7 @@ enum PlanDefaults {
         default:
             // Exact where it fits in half the time; else the rest goes to the ILP or to bisection and local search.
             let exactBy = Date().addingTimeInterval(deadline.timeIntervalSinceNow / 2)
-            if let exact = try? ExactSolver(deadline: exactBy, shouldStop: { Interrupt.requested }).solve(p) { return exact }
+            if let exact = try? exact(deadline: exactBy).solve(p) { return exact }
             if Interrupt.requested { throw PlacementError.unsolved("interrupted before any plan was found") }
             let bound = CombinatorialBound.lowerBound(p)
             guard ILPSolver.columns(p) <= ilpColumnLimit else {
@@ -278,6 +278,19 @@ extension PlanDefaults {
     }
 
     /// Local search that shows its progress on stderr and stops on Ctrl-C with the best plan so far.
+    /// The exact program, with a progress line at most every half second once it has run for one.
+    static func exact(deadline: Date) -> ExactSolver {
+        let terminal = isatty(STDERR_FILENO) != 0
+        let start = Date()
+        nonisolated(unsafe) var shown = start
+        return ExactSolver(deadline: deadline, progress: { done, total in
+            guard Date().timeIntervalSince(shown) >= (shown == start ? 1 : 0.5) else { return }
+            shown = Date()
+            let line = String(format: "moe plan: exact, %.0f %% after %.1f s", 100 * Double(done) / Double(max(total, 1)), Date().timeIntervalSince(start))
+            FileHandle.standardError.write(Data((terminal ? "\r" + line : line + "\n").utf8))
+        }, shouldStop: { Interrupt.requested })
+    }
+
     static func search(deadline: Date) -> LocalSearchSolver {
         let terminal = isatty(STDERR_FILENO) != 0
         let start = Date()

@@ -145,12 +145,32 @@ import Testing
     @Test(arguments: [("ilp", 16, 8, 400, "CBC running", "ilp (interrupted, start kept)"),
                       ("local", 24, 64, 1500, "local search, objective", "local:")])
     func ctrlCKeepsTheBestPlanSoFar(solver: String, layers: Int, experts: Int, tokens: Int, progress: String, line: String) throws {
-        let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json"), err = TemporaryPath(".err")
+        let plan = TemporaryPath(".json")
+        let r = try interruptPlan(["--ranks", "4", "--solver", solver, "--output", plan.path], layers: layers, experts: experts, tokens: tokens, after: progress)
+        #expect(r.status == 0 && r.seconds < 3, "exit \(r.status) after \(r.seconds) s")
+        #expect(r.stdout.contains(line), "\(r.stdout)")
+        let written = try PlanFile.load(path: plan.path)
+        try written.placement.validate(layers: layers, experts: experts, ranks: 4)
+    }
+
+    /// The exact program has no plan until it ends: Ctrl-C stops it at once with a message and no file.
+    @Test func ctrlCStopsTheExactSolverWithoutAPlan() throws {
+        let plan = TemporaryPath(".json")
+        let r = try interruptPlan(["--ranks", "3", "--solver", "exact", "--output", plan.path], layers: 6, experts: 12, tokens: 100, after: "moe plan: exact")
+        #expect(r.status == 1 && r.seconds < 3, "exit \(r.status) after \(r.seconds) s")
+        #expect(r.stderr.contains("no plan: interrupted before the exact solver finished"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: plan.path))
+    }
+
+    /// Runs `moe plan` on a random trace, sends SIGINT once stderr shows `progress`, and waits up to 30 s.
+    func interruptPlan(_ args: [String], layers: Int, experts: Int, tokens: Int, after progress: String) throws
+        -> (status: Int32, seconds: Double, stdout: String, stderr: String) {
+        let trace = TemporaryPath(".jsonl"), err = TemporaryPath(".err")
         try randomTraceLines(layers: layers, experts: experts, tokens: tokens).write(toFile: trace.path, atomically: true, encoding: .utf8)
         _ = FileManager.default.createFile(atPath: err.path, contents: nil)
         let p = Process()
         p.executableURL = MoEBinary.url
-        p.arguments = ["plan", "--trace", trace.path, "--ranks", "4", "--solver", solver, "--time-limit", "120", "--output", plan.path]
+        p.arguments = ["plan", "--trace", trace.path, "--time-limit", "120"] + args
         let out = Pipe()
         p.standardOutput = out
         p.standardError = FileHandle(forWritingAtPath: err.path)
@@ -167,10 +187,7 @@ import Testing
         if p.isRunning { p.terminate() }
         p.waitUntilExit()
         let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(p.terminationStatus == 0 && seconds < 3, "exit \(p.terminationStatus) after \(seconds) s")
-        #expect(stdout.contains(line), "\(stdout)")
-        let written = try PlanFile.load(path: plan.path)
-        try written.placement.validate(layers: layers, experts: experts, ranks: 4)
+        return (p.terminationStatus, seconds, stdout, (try? String(contentsOfFile: err.path, encoding: .utf8)) ?? "")
     }
 
     /// On two nodes CBC's root can run a minute past a 3 s limit (its own limit is checked between search nodes):
