@@ -127,7 +127,7 @@ public struct RoundRobinSolver: PlacementSolver {
 /// program over the layers' states finds the optimum. With one expert per rank on one node this is a chain of
 /// assignment problems.
 public struct ExactSolver: PlacementSolver {
-    /// Largest number of partitions per layer the solver takes on.
+    /// Largest number of states per layer (groupings into ranks, times their dealings into nodes) it takes on.
     public var maxStates: Int
     /// When to give up (the program has no plan before it ends); nil: never.
     public var deadline: Date?
@@ -154,9 +154,9 @@ public struct ExactSolver: PlacementSolver {
         func count(_ n: Int, _ k: Int) -> Double {
             if n == 0 { return k == 0 ? 1 : 0 }
             if k == 0 || n > k * capacity { return 0 }
-            if let v = memo[n * 1000 + k] { return v }
+            if let v = memo[n * (ranks + 1) + k] { return v }
             let v = (1...min(capacity, n)).reduce(0.0) { $0 + binomial(n - 1, $1 - 1) * count(n - $1, k - 1) }
-            memo[n * 1000 + k] = v
+            memo[n * (ranks + 1) + k] = v
             return v
         }
         guard count(experts, ranks) <= Double(limit) else { return nil }
