@@ -278,14 +278,22 @@ public struct ExactSolver: PlacementSolver {
         }
         var value = states.map { inside(0, $0) }
         var back: [[Int]] = []
+        let started = Date(), work = (layers - 1) * n
         for l in 0..<(layers - 1) {
             fillOutflow(l)
             var next = Array(repeating: -Double.infinity, count: n), arg = Array(repeating: 0, count: n)
             for j in 0..<n {
-                progress?(l * n + j, (layers - 1) * n)
+                let done = l * n + j
+                progress?(done, work)
                 if shouldStop() { throw PlacementError.unsolved("interrupted before the exact solver finished (it has no plan until it ends)") }
-                if let deadline, Date() > deadline {
-                    throw PlacementError.unsolved("the exact solver did not finish within the time limit (\(n) groupings per layer); --solver auto or ilp give a plan with its gap")
+                if let deadline {
+                    let now = Date(), elapsed = now.timeIntervalSince(started)
+                    // Every state costs about the same: past half a second the pace so far tells whether it can end
+                    // in time; give up at once when it would need more than twice the time there is.
+                    let projected = done > 0 ? elapsed * Double(work) / Double(done) : 0
+                    if now > deadline || (elapsed > 0.5 && projected > 2 * deadline.timeIntervalSince(started)) {
+                        throw PlacementError.unsolved(String(format: "the exact solver would take about %.0f s, over the time limit (%d groupings per layer); a longer --time-limit, or --solver auto or ilp for a plan with its gap", projected, n))
+                    }
                 }
                 let here = inside(l + 1, states[j])
                 guard here > -.infinity else { continue }

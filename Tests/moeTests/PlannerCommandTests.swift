@@ -146,7 +146,8 @@ import Testing
                       ("local", 24, 64, 1500, "local search, objective", "local:")])
     func ctrlCKeepsTheBestPlanSoFar(solver: String, layers: Int, experts: Int, tokens: Int, progress: String, line: String) throws {
         let plan = TemporaryPath(".json")
-        let r = try interruptPlan(["--ranks", "4", "--solver", solver, "--output", plan.path], layers: layers, experts: experts, tokens: tokens, after: progress)
+        let r = try interruptPlan(["--ranks", "4", "--solver", solver, "--time-limit", "120", "--output", plan.path], layers: layers, experts: experts, tokens: tokens,
+                                  after: progress)
         #expect(r.status == 0 && r.seconds < 3, "exit \(r.status) after \(r.seconds) s")
         #expect(r.stdout.contains(line), "\(r.stdout)")
         let written = try PlanFile.load(path: plan.path)
@@ -156,7 +157,9 @@ import Testing
     /// The exact program has no plan until it ends: Ctrl-C stops it at once with a message and no file.
     @Test func ctrlCStopsTheExactSolverWithoutAPlan() throws {
         let plan = TemporaryPath(".json")
-        let r = try interruptPlan(["--ranks", "3", "--solver", "exact", "--output", plan.path], layers: 6, experts: 12, tokens: 100, after: "moe plan: exact")
+        // A limit long enough for the whole program (else it gives up at once, seeing it cannot end in time).
+        let r = try interruptPlan(["--ranks", "3", "--solver", "exact", "--time-limit", "36000", "--output", plan.path], layers: 6, experts: 12, tokens: 100,
+                                  after: "moe plan: exact")
         #expect(r.status == 1 && r.seconds < 3, "exit \(r.status) after \(r.seconds) s")
         #expect(r.stderr.contains("no plan: interrupted before the exact solver finished"), "\(r.stderr)")
         #expect(!FileManager.default.fileExists(atPath: plan.path))
@@ -170,7 +173,7 @@ import Testing
         _ = FileManager.default.createFile(atPath: err.path, contents: nil)
         let p = Process()
         p.executableURL = MoEBinary.url
-        p.arguments = ["plan", "--trace", trace.path, "--time-limit", "120"] + args
+        p.arguments = ["plan", "--trace", trace.path] + args
         let out = Pipe()
         p.standardOutput = out
         p.standardError = FileHandle(forWritingAtPath: err.path)
@@ -211,7 +214,8 @@ import Testing
         let started = Date()
         let exact = try MoEBinary.run(["plan", "--trace", trace.path, "--ranks", "3", "--solver", "exact", "--time-limit", "1", "--output", plan.path])
         #expect(exact.status == 1)
-        #expect(exact.stderr.contains("no plan: the exact solver did not finish within the time limit (5775 groupings per layer)"), "\(exact.stderr)")
+        #expect(exact.stderr.contains("no plan: the exact solver would take about") && exact.stderr.contains("over the time limit (5775 groupings per layer)"),
+                "\(exact.stderr)")
         #expect(!FileManager.default.fileExists(atPath: plan.path))
         #expect(Date().timeIntervalSince(started) < 10)
         let auto = try MoEBinary.run(["plan", "--trace", trace.path, "--ranks", "3", "--time-limit", "3", "--output", plan.path])
