@@ -278,13 +278,14 @@ extension PlanDefaults {
     }
 
     /// Local search that shows its progress on stderr and stops on Ctrl-C with the best plan so far.
-    /// The exact program, with a progress line at most every half second once it has run for one.
+    /// The exact program, with a progress line once it has run for a second: on a terminal every half second, else
+    /// a plain line every 5 s.
     static func exact(deadline: Date) -> ExactSolver {
         let terminal = isatty(STDERR_FILENO) != 0
         let start = Date()
         nonisolated(unsafe) var shown = start
         return ExactSolver(deadline: deadline, progress: { done, total in
-            guard Date().timeIntervalSince(shown) >= (shown == start ? 1 : 0.5) else { return }
+            guard Date().timeIntervalSince(shown) >= (shown == start ? 1 : terminal ? 0.5 : 5) else { return }
             shown = Date()
             let line = String(format: "moe plan: exact, %.0f %% after %.1f s", 100 * Double(done) / Double(max(total, 1)), Date().timeIntervalSince(start))
             FileHandle.standardError.write(Data((terminal ? "\r" + line : line + "\n").utf8))
