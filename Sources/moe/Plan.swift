@@ -240,8 +240,9 @@ enum PlanDefaults {
             return try cbc(deadline: deadline, start: start?.placement).solve(p)
         case "bisect": return try BisectionSolver(deadline: deadline, shouldStop: { Interrupt.requested }).solve(p)
         default:
-            // Exact where it fits in half the time; else the rest goes to the ILP or to bisection and local search.
-            let exactBy = Date().addingTimeInterval(deadline.timeIntervalSinceNow / 2)
+            // Exact where its pace says it ends within 90 % of the time (it gives up at once when not); else the
+            // time goes to the ILP or to bisection and local search.
+            let exactBy = Date().addingTimeInterval(deadline.timeIntervalSinceNow * 0.9)
             if let exact = try? exact(deadline: exactBy).solve(p) { return exact }
             if Interrupt.requested { throw PlacementError.unsolved("interrupted before any plan was found") }
             let bound = CombinatorialBound.lowerBound(p)
