@@ -105,7 +105,7 @@ extension MoE.Plan {
     struct Evaluate: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Score a plan on a trace, beside the contiguous and round-robin baselines (and, with --against, another plan).")
 
-        @Option(help: "Plan file (JSON).")
+        @Option(help: "Plan file (JSON, or protobuf for .pb and .binpb).")
         var plan: String
 
         @Option(help: "Routing trace; repeat for several.")
@@ -278,7 +278,6 @@ extension PlanDefaults {
         }, shouldStop: { Interrupt.requested })
     }
 
-    /// Local search that shows its progress on stderr and stops on Ctrl-C with the best plan so far.
     /// The exact program, with a progress line once it has run for a second: on a terminal every half second, else
     /// a plain line every 5 s.
     static func exact(deadline: Date) -> ExactSolver {
@@ -293,6 +292,7 @@ extension PlanDefaults {
         }, shouldStop: { Interrupt.requested })
     }
 
+    /// Local search that shows its progress on stderr and stops on Ctrl-C with the best plan so far.
     static func search(deadline: Date) -> LocalSearchSolver {
         let terminal = isatty(STDERR_FILENO) != 0
         let start = Date()
