@@ -9,7 +9,8 @@ public enum RequestFile {
         public let path: String
         public let line: Int
         public let reason: String
-        public var description: String { "\(path):\(line): \(reason)" }
+        /// `path:line: reason`, or `path: reason` for the file as a whole (line 0).
+        public var description: String { line > 0 ? "\(path):\(line): \(reason)" : "\(path): \(reason)" }
     }
 
     /// Parses the file; `vocabulary` bounds the token ids. The first bad line throws, naming its number.

@@ -50,7 +50,8 @@ public struct RoutingTrace: Sendable {
         public let path: String
         public let line: Int
         public let reason: String
-        public var description: String { "\(path):\(line): \(reason)" }
+        /// `path:line: reason`, or `path: reason` for the file as a whole (line 0).
+        public var description: String { line > 0 ? "\(path):\(line): \(reason)" : "\(path): \(reason)" }
     }
 
     public init(sequences: [Sequence], layers: Int, experts: Int, topK: Int, skippedTokens: Int = 0, layerIds: [Int]? = nil, modelLayers: Int? = nil) {

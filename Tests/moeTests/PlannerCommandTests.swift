@@ -96,7 +96,7 @@ import Testing
          ":1: expert 9 is out of range for a model of 8 experts per layer"),
         (#"{"sequence": 0, "token": 0, "layer": 5, "experts": [1, 2], "weights": [0.5, 0.5]}"#, ["--ranks", "2", "--layers", "4"],
          ":1: layer 5 is out of range for a model of 4 layers"),
-        ("\n\n", ["--ranks", "2"], "no complete token in the trace"),
+        ("\n\n", ["--ranks", "2"], ".jsonl: no complete token in the trace"),
         (#"{"sequence": 0, "token": 0, "layer": 0, "experts": [1, 2], "weights": [0.5, 0.5]}"#, ["--ranks", "2", "--experts", "8", "--experts-per-rank", "3"],
          "2 ranks × 3 experts per rank cannot hold 8 experts per layer"),
         // One token: experts 1 and 2 carry all of layer 0's load, so on 4 ranks each is 2× the mean.
