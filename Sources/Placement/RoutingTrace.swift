@@ -46,10 +46,15 @@ public struct RoutingTrace: Sendable {
     public var skippedTokens: Int
 
     /// A trace line that cannot be read.
-    public struct LineError: Error, CustomStringConvertible {
+    public struct LineError: Error, CustomStringConvertible, Equatable {
         public let path: String
         public let line: Int
         public let reason: String
+        public init(path: String, line: Int, reason: String) {
+            self.path = path
+            self.line = line
+            self.reason = reason
+        }
         /// `path:line: reason`, or `path: reason` for the file as a whole (line 0).
         public var description: String { line > 0 ? "\(path):\(line): \(reason)" : "\(path): \(reason)" }
     }
@@ -64,6 +69,56 @@ public struct RoutingTrace: Sendable {
         self.skippedTokens = skippedTokens
     }
 
+    /// One line of a trace file, parsed on its own.
+    enum ParsedLine {
+        case blank
+        case record((sequence: String, token: Int, layer: Int, ids: [Int], weights: [Float]))
+        case failure(String)
+    }
+
+    /// Parses each line (both forms) with the checks that need no other line.
+    static func parse(_ raw: Substring) -> ParsedLine {
+        let line = raw.trimmingCharacters(in: .whitespaces)
+        if line.isEmpty { return .blank }
+        guard let o = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] else { return .failure("not a JSON object") }
+        let sequence: String, token: Int, weightsKey: String
+        if let s = o["sequence"] {
+            sequence = "\(s)"
+            guard let t = o["token"] as? Int else { return .failure("'token' is missing or not an integer") }
+            token = t
+            weightsKey = "weights"
+        } else if let p = o["problem_id"] {
+            sequence = "\(o["dataset"] ?? "")/\(p)"
+            guard let t = o["token_idx"] as? Int else { return .failure("'token_idx' is missing or not an integer") }
+            token = t
+            weightsKey = "gating_probs"
+        } else {
+            return .failure("neither 'sequence' nor 'problem_id': not a routing trace line")
+        }
+        guard let layer = o["layer"] as? Int, layer >= 0 else { return .failure("'layer' is missing or negative") }
+        guard let ids = o["experts"] as? [Int], !ids.isEmpty, ids.allSatisfy({ $0 >= 0 }) else {
+            return .failure("'experts' must be a non-empty list of expert ids >= 0")
+        }
+        guard let weights = (o[weightsKey] as? [Any])?.compactMap({ ($0 as? NSNumber)?.floatValue }), weights.count == ids.count else {
+            return .failure("'\(weightsKey)' must be a list of \(ids.count) numbers")
+        }
+        return .record((sequence, token, layer, ids, weights))
+    }
+
+    /// `parse` over all lines, in chunks on every core; results in line order.
+    static func parseConcurrently(_ lines: [Substring]) -> [ParsedLine] {
+        var out = [ParsedLine](repeating: .blank, count: lines.count)
+        let chunks = min(lines.count, 4 * ProcessInfo.processInfo.activeProcessorCount)
+        guard chunks > 1 else { return lines.map(parse) }
+        out.withUnsafeMutableBufferPointer { buffer in
+            nonisolated(unsafe) let slots = buffer
+            DispatchQueue.concurrentPerform(iterations: chunks) { c in
+                for i in (c * lines.count / chunks)..<((c + 1) * lines.count / chunks) { slots[i] = parse(lines[i]) }
+            }
+        }
+        return out
+    }
+
     /// Reads and merges JSONL trace files; with `layers` or `experts` given (the model's), a line outside them
     /// is an error naming its line.
     public static func load(paths: [String], layers modelLayers: Int? = nil, experts modelExperts: Int? = nil) throws -> RoutingTrace {
@@ -74,33 +129,17 @@ public struct RoutingTrace: Sendable {
             guard let data = FileManager.default.contents(atPath: path) else {
                 throw LineError(path: path, line: 0, reason: FileManager.default.fileExists(atPath: path) ? "cannot read" : "no such file")
             }
-            for (n, raw) in String(decoding: data, as: UTF8.self).split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
-                let line = raw.trimmingCharacters(in: .whitespaces)
-                if line.isEmpty { continue }
+            // Lines are parsed on every core (JSON is most of the time), then checked and merged in order, so the
+            // first bad line is the one reported.
+            let lines = String(decoding: data, as: UTF8.self).split(omittingEmptySubsequences: false, whereSeparator: \.isNewline)
+            let parsed = parseConcurrently(lines)
+            for (n, line) in parsed.enumerated() {
                 func bad(_ reason: String) -> LineError { LineError(path: path, line: n + 1, reason: reason) }
-                guard let o = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] else {
-                    throw bad("not a JSON object")
-                }
-                let sequence: String, token: Int, weightsKey: String
-                if let s = o["sequence"] {
-                    sequence = "\(s)"
-                    guard let t = o["token"] as? Int else { throw bad("'token' is missing or not an integer") }
-                    token = t
-                    weightsKey = "weights"
-                } else if let p = o["problem_id"] {
-                    sequence = "\(o["dataset"] ?? "")/\(p)"
-                    guard let t = o["token_idx"] as? Int else { throw bad("'token_idx' is missing or not an integer") }
-                    token = t
-                    weightsKey = "gating_probs"
-                } else {
-                    throw bad("neither 'sequence' nor 'problem_id': not a routing trace line")
-                }
-                guard let layer = o["layer"] as? Int, layer >= 0 else { throw bad("'layer' is missing or negative") }
-                guard let ids = o["experts"] as? [Int], !ids.isEmpty, ids.allSatisfy({ $0 >= 0 }) else {
-                    throw bad("'experts' must be a non-empty list of expert ids >= 0")
-                }
-                guard let weights = (o[weightsKey] as? [Any])?.compactMap({ ($0 as? NSNumber)?.floatValue }), weights.count == ids.count else {
-                    throw bad("'\(weightsKey)' must be a list of \(ids.count) numbers")
+                let sequence: String, token: Int, layer: Int, ids: [Int], weights: [Float]
+                switch line {
+                case .blank: continue
+                case .failure(let reason): throw bad(reason)
+                case .record(let r): (sequence, token, layer, ids, weights) = (r.sequence, r.token, r.layer, r.ids, r.weights)
                 }
                 if let modelLayers, layer >= modelLayers { throw bad("layer \(layer) is out of range for a model of \(modelLayers) layers") }
                 if let modelExperts, let e = ids.first(where: { $0 >= modelExperts }) {

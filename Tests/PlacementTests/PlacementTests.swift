@@ -80,6 +80,25 @@ import Testing
         }
     }
 
+    /// Lines are parsed concurrently; the first bad line in file order is still the one named.
+    @Test func theFirstBadLineIsNamed() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("bad-\(UUID().uuidString).jsonl")
+        defer { try? FileManager.default.removeItem(at: path) }
+        var lines = (0..<200).map { #"{"sequence": 0, "token": \#($0 / 2), "layer": \#($0 % 2), "experts": [1, 2], "weights": [0.5, 0.5]}"# }
+        lines[180] = "not json"
+        lines[6] = #"{"sequence": 0, "token": 3, "layer": 0, "experts": [1, 2, 3], "weights": [0.5, 0.5, 0.1]}"#  // top-3 after top-2
+        lines[60] = #"{"sequence": 0, "token": 30, "experts": [1, 2], "weights": [0.5, 0.5]}"#
+        try lines.joined(separator: "\n").write(to: path, atomically: true, encoding: .utf8)
+        #expect(throws: RoutingTrace.LineError(path: path.path, line: 7, reason: "3 experts where earlier lines had 2")) {
+            try RoutingTrace.load(paths: [path.path])
+        }
+        lines[6] = lines[5]
+        try lines.joined(separator: "\n").write(to: path, atomically: true, encoding: .utf8)
+        #expect(throws: RoutingTrace.LineError(path: path.path, line: 61, reason: "'layer' is missing or negative")) {
+            try RoutingTrace.load(paths: [path.path])
+        }
+    }
+
     /// A model whose layer 1 is dense (no routing): the trace keeps layers 0 and 2, a token's transition goes from
     /// one to the other, and a plan of those two layers becomes one of the model's three.
     @Test func denseLayersAreLeftOutOfTheTraceAndFilledInThePlan() throws {
