@@ -264,7 +264,7 @@ public struct ExactSolver: PlacementSolver {
         var groupOf = [[Int]](repeating: [Int](repeating: 0, count: e), count: n)
         for (i, st) in states.enumerated() { for (h, block) in st.enumerated() { for a in block { groupOf[i][a] = h } } }
         var score = [Double](repeating: 0, count: g * g), outflow = [Double](repeating: 0, count: n * g * e)
-        func groupMasses(_ l: Int, _ i: Int, _ j: Int) {
+        func groupMasses(_ i: Int, _ j: Int) {
             let to = groupOf[j]
             for k in 0..<(g * g) { score[k] = 0 }
             for h in 0..<g {
@@ -298,7 +298,7 @@ public struct ExactSolver: PlacementSolver {
                 let here = inside(l + 1, states[j])
                 guard here > -.infinity else { continue }
                 for i in 0..<n where value[i] > -.infinity {
-                    groupMasses(l, i, j)
+                    groupMasses(i, j)
                     let v = value[i] + kept(score).value + here
                     if v > next[j] { next[j] = v; arg[j] = i }
                 }
@@ -316,8 +316,9 @@ public struct ExactSolver: PlacementSolver {
         var groupRank = Array(0..<g)
         for (r, block) in states[chosen[0]].enumerated() { for a in block { rankOf[0][a] = r } }
         for l in 1..<max(layers, 1) {
-            fillOutflow(l - 1)
-            groupMasses(l - 1, chosen[l - 1], chosen[l])
+            // One pair of states: their group masses directly (the program's outflows are per layer and gone).
+            let from = states[chosen[l - 1]], to = states[chosen[l]], t = s.transitions[l - 1]
+            for h in 0..<g { for k in 0..<g { score[h * g + k] = from[h].reduce(0.0) { acc, a in to[k].reduce(acc) { $0 + t[a * e + $1] } } } }
             let match = kept(score, matching: true).match
             var next = Array(repeating: 0, count: g)
             for (bi, bj) in match.enumerated() { next[bj] = groupRank[bi] }
