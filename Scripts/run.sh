@@ -5,6 +5,7 @@
 # placement: RANKS ranks (default 2),
 # coherent (ExFlow) dispatch, 64 generated tokens. The synthetic model routes at random, so the plan here is a
 # demonstration; real gains come from real traces (README, "Placement").
+# Every mpirun goes through Scripts/mpirun.sh (its own OpenMPI session folder, no inherited MPI variables).
 # Environment: RANKS, DISPATCH (coherent or ep2). Extra arguments go to `moe generate`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,10 +16,8 @@ ranks=${RANKS:-2}
 out=.build/run
 mkdir -p "$out"
 prompt=1,415,2936,9060,285,1142
-root=()
-[ "$(id -u)" -ne 0 ] || root=(--allow-run-as-root)
-mpirun "${root[@]}" --oversubscribe -np "$ranks" "$moe" trace --preset medium --prompt-ids "$prompt" --max-new-tokens 64 \
+Scripts/mpirun.sh -np "$ranks" "$moe" trace --preset medium --prompt-ids "$prompt" --max-new-tokens 64 \
     --output "$out/trace.jsonl"
 "$moe" plan --trace "$out/trace.jsonl" --ranks "$ranks" --experts 8 --output "$out/plan.json"
-mpirun "${root[@]}" --oversubscribe -np "$ranks" "$moe" generate --preset medium --placement "$out/plan.json" \
+Scripts/mpirun.sh -np "$ranks" "$moe" generate --preset medium --placement "$out/plan.json" \
     --dispatch "${DISPATCH:-coherent}" --prompt-ids "$prompt" --max-new-tokens 64 --temperature 0 --json "$@"

@@ -3,20 +3,6 @@ import Foundation
 import Placement
 import Testing
 
-/// `mpirun -np G moe …`, with the environment a child of an MPI process must not inherit stripped.
-enum MPIRun {
-    static func run(_ ranks: Int, _ args: [String], extra: [String] = [], environment: [String: String] = [:], timeout: Double = 120)
-        throws -> MoEBinary.Result {
-        var env = ProcessInfo.processInfo.environment.filter { k, _ in !k.hasPrefix("OMPI_") && !k.hasPrefix("PMIX_") && !k.hasPrefix("OPAL_") }
-        for (k, v) in environment { env[k] = v }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "\(ranks)"] + extra + [MoEBinary.url.path] + args
-        p.environment = env
-        return try MoEBinary.wait(p, timeout: timeout)
-    }
-}
-
 /// A temporary file path, removed when the value goes away.
 final class TemporaryPath {
     let path: String
@@ -243,14 +229,10 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
 
     @Test func missingModelOnOneRankStopsEveryRank() throws {
         // MPMD launch: rank 0 has the model, rank 1 is pointed at a folder that does not exist.
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["mpirun", "--allow-run-as-root", "--oversubscribe",
-                       "-np", "1", MoEBinary.url.path, "generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", "1,2", ":",
-                       "-np", "1", MoEBinary.url.path, "generate", "--model", "/nonexistent/model", "--prompt-ids", "1,2"]
-        p.environment = ProcessInfo.processInfo.environment.filter { k, _ in !k.hasPrefix("OMPI_") && !k.hasPrefix("PMIX_") && !k.hasPrefix("OPAL_") }
         let t0 = Date()
-        let m = try MoEBinary.wait(p, timeout: 60)
+        let m = try MPIRun.run(arguments: ["-np", "1", MoEBinary.url.path, "generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", "1,2", ":",
+                                           "-np", "1", MoEBinary.url.path, "generate", "--model", "/nonexistent/model", "--prompt-ids", "1,2"],
+                               timeout: 60)
         expectStops(m, seconds: Date().timeIntervalSince(t0), saying: "rank 1: /nonexistent/model: no such file")
     }
 
@@ -269,17 +251,9 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         try [#"{"id": "quick", "prompt_ids": [1, 2, 3], "max_new_tokens": 2}"#,
              #"{"id": "long", "prompt_ids": [4, 5, 6], "max_new_tokens": 100000, "arrival_step": 3}"#]
             .joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "3", MoEBinary.url.path, "generate",
-                       "--preset", "tiny", "--requests", requests.path]
-        var env = ProcessInfo.processInfo.environment.filter { k, _ in !k.hasPrefix("OMPI_") && !k.hasPrefix("PMIX_") && !k.hasPrefix("OPAL_") }
-        env["MOE_PID_DIR"] = pids.path
-        p.environment = env
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
+        let launch = try MPIRun.start(["-np", "3", MoEBinary.url.path, "generate", "--preset", "tiny", "--requests", requests.path],
+                                      environment: ["MOE_PID_DIR": pids.path])
+        let p = launch.process, out = launch.stdout, err = launch.stderr
         // Wait for the quick result, then kill rank 1 while the long request runs.
         var stdout = Data()
         let deadline = Date().addingTimeInterval(60)

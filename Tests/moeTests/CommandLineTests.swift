@@ -40,6 +40,11 @@ enum MoEBinary {
         p.standardOutput = out
         p.standardError = err
         try p.run()
+        return collect(p, stdout: out, stderr: err, timeout: timeout)
+    }
+
+    /// Collects the output of the started `p` from its pipes, and ends it if it outlives `timeout` seconds.
+    static func collect(_ p: Process, stdout out: Pipe, stderr err: Pipe, timeout: Double) -> Result {
         let group = DispatchGroup()
         nonisolated(unsafe) var o = Data(), e = Data()
         group.enter(); DispatchQueue.global().async { o = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# `mpirun` as every script of this project starts it: Scripts/mpirun.sh [mpirun options] -np G PROGRAM ARGS...
+# - the child gets none of the OMPI_*, PMIX_*, OPAL_* variables of an MPI job this may run inside (a nested mpirun
+#   would take itself for one of its ranks);
+# - the launch gets its own OpenMPI session directory (--mca orte_tmpdir_base on a fresh folder, removed at exit):
+#   launches that start and end beside each other otherwise race to make and remove the shared per-user
+#   <tmp>/ompi.<host>.<uid>, and one fails with "A call to mkdir was unable to create the desired directory";
+# - as root it passes --allow-run-as-root, and --oversubscribe unless MOE_MPIRUN_NO_OVERSUBSCRIBE=1.
+# Exit status: mpirun's. SIGINT/SIGTERM go to mpirun, which ends its ranks; the session folder goes either way.
+set -uo pipefail
+for v in $(env | sed -n 's/^\(\(OMPI\|PMIX\|OPAL\)_[A-Za-z0-9_]*\)=.*/\1/p'); do unset "$v"; done
+session=$(mktemp -d /tmp/moe-mpi-XXXXXX) || exit 1
+options=(--mca orte_tmpdir_base "$session")
+[ "$(id -u)" -ne 0 ] || options+=(--allow-run-as-root)
+[ "${MOE_MPIRUN_NO_OVERSUBSCRIBE:-0}" = 1 ] || options+=(--oversubscribe)
+# Explicit <&0: a background command of a script otherwise reads /dev/null (mpirun forwards stdin to rank 0).
+mpirun "${options[@]}" "$@" <&0 &
+pid=$!
+trap 'kill -TERM "$pid" 2>/dev/null' INT TERM
+# `wait` returns early when a trapped signal arrives: wait again until mpirun has really gone.
+while :; do
+    wait "$pid"; status=$?
+    kill -0 "$pid" 2>/dev/null || break
+done
+rm -rf "$session"
+exit "$status"
