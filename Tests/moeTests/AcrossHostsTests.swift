@@ -1,0 +1,82 @@
+import Foundation
+@testable import Models
+import Testing
+
+/// The cluster across two network-namespace hosts (`Deploy/netns-cluster.sh`): one rank per host over TCP.
+/// Needs root (CI runs as root); elsewhere the suite is skipped, saying why.
+@Suite(.serialized, .enabled(if: MPIRun.canMakeHosts, "needs root with ip and unshare to make namespace hosts"))
+struct AcrossHostsTests {
+    /// Both modes, contiguous and shuffled placements: the single process's greedy tokens, and forward logits
+    /// within 1e-4 with identical experts.
+    @Test(arguments: [("ep2", false), ("coherent", false), ("coherent", true)])
+    func twoHostsGiveTheSingleProcessResult(mode: String, shuffled: Bool) throws {
+        let ref = Reference.all["tiny-mixtral"]!
+        let plan = shuffled ? try shuffledPlan(layers: ref.spec.layers, experts: ref.spec.experts, ranks: 2, topK: ref.spec.topK) : nil
+        let placement = plan.map { ["--placement", $0.path] } ?? []
+        let prompt = ref.prompt.map(String.init).joined(separator: ",")
+        let g = try MPIRun.startAcrossHosts(2, ["-np", "2", MoEBinary.url.path, "generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", prompt,
+                                                "--max-new-tokens", "8", "--temperature", "0", "--json", "--dispatch", mode] + placement)
+            .finish(timeout: 120)
+        #expect(g.status == 0, "\(g.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(g.lastLine.utf8)) as? [String: Any]
+        #expect(json?["tokens"] as? [Int] == ref.greedy)
+
+        let out = TemporaryPath(".safetensors")
+        let f = try MPIRun.startAcrossHosts(2, ["-np", "2", MoEBinary.url.path, "forward", "--model", fixture("tiny-mixtral"), "--input-ids", prompt,
+                                                "--output", out.path, "--dispatch", mode] + placement).finish(timeout: 120)
+        #expect(f.status == 0, "\(f.stderr)")
+        let file = try SafeTensorsFile(path: out.path)
+        #expect(zip(file.floats("logits"), ref.logits).map { abs($0 - $1) }.max()! < 1e-4)
+        #expect(file.ints("topk_ids") == ref.ids)
+    }
+
+    /// A shaped link (tbf) changes the speed, not the tokens.
+    @Test func aShapedLinkGivesTheSameTokens() throws {
+        let ref = Reference.all["tiny-olmoe"]!
+        let g = try MPIRun.startAcrossHosts(2, options: ["--rate", "100mbit"],
+                                            ["-np", "2", MoEBinary.url.path, "generate", "--model", fixture("tiny-olmoe"), "--prompt-ids",
+                                             ref.prompt.map(String.init).joined(separator: ","), "--max-new-tokens", "8", "--temperature", "0", "--json"])
+            .finish(timeout: 120)
+        #expect(g.status == 0, "\(g.stderr)")
+        #expect((try JSONSerialization.jsonObject(with: Data(g.lastLine.utf8)) as? [String: Any])?["tokens"] as? [Int] == ref.greedy)
+    }
+
+    /// Rank 1 (on the second host) killed mid-run: the job ends within 30 s naming it, the finished result stays
+    /// written, and the script leaves no namespace or /etc/hosts line behind.
+    @Test func aKilledRankOnTheOtherHostEndsTheJob() throws {
+        let pids = try TemporaryDirectoryPath()
+        let requests = TemporaryPath(".jsonl")
+        try [#"{"id": "quick", "prompt_ids": [1, 2, 3], "max_new_tokens": 2}"#,
+             #"{"id": "long", "prompt_ids": [4, 5, 6], "max_new_tokens": 100000, "arrival_step": 3}"#]
+            .joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let launch = try MPIRun.startAcrossHosts(2, ["-np", "2", MoEBinary.url.path, "generate", "--preset", "tiny", "--requests", requests.path],
+                                                 environment: ["MOE_PID_DIR": pids.path])
+        var stdout = Data()
+        let deadline = Date().addingTimeInterval(60)
+        while !String(decoding: stdout, as: UTF8.self).contains("quick") && Date() < deadline {
+            stdout.append(launch.stdout.fileHandleForReading.availableData)
+        }
+        let pidText = try String(contentsOfFile: pids.path + "/rank-1.pid", encoding: .utf8)
+        let killedAt = Date()
+        kill(pid_t(pidText)!, SIGKILL)
+        let rest = launch.finish(timeout: 40)
+        #expect(Date().timeIntervalSince(killedAt) < 30)
+        #expect(rest.status != 0)
+        #expect(rest.stderr.contains("rank 1") || rest.stderr.contains("rank1"), "\(rest.stderr)")
+        #expect((String(decoding: stdout, as: UTF8.self) + rest.stdout).contains(#""id":"quick""#))
+        let hosts = try String(contentsOfFile: "/etc/hosts", encoding: .utf8)
+        #expect(!hosts.contains("moe netns-cluster"), "\(hosts)")
+    }
+
+    /// Bad arguments to the script: a message and exit 2, nothing made.
+    @Test(arguments: [(["--hosts", "0", "--", "true"], "--hosts must be 1-99"), (["--rate", "fast", "--", "true"], "--rate takes a tc rate"),
+                      (["--hosts", "2"], "nothing to run"), (["--cores", "0", "--", "true"], "--cores has 1 lists for 2 hosts")])
+    func badArgumentsAreRefused(args: [String], message: String) throws {
+        let p = Process()
+        p.executableURL = LaunchSiteTests.root.appendingPathComponent("Deploy/netns-cluster.sh")
+        p.arguments = args
+        let r = try MoEBinary.wait(p, timeout: 30)
+        #expect(r.status == 2)
+        #expect(r.stderr.contains(message), "\(r.stderr)")
+    }
+}
