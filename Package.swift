@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -87,7 +88,7 @@ let package = Package(
         .testTarget(name: "CommTests", dependencies: ["Comm"]),
         .testTarget(
             name: "moeTests",
-            dependencies: ["moe", "Models", "Placement"],
+            dependencies: ["moe", "Models", "Placement", .product(name: "Yams", package: "Yams")],
             swiftSettings: simdFlags
         ),
     ],

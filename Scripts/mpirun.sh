@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # `mpirun` as every script of this project starts it: Scripts/mpirun.sh [mpirun options] -np G PROGRAM ARGS...
-# - the child gets none of the OMPI_*, PMIX_*, OPAL_* variables of an MPI job this may run inside (a nested mpirun
-#   would take itself for one of its ranks);
+# - inside an MPI job (PMIX_RANK or OMPI_COMM_WORLD_SIZE set) the child gets none of the job's OMPI_*, PMIX_*,
+#   OPAL_* variables (a nested mpirun would take itself for one of its ranks); outside one they stay, since
+#   launchers such as Kubeflow's MPI Operator configure mpirun through OMPI_MCA_* variables;
 # - the launch gets its own OpenMPI session directory (--mca orte_tmpdir_base on a fresh folder, removed at exit):
 #   launches that start and end beside each other otherwise race to make and remove the shared per-user
 #   <tmp>/ompi.<host>.<uid>, and one fails with "A call to mkdir was unable to create the desired directory";
 # - as root it passes --allow-run-as-root, and --oversubscribe unless MOE_MPIRUN_NO_OVERSUBSCRIBE=1.
 # Exit status: mpirun's. SIGINT/SIGTERM go to mpirun, which ends its ranks; the session folder goes either way.
 set -uo pipefail
-for v in $(env | sed -n 's/^\(\(OMPI\|PMIX\|OPAL\)_[A-Za-z0-9_]*\)=.*/\1/p'); do unset "$v"; done
+if [ -n "${PMIX_RANK:-}${OMPI_COMM_WORLD_SIZE:-}" ]; then
+    for v in $(env | sed -n 's/^\(\(OMPI\|PMIX\|OPAL\)_[A-Za-z0-9_]*\)=.*/\1/p'); do unset "$v"; done
+fi
 session=$(mktemp -d /tmp/moe-mpi-XXXXXX) || exit 1
 options=(--mca orte_tmpdir_base "$session")
 [ "$(id -u)" -ne 0 ] || options+=(--allow-run-as-root)

@@ -151,13 +151,13 @@ enum MPIRun {
     static func shellLaunches(_ text: String) -> [String] {
         text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { line in
             guard !line.hasPrefix("#"), !line.hasPrefix("echo") else { return false }
-            return line.range(of: #"(^|[;&|(`]\s*|\$\(\s*|\bexec\s+|\btime\s+)mpirun\b"#, options: .regularExpression) != nil
+            return line.range(of: #"(^|[;&|(`]\s*|\$\(\s*|\bexec\s+|\btime\s+)mpirun(\s|$)"#, options: .regularExpression) != nil
         }
     }
 
     @Test func shellDetectorSeesLaunchesAndNotMentions() {
         #expect(Self.shellLaunches("mpirun -np 2 moe\n  x && mpirun -np 1 a\nout=$(mpirun -np 1 b)").count == 3)
-        #expect(Self.shellLaunches("# mpirun -np 2\necho \"use mpirun\"\nScripts/mpirun.sh -np 2 moe\nwhich mpirun").isEmpty)
+        #expect(Self.shellLaunches("# mpirun -np 2\necho \"use mpirun\"\nScripts/mpirun.sh -np 2 moe\nwhich mpirun\nx) echo \"(mpirun's arguments)\"").isEmpty)
     }
 
     @Test func everyLaunchGoesThroughAHelper() throws {
