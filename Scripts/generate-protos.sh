@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the committed Swift code of Protocols/*.proto into Sources/Wire/Generated.
-# protoc comes from Debian (protobuf-compiler); protoc-gen-swift is built once from the swift-protobuf version
-# Package.swift uses, into .build-protoc-gen-swift (never as a build plugin, which would compile protoc every build).
+# protoc comes from Debian (protobuf-compiler; libprotobuf-dev for the well-known types placement.proto imports);
+# protoc-gen-swift is built once from the swift-protobuf version Package.swift uses, into .build-protoc-gen-swift
+# (never as a build plugin, which would compile protoc every build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=1.39.0

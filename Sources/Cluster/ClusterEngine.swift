@@ -51,7 +51,8 @@ public final class ClusterEngine {
     public let placement: Placement
     public let mode: DispatchMode
     /// When set, routers follow this trace: sequence slot s takes trace sequence s mod count, position p its
-    /// token p (`--routing replay:`).
+    /// token p (`--routing replay:`); where a line has no weights, the router's own probabilities of its experts
+    /// (renormalised when the model renormalises) weigh them.
     public var replay: RoutingTrace?
     /// Called on the owner with the router's decision during prefill (`moe forward`, traces).
     public var routingObserver: ((_ layer: Int, _ routing: RoutingDecision) -> Void)?
@@ -89,9 +90,12 @@ public final class ClusterEngine {
         let routed = replay.layerIds.firstIndex(of: l)!  // checkReplay: the trace routes exactly the MoE layers
         for (i, p) in positions.enumerated() {
             let choice = replay.sequences[p.slot % replay.sequences.count].tokens[p.position][routed]
-            for j in 0..<k {
-                ids[i * k + j] = Int32(choice.experts[j])
-                weights[i * k + j] = choice.weights[j]
+            for j in 0..<k { ids[i * k + j] = Int32(choice.experts[j]) }
+            if choice.weighted {
+                for j in 0..<k { weights[i * k + j] = choice.weights[j] }
+            } else {
+                // The trace has the ids only: weigh them as this router would (its probabilities of those experts).
+                routing.routerWeights(token: i, for: ids + i * k, count: k, into: weights + i * k)
             }
         }
         return routing

@@ -9,6 +9,33 @@ public struct RoutingDecision {
     public let ids: UnsafePointer<Int32>
     /// `[tokens, topK]` weights.
     public let weights: UnsafePointer<Float>
+    /// `[tokens, experts]` the router's softmax probabilities of every expert, before top-k.
+    public let probabilities: UnsafePointer<Float>
+    /// Whether the top-k weights are the probabilities renormalised to sum 1 (else the probabilities themselves).
+    public let renormalised: Bool
+    public let experts: Int
+
+    public init(tokens: Int, topK: Int, ids: UnsafePointer<Int32>, weights: UnsafePointer<Float>, probabilities: UnsafePointer<Float>,
+                renormalised: Bool, experts: Int) {
+        self.tokens = tokens
+        self.topK = topK
+        self.ids = ids
+        self.weights = weights
+        self.probabilities = probabilities
+        self.renormalised = renormalised
+        self.experts = experts
+    }
+
+    /// The weights this router gives token `t` for `ids` (`count` experts), into `weights`: their probabilities,
+    /// renormalised to sum 1 when the router renormalises its top-k (replaying a trace that records ids only).
+    public func routerWeights(token t: Int, for ids: UnsafePointer<Int32>, count: Int, into weights: UnsafeMutablePointer<Float>) {
+        var sum: Float = 0
+        for j in 0..<count {
+            weights[j] = probabilities[t * experts + Int(ids[j])]
+            sum += weights[j]
+        }
+        if renormalised && sum > 0 { for j in 0..<count { weights[j] /= sum } }
+    }
 }
 
 /// Moves tokens to their experts and brings the results back (route → dispatch → experts → combine).

@@ -261,7 +261,7 @@ public final class MoEDecoder {
                 for j in 0..<k { weights[r * k + j] /= sum }
             }
         }
-        return RoutingDecision(tokens: t, topK: k, ids: ids, weights: weights)
+        return RoutingDecision(tokens: t, topK: k, ids: ids, weights: weights, probabilities: logits, renormalised: spec.normTopK, experts: e)
     }
 
     private func addBias(_ bias: [Float], _ y: UnsafeMutablePointer<Float>, rows: Int) {

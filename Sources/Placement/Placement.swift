@@ -102,10 +102,14 @@ public struct PlanFile: Codable, Sendable, Equatable {
     public var hash: String?
     /// The `--max-load` bound the plan was made under, if any.
     public var maxLoad: Double?
+    /// The gate weights given to trace lines that had none (highest-ranked expert first); nil when every line of
+    /// the traces carried its own.
+    public var defaultWeights: [Double]?
 
     enum CodingKeys: String, CodingKey {
         case version, layers, experts, ranks, nodes, solver, objective, hash
         case maxLoad = "max_load"
+        case defaultWeights = "default_weights"
         case topK = "top_k"
         case rankOf = "rank_of"
         case lowerBound = "lower_bound"

@@ -19,6 +19,7 @@ extension PlanFile {
         m.traceDigest = traceDigest ?? ""
         m.hash = hash ?? ""
         m.maxLoad = maxLoad ?? 0
+        m.defaultWeights = (defaultWeights ?? []).map(Float.init)
         return m
     }
 
@@ -31,6 +32,7 @@ extension PlanFile {
         experts = Int(m.experts)
         hash = m.hash.isEmpty ? nil : m.hash
         maxLoad = m.maxLoad > 0 ? m.maxLoad : nil
+        defaultWeights = m.defaultWeights.isEmpty ? nil : m.defaultWeights.map(Double.init)
     }
 
     /// Writes the plan as binary protobuf.

@@ -6,7 +6,9 @@ import Foundation
 /// Reads two JSONL forms, one object per (token, layer): this project's (`sequence`, `token`, `layer`,
 /// `experts`, `weights`, as `moe trace` writes) and the vLLM dump of `../shared/data/traces` (`dataset`,
 /// `problem_id`, `token_idx`, `layer`, `experts`, `gating_probs`). Tokens that lack a layer are skipped and
-/// counted; the rest keep their order as consecutive positions.
+/// counted; the rest keep their order as consecutive positions. Lines may lack the weights (MT-Bench's dump records
+/// expert ids only): such a choice is marked `weighted == false` and gets the default weights the reader is given
+/// (equal shares unless told otherwise), which is what the planner's statistics then use.
 ///
 /// Layers no line mentions are dense (a model's MLP-only layers, such as Qwen-MoE's `mlp_only_layers`): the trace
 /// keeps only the routed ones, in order, so a token's transitions go from one routed layer to the next, and
@@ -16,7 +18,13 @@ public struct RoutingTrace: Sendable {
     public struct Choice: Sendable, Equatable {
         public var experts: [Int]
         public var weights: [Float]
-        public init(experts: [Int], weights: [Float]) { self.experts = experts; self.weights = weights }
+        /// Whether the trace line carried these weights (false: filled in with the reader's default weights).
+        public var weighted: Bool
+        public init(experts: [Int], weights: [Float], weighted: Bool = true) {
+            self.experts = experts
+            self.weights = weights
+            self.weighted = weighted
+        }
 
         /// The gate weights scaled to sum to 1 (equal shares when they sum to 0).
         public var normalisedWeights: [Double] {
@@ -44,6 +52,9 @@ public struct RoutingTrace: Sendable {
     public var topK: Int
     /// Tokens dropped because some layer was missing.
     public var skippedTokens: Int
+    /// Lines read without weights, and the weights they were given (nil when every line had its own).
+    public var unweightedLines = 0
+    public var defaultWeights: [Float]?
 
     /// A trace line that cannot be read.
     public struct LineError: Error, CustomStringConvertible, Equatable {
@@ -72,7 +83,8 @@ public struct RoutingTrace: Sendable {
     /// One line of a trace file, parsed on its own.
     enum ParsedLine {
         case blank
-        case record((sequence: String, token: Int, layer: Int, ids: [Int], weights: [Float]))
+        /// `weights` nil: the line has none.
+        case record((sequence: String, token: Int, layer: Int, ids: [Int], weights: [Float]?))
         case failure(String)
     }
 
@@ -99,8 +111,10 @@ public struct RoutingTrace: Sendable {
         guard let ids = o["experts"] as? [Int], !ids.isEmpty, ids.allSatisfy({ $0 >= 0 }) else {
             return .failure("'experts' must be a non-empty list of expert ids >= 0")
         }
-        guard let weights = (o[weightsKey] as? [Any])?.compactMap({ ($0 as? NSNumber)?.floatValue }), weights.count == ids.count else {
-            return .failure("'\(weightsKey)' must be a list of \(ids.count) numbers")
+        guard let given = o[weightsKey], !(given is NSNull) else { return .record((sequence, token, layer, ids, nil)) }
+        guard let weights = (given as? [Any])?.compactMap({ ($0 as? NSNumber)?.floatValue }), weights.count == ids.count,
+              weights.allSatisfy({ $0.isFinite && $0 >= 0 }) else {
+            return .failure("'\(weightsKey)' must be a list of \(ids.count) numbers >= 0")
         }
         return .record((sequence, token, layer, ids, weights))
     }
@@ -120,11 +134,13 @@ public struct RoutingTrace: Sendable {
     }
 
     /// Reads and merges JSONL trace files; with `layers` or `experts` given (the model's), a line outside them
-    /// is an error naming its line.
-    public static func load(paths: [String], layers modelLayers: Int? = nil, experts modelExperts: Int? = nil) throws -> RoutingTrace {
+    /// is an error naming its line. Lines without weights get `defaultWeights` (one per expert of a token, highest
+    /// first; default: equal shares); a count that does not match the line's experts is an error naming it.
+    public static func load(paths: [String], layers modelLayers: Int? = nil, experts modelExperts: Int? = nil,
+                            defaultWeights: [Float]? = nil) throws -> RoutingTrace {
         var records: [String: [Int: [Int: Choice]]] = [:]  // sequence → token → layer → choice
         var order: [String] = []
-        var seen = Set<Int>(), experts = 0, topK = 0
+        var seen = Set<Int>(), experts = 0, topK = 0, unweighted = 0
         for path in paths {
             guard let data = FileManager.default.contents(atPath: path) else {
                 throw LineError(path: path, line: 0, reason: FileManager.default.fileExists(atPath: path) ? "cannot read" : "no such file")
@@ -135,7 +151,7 @@ public struct RoutingTrace: Sendable {
             let parsed = parseConcurrently(lines)
             for (n, line) in parsed.enumerated() {
                 func bad(_ reason: String) -> LineError { LineError(path: path, line: n + 1, reason: reason) }
-                let sequence: String, token: Int, layer: Int, ids: [Int], weights: [Float]
+                let sequence: String, token: Int, layer: Int, ids: [Int], weights: [Float]?
                 switch line {
                 case .blank: continue
                 case .failure(let reason): throw bad(reason)
@@ -149,8 +165,16 @@ public struct RoutingTrace: Sendable {
                 if topK == 0 { topK = ids.count } else if ids.count != topK {
                     throw bad("\(ids.count) experts where earlier lines had \(topK)")
                 }
+                let choice: Choice
+                if let weights { choice = Choice(experts: ids, weights: weights) } else {
+                    if let d = defaultWeights, d.count != ids.count {
+                        throw bad("no weights on the line, and --default-weights has \(d.count) for its \(ids.count) experts")
+                    }
+                    choice = Choice(experts: ids, weights: defaultWeights ?? Array(repeating: 1 / Float(ids.count), count: ids.count), weighted: false)
+                    unweighted += 1
+                }
                 if records[sequence] == nil { order.append(sequence) }
-                records[sequence, default: [:]][token, default: [:]][layer] = Choice(experts: ids, weights: weights)
+                records[sequence, default: [:]][token, default: [:]][layer] = choice
                 seen.insert(layer)
                 experts = max(experts, ids.max()! + 1)
             }
@@ -169,7 +193,10 @@ public struct RoutingTrace: Sendable {
         guard !sequences.isEmpty else {
             throw LineError(path: paths.joined(separator: ", "), line: 0, reason: "no complete token in the trace")
         }
-        return RoutingTrace(sequences: sequences, layers: layerIds.count, experts: modelExperts ?? experts, topK: topK, skippedTokens: skipped,
-                            layerIds: layerIds, modelLayers: modelLayers ?? (layerIds.last! + 1))
+        var trace = RoutingTrace(sequences: sequences, layers: layerIds.count, experts: modelExperts ?? experts, topK: topK, skippedTokens: skipped,
+                                 layerIds: layerIds, modelLayers: modelLayers ?? (layerIds.last! + 1))
+        trace.unweightedLines = unweighted
+        if unweighted > 0 { trace.defaultWeights = defaultWeights ?? Array(repeating: 1 / Float(topK), count: topK) }
+        return trace
     }
 }

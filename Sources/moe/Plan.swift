@@ -49,6 +49,9 @@ extension MoE.Plan {
         @Option(help: "Seconds the solver may take.")
         var timeLimit: Double = 60
 
+        @Option(help: "Gate weights for trace lines without any, highest-ranked expert first (default: equal shares); recorded in the plan.")
+        var defaultWeights: String?
+
         @Option(help: "Output plan file.")
         var output: String
 
@@ -65,12 +68,21 @@ extension MoE.Plan {
             }
             if timeLimit <= 0 { throw ValidationError("--time-limit must be positive") }
             if let maxLoad, !(maxLoad >= 1) { throw ValidationError("--max-load must be at least 1 (max/mean load per rank)") }
+            _ = try parsedDefaultWeights()
         }
+
+        /// `--default-weights` as numbers: positive, finite, highest first.
+        func parsedDefaultWeights() throws -> [Double]? { try MoE.Plan.parseDefaultWeights(defaultWeights) }
 
         func run() throws {
             let started = Date()
             try reportingErrors {
-                let t = try RoutingTrace.load(paths: trace, layers: layers, experts: experts)
+                let given = try parsedDefaultWeights()
+                let t = try RoutingTrace.load(paths: trace, layers: layers, experts: experts, defaultWeights: given?.map(Float.init))
+                if t.unweightedLines > 0 {
+                    let w = t.defaultWeights!.map { String(format: "%g", $0) }.joined(separator: ", ")
+                    FileHandle.standardError.write(Data("moe plan: \(t.unweightedLines) trace lines have no weights: their experts get \(w)\n".utf8))
+                }
                 if t.skippedTokens > 0 { FileHandle.standardError.write(Data("moe plan: skipped \(t.skippedTokens) incomplete tokens\n".utf8)) }
                 let problem = PlacementProblem(statistics: TraceStatistics(t), ranks: ranks, nodes: nodes, capacity: expertsPerRank,
                                                coactivationWeight: coactivation, maxLoad: maxLoad)
@@ -83,6 +95,8 @@ extension MoE.Plan {
                 var plan = PlanFile(placement: solution.placement.model(layers: t.modelLayers, routed: t.layerIds), topK: t.topK, nodes: nodes, solver: solution.solver,
                                     objective: solution.objective, lowerBound: solution.lowerBound, traceDigest: try TraceDigest.of(paths: trace))
                 plan.maxLoad = maxLoad
+                // As given (decimal), or the equal shares the reader used.
+                plan.defaultWeights = t.unweightedLines == 0 ? nil : given ?? Array(repeating: 1 / Double(t.topK), count: t.topK)
                 plan.hash = plan.contentHash
                 let binary = format.map { $0 == "pb" } ?? (output.hasSuffix(".pb") || output.hasSuffix(".binpb"))
                 if binary { try plan.writeProtobuf(path: output) } else { try plan.write(path: output) }
@@ -123,11 +137,15 @@ extension MoE.Plan {
         @Option(help: "Seed of the bootstrap for --against.")
         var seed: UInt64 = 1
 
+        @Option(help: "Gate weights for trace lines without any, highest-ranked expert first (default: those the plan records, else equal shares).")
+        var defaultWeights: String?
+
         @Flag(help: "Print one JSON object on the last line.")
         var json = false
 
         func validate() throws {
             if trace.isEmpty { throw ValidationError("give at least one --trace") }
+            _ = try MoE.Plan.parseDefaultWeights(defaultWeights)
             if block < 1 { throw ValidationError("--block must be at least 1") }
             if !(1...1_000_000).contains(resamples) { throw ValidationError("--resamples must be between 1 and 1,000,000") }
         }
@@ -136,7 +154,8 @@ extension MoE.Plan {
             try reportingErrors {
                 let p = try PlanFile.read(path: plan)
                 // The plan is the model's shape: a trace line outside it is an error naming its line.
-                let t = try RoutingTrace.load(paths: trace, layers: p.layers, experts: p.experts)
+                let weights = try MoE.Plan.parseDefaultWeights(defaultWeights) ?? p.defaultWeights
+                let t = try RoutingTrace.load(paths: trace, layers: p.layers, experts: p.experts, defaultWeights: weights?.map(Float.init))
                 let reference = try against.map { path -> PlanFile in
                     let r = try PlanFile.read(path: path)
                     guard r.layers == p.layers, r.experts == p.experts else {
@@ -338,6 +357,22 @@ enum TraceDigest {
             for b in data { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 }
         }
         return String(format: "fnv1a64:%016llx", h)
+    }
+}
+
+extension MoE.Plan {
+    /// Parses `--default-weights W1,W2,…`: positive finite numbers, highest first (nil when not given).
+    static func parseDefaultWeights(_ text: String?) throws -> [Double]? {
+        guard let text else { return nil }
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { Double($0.trimmingCharacters(in: .whitespaces)) }
+        guard !parts.isEmpty, parts.allSatisfy({ $0 != nil && $0!.isFinite && $0! > 0 }) else {
+            throw ValidationError("--default-weights takes positive numbers separated by commas, such as 0.65,0.35, not '\(text)'")
+        }
+        let w = parts.map { $0! }
+        guard zip(w, w.dropFirst()).allSatisfy({ $0 >= $1 }) else {
+            throw ValidationError("--default-weights go highest first (the trace lists a token's experts by weight), not '\(text)'")
+        }
+        return w
     }
 }
 

@@ -73,3 +73,30 @@ import Testing
         #expect(c.tokens != a.tokens)
     }
 }
+
+/// Replaying a trace that records expert ids only weighs them as the router would: for the router's own top-k, its
+/// own weights; for other ids, their probabilities (renormalised exactly when the model renormalises).
+@Suite struct RouterWeightsTests {
+    @Test(arguments: Fixtures.names)
+    func routerWeightsOfTheChosenExpertsAreTheDecisionsWeights(fixture: String) throws {
+        let model = try MoEDecoder.load(directory: Fixtures.path(fixture))
+        let h = model.spec.hiddenSize, t = 3, k = model.spec.topK, e = model.spec.experts
+        var rng = SplitMix64(seed: 7)
+        let x = (0..<(t * h)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
+        let layer = model.spec.moeLayers.firstIndex(of: true)!
+        let decision = x.withUnsafeBufferPointer { model.route(layer: layer, normed: $0.baseAddress!, tokens: t) }
+        var got = [Float](repeating: 0, count: k)
+        for r in 0..<t {
+            got.withUnsafeMutableBufferPointer { decision.routerWeights(token: r, for: decision.ids + r * k, count: k, into: $0.baseAddress!) }
+            for j in 0..<k { #expect(abs(got[j] - decision.weights[r * k + j]) < 1e-6) }
+            // Two experts the router did not choose first: their probabilities, renormalised iff the model does.
+            let other: [Int32] = [Int32((Int(decision.ids[r * k]) + 1) % e), Int32((Int(decision.ids[r * k]) + 2) % e)]
+            var w: [Float] = [0, 0]
+            other.withUnsafeBufferPointer { ids in w.withUnsafeMutableBufferPointer { decision.routerWeights(token: r, for: ids.baseAddress!, count: 2, into: $0.baseAddress!) } }
+            let p = other.map { decision.probabilities[r * e + Int($0)] }
+            let want = model.spec.normTopK ? p.map { $0 / (p[0] + p[1]) } : p
+            #expect(abs(w[0] - want[0]) < 1e-6 && abs(w[1] - want[1]) < 1e-6)
+            #expect(abs((0..<e).map { decision.probabilities[r * e + $0] }.reduce(0, +) - 1) < 1e-5)
+        }
+    }
+}

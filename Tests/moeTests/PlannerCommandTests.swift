@@ -276,6 +276,67 @@ import Testing
 }
 
 /// Trace lines in moe trace's form with top-2 routing from a seeded generator.
+
+/// MT-Bench's dump records expert ids only: `moe plan`, `plan evaluate` and `bench --routing replay:` take such lines.
+@Suite(.serialized) struct UnweightedTraceCommandTests {
+    /// `randomTraceLines` in the vLLM form without `gating_probs`.
+    static func idsOnly(layers: Int, experts: Int, tokens: Int) -> String {
+        randomTraceLines(layers: layers, experts: experts, tokens: tokens).split(separator: "\n").map { line -> String in
+            let o = try! JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+            return #"{"dataset": "mtbench_x", "problem_id": \#(o["sequence"]!), "layer": \#(o["layer"]!), "experts": \#(o["experts"] as! [Int]), "token_idx": \#(o["token"]!)}"#
+        }.joined(separator: "\n")
+    }
+
+    @Test func planAndEvaluateTakeLinesWithoutWeights() throws {
+        let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json"), given = TemporaryPath(".json")
+        try Self.idsOnly(layers: 4, experts: 8, tokens: 50).write(toFile: trace.path, atomically: true, encoding: .utf8)
+        let r = try MoEBinary.run(["plan", "--trace", trace.path, "--ranks", "2", "--solver", "exact", "--output", plan.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stderr.contains("200 trace lines have no weights: their experts get 0.5, 0.5"), "\(r.stderr)")
+        #expect(try PlanFile.load(path: plan.path).defaultWeights == [0.5, 0.5])
+        let w = try MoEBinary.run(["plan", "--trace", trace.path, "--ranks", "2", "--solver", "exact", "--default-weights", "0.65,0.35",
+                                   "--output", given.path])
+        #expect(w.status == 0, "\(w.stderr)")
+        let p = try PlanFile.load(path: given.path)
+        #expect(p.defaultWeights == [0.65, 0.35])
+        // The objective is the library's with those weights.
+        let t = try RoutingTrace.load(paths: [trace.path], defaultWeights: [0.65, 0.35])
+        let problem = PlacementProblem(statistics: TraceStatistics(t), ranks: 2)
+        #expect(abs(problem.objective.cost(p.placement, problem.statistics) - p.objective!) < 1e-6)
+        let e = try MoEBinary.run(["plan", "evaluate", "--plan", given.path, "--trace", trace.path, "--json"])
+        #expect(e.status == 0, "\(e.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(e.lastLine.utf8)) as! [String: Any]
+        #expect(abs((json["cross_rank_topk"] as! Double) - Evaluation(placement: p.placement, trace: t).crossRankTopK) < 1e-12)
+    }
+
+    @Test(arguments: [("0.3,0.7", "highest first"), ("0.5,x", "positive numbers"), ("0,1", "positive numbers"), ("0.5,0.3,0.2", "--default-weights has 3 for its 2 experts")])
+    func badDefaultWeightsAreRefused(weights: String, message: String) throws {
+        let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json")
+        try Self.idsOnly(layers: 2, experts: 4, tokens: 5).write(toFile: trace.path, atomically: true, encoding: .utf8)
+        let r = try MoEBinary.run(["plan", "--trace", trace.path, "--ranks", "2", "--default-weights", weights, "--output", plan.path])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains(message), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: plan.path))
+    }
+
+    /// The pair test's routing without weights: replay runs, and keeps its point-to-point traffic at zero.
+    @Test func replayTakesLinesWithoutWeights() throws {
+        let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json")
+        var lines: [String] = []
+        for s in 0..<3 { for p in 0..<8 { for l in 0..<3 {
+            let i = (p * 3 + l + s) % 4
+            lines.append(#"{"dataset": "d", "problem_id": \#(s), "token_idx": \#(p), "layer": \#(l), "experts": [\#(2 * i + 1), \#(2 * i)]}"#)
+        } } }
+        try lines.joined(separator: "\n").write(toFile: trace.path, atomically: true, encoding: .utf8)
+        try PlanFile(placement: Placement(rankOf: Array(repeating: (0..<8).map { $0 / 4 }, count: 3), ranks: 2), topK: 2, solver: "pairs").write(path: plan.path)
+        let r = try MPIRun.run(2, ["bench", "--model", fixture("tiny-mixtral"), "--batch", "3", "--prompt-len", "4", "--gen-len", "4", "--repetitions", "1",
+                                   "--format", "json", "--dispatch", "coherent", "--routing", "replay:" + trace.path, "--placement", plan.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as! [String: Any]
+        #expect((report["collectives_per_moe_layer"] as! [String: Double])["point_to_point"] == 0)
+    }
+}
+
 func randomTraceLines(layers: Int, experts: Int, tokens: Int) -> String {
     var s: UInt64 = 99
     func next() -> Int { s = s &* 6364136223846793005 &+ 1442695040888963407; return Int(s >> 33) }

@@ -57,6 +57,10 @@ public nonisolated struct Moe_Placement_Plan: Sendable {
   /// The load-balance bound the plan was made under (max/mean rank load per layer); 0: none.
   public var maxLoad: Double = 0
 
+  /// The gate weights given to a token's k experts on trace lines that had none (MT-Bench's dump records ids
+  /// only), highest-ranked expert first; empty when every line carried its own.
+  public var defaultWeights: [Float] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -68,7 +72,7 @@ fileprivate nonisolated let _protobuf_package = "moe.placement"
 
 nonisolated extension Moe_Placement_Plan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Plan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}layers\0\u{1}experts\0\u{3}top_k\0\u{1}ranks\0\u{1}nodes\0\u{3}rank_of\0\u{1}solver\0\u{1}objective\0\u{3}lower_bound\0\u{3}trace_digest\0\u{1}hash\0\u{3}max_load\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}layers\0\u{1}experts\0\u{3}top_k\0\u{1}ranks\0\u{1}nodes\0\u{3}rank_of\0\u{1}solver\0\u{1}objective\0\u{3}lower_bound\0\u{3}trace_digest\0\u{1}hash\0\u{3}max_load\0\u{3}default_weights\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -89,6 +93,7 @@ nonisolated extension Moe_Placement_Plan: SwiftProtobuf.Message, SwiftProtobuf._
       case 11: try { try decoder.decodeSingularStringField(value: &self.traceDigest) }()
       case 12: try { try decoder.decodeSingularStringField(value: &self.hash) }()
       case 13: try { try decoder.decodeSingularDoubleField(value: &self.maxLoad) }()
+      case 14: try { try decoder.decodeRepeatedFloatField(value: &self.defaultWeights) }()
       default: break
       }
     }
@@ -134,6 +139,9 @@ nonisolated extension Moe_Placement_Plan: SwiftProtobuf.Message, SwiftProtobuf._
     if self.maxLoad.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.maxLoad, fieldNumber: 13)
     }
+    if !self.defaultWeights.isEmpty {
+      try visitor.visitPackedFloatField(value: self.defaultWeights, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -151,6 +159,7 @@ nonisolated extension Moe_Placement_Plan: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.traceDigest != rhs.traceDigest {return false}
     if lhs.hash != rhs.hash {return false}
     if lhs.maxLoad != rhs.maxLoad {return false}
+    if lhs.defaultWeights != rhs.defaultWeights {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
