@@ -44,26 +44,14 @@ struct AcrossHostsTests {
     /// Rank 1 (on the second host) killed mid-run: the job ends within 30 s naming it, the finished result stays
     /// written, and the script leaves no namespace or /etc/hosts line behind.
     @Test func aKilledRankOnTheOtherHostEndsTheJob() throws {
-        let pids = try TemporaryDirectoryPath()
-        let requests = TemporaryPath(".jsonl")
-        try [#"{"id": "quick", "prompt_ids": [1, 2, 3], "max_new_tokens": 2}"#,
-             #"{"id": "long", "prompt_ids": [4, 5, 6], "max_new_tokens": 100000, "arrival_step": 3}"#]
-            .joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
-        let launch = try MPIRun.startAcrossHosts(2, ["-np", "2", MoEBinary.url.path, "generate", "--preset", "tiny", "--requests", requests.path],
-                                                 environment: ["MOE_PID_DIR": pids.path])
-        var stdout = Data()
-        let deadline = Date().addingTimeInterval(60)
-        while !String(decoding: stdout, as: UTF8.self).contains("quick") && Date() < deadline {
-            stdout.append(launch.stdout.fileHandleForReading.availableData)
+        let k = try killRankOneMidRun { requests, pids in
+            try MPIRun.startAcrossHosts(2, ["-np", "2", MoEBinary.url.path, "generate", "--preset", "tiny", "--requests", requests],
+                                        environment: ["MOE_PID_DIR": pids])
         }
-        let pidText = try String(contentsOfFile: pids.path + "/rank-1.pid", encoding: .utf8)
-        let killedAt = Date()
-        kill(pid_t(pidText)!, SIGKILL)
-        let rest = launch.finish(timeout: 40)
-        #expect(Date().timeIntervalSince(killedAt) < 30)
-        #expect(rest.status != 0)
-        #expect(rest.stderr.contains("rank 1") || rest.stderr.contains("rank1"), "\(rest.stderr)")
-        #expect((String(decoding: stdout, as: UTF8.self) + rest.stdout).contains(#""id":"quick""#))
+        #expect(k.ended && k.seconds < 30)
+        #expect(k.result.status != 0)
+        #expect(k.result.stderr.contains("rank 1"), "\(k.result.stderr)")
+        #expect(k.stdout.contains(#""id":"quick""#))
         let hosts = try String(contentsOfFile: "/etc/hosts", encoding: .utf8)
         #expect(!hosts.contains("moe netns-cluster"), "\(hosts)")
     }

@@ -246,34 +246,39 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
     }
 
     @Test func killedRankEndsTheJobAndKeepsFinishedResults() throws {
-        let pids = try TemporaryDirectoryPath()
-        let requests = TemporaryPath(".jsonl")
-        try [#"{"id": "quick", "prompt_ids": [1, 2, 3], "max_new_tokens": 2}"#,
-             #"{"id": "long", "prompt_ids": [4, 5, 6], "max_new_tokens": 100000, "arrival_step": 3}"#]
-            .joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
-        let launch = try MPIRun.start(["-np", "3", MoEBinary.url.path, "generate", "--preset", "tiny", "--requests", requests.path],
-                                      environment: ["MOE_PID_DIR": pids.path])
-        let p = launch.process, out = launch.stdout, err = launch.stderr
-        // Wait for the quick result, then kill rank 1 while the long request runs.
-        var stdout = Data()
-        let deadline = Date().addingTimeInterval(60)
-        while !String(decoding: stdout, as: UTF8.self).contains("quick") && Date() < deadline {
-            stdout.append(out.fileHandleForReading.availableData)
+        let k = try killRankOneMidRun { requests, pids in
+            try MPIRun.start(["-np", "3", MoEBinary.url.path, "generate", "--preset", "tiny", "--requests", requests],
+                             environment: ["MOE_PID_DIR": pids])
         }
-        let pidText = try String(contentsOfFile: pids.path + "/rank-1.pid", encoding: .utf8)
-        let killedAt = Date()
-        kill(pid_t(pidText)!, SIGKILL)
-        while p.isRunning && Date().timeIntervalSince(killedAt) < 40 { usleep(50_000) }
-        let ended = !p.isRunning
-        if p.isRunning { p.terminate() }
-        p.waitUntilExit()
-        stdout.append(out.fileHandleForReading.readDataToEndOfFile())
-        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(ended && Date().timeIntervalSince(killedAt) < 30)
-        #expect(p.terminationStatus != 0)
-        #expect(stderr.contains("rank 1"), "\(stderr)")
-        #expect(String(decoding: stdout, as: UTF8.self).contains(#""id":"quick""#))
+        #expect(k.ended && k.seconds < 30)
+        #expect(k.result.status != 0)
+        #expect(k.result.stderr.contains("rank 1"), "\(k.result.stderr)")
+        #expect(k.stdout.contains(#""id":"quick""#))
     }
+}
+
+/// Starts a job (through `start(requestsPath, pidFolder)`) on a quick request and a very long one arriving at
+/// step 3, waits for the quick result, then kills rank 1 (`SIGKILL`, its pid from `MOE_PID_DIR`) and waits up to
+/// 40 s for the job to end. Returns whether it ended, how long after the kill, its result, and all of stdout.
+func killRankOneMidRun(_ start: (_ requests: String, _ pids: String) throws -> MPIRun.Launch) throws
+    -> (ended: Bool, seconds: Double, result: MoEBinary.Result, stdout: String) {
+    let pids = try TemporaryDirectoryPath()
+    let requests = TemporaryPath(".jsonl")
+    try [#"{"id": "quick", "prompt_ids": [1, 2, 3], "max_new_tokens": 2}"#,
+         #"{"id": "long", "prompt_ids": [4, 5, 6], "max_new_tokens": 100000, "arrival_step": 3}"#]
+        .joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
+    let launch = try start(requests.path, pids.path)
+    var stdout = Data()
+    let deadline = Date().addingTimeInterval(60)
+    while !String(decoding: stdout, as: UTF8.self).contains("quick") && Date() < deadline {
+        stdout.append(launch.stdout.fileHandleForReading.availableData)
+    }
+    let pidText = try String(contentsOfFile: pids.path + "/rank-1.pid", encoding: .utf8)
+    let killedAt = Date()
+    kill(pid_t(pidText.trimmingCharacters(in: .whitespacesAndNewlines))!, SIGKILL)
+    let result = launch.finish(timeout: 40)
+    let seconds = Date().timeIntervalSince(killedAt)
+    return (seconds < 40, seconds, result, String(decoding: stdout, as: UTF8.self) + result.stdout)
 }
 
 /// A temporary folder path, created now and removed when the value goes away.

@@ -59,9 +59,14 @@ enum MPIRun {
             session = String(cString: made)
             options += ["--mca", "orte_tmpdir_base", session!]
         }
+        return try launch(URL(fileURLWithPath: "/usr/bin/env"), ["mpirun"] + options + arguments, environment: extra, session: session)
+    }
+
+    /// Starts `executable arguments…` with the launch environment, its output piped to the returned launch.
+    private static func launch(_ executable: URL, _ arguments: [String], environment extra: [String: String], session: String?) throws -> Launch {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["mpirun"] + options + arguments
+        p.executableURL = executable
+        p.arguments = arguments
         p.environment = environment(extra)
         let launch = Launch(process: p, sessionDirectory: session)
         p.standardOutput = launch.stdout
@@ -80,15 +85,8 @@ enum MPIRun {
     /// (the script launches through `Scripts/mpirun.sh`, so it too gets a session folder of its own).
     static func startAcrossHosts(_ hosts: Int, options: [String] = [], _ arguments: [String], environment extra: [String: String] = [:]) throws
         -> Launch {
-        let p = Process()
-        p.executableURL = LaunchSiteTests.root.appendingPathComponent("Deploy/netns-cluster.sh")
-        p.arguments = ["--hosts", "\(hosts)"] + options + ["--"] + arguments
-        p.environment = environment(extra)
-        let launch = Launch(process: p, sessionDirectory: nil)
-        p.standardOutput = launch.stdout
-        p.standardError = launch.stderr
-        try p.run()
-        return launch
+        try launch(LaunchSiteTests.root.appendingPathComponent("Deploy/netns-cluster.sh"), ["--hosts", "\(hosts)"] + options + ["--"] + arguments,
+                   environment: extra, session: nil)
     }
 
     /// Whether namespace hosts can be made here (root, with `ip` and `unshare`).
