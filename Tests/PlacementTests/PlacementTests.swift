@@ -76,7 +76,7 @@ import Testing
         do {
             _ = try RoutingTrace.load(paths: [ours.path])
         } catch {
-            #expect("\(error)" == "\(ours.path):1: 'weights' must be a list of 2 numbers")
+            #expect("\(error)" == "\(ours.path):1: 'weights' must be a list of 2 numbers >= 0")
         }
     }
 
