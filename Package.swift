@@ -88,7 +88,7 @@ let package = Package(
         .testTarget(name: "CommTests", dependencies: ["Comm"]),
         .testTarget(
             name: "moeTests",
-            dependencies: ["moe", "Models", "Placement", .product(name: "Yams", package: "Yams")],
+            dependencies: ["moe", "Models", "Placement", "Cluster", .product(name: "Yams", package: "Yams")],
             swiftSettings: simdFlags
         ),
     ],

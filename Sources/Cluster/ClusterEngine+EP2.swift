@@ -33,31 +33,35 @@ extension ClusterEngine {
                 s.sampler.sample(UnsafeBufferPointer(rebasing: $0[(row * vocab)..<((row + 1) * vocab)]), step: 0)
             }
             emitToken(s, token)
-            if mode == .coherent {
+            if replicatesKV {
                 for l in 0..<model.spec.layers { emitKV(s, layer: l, first: 0, count: s.request.promptIds.count) }
             }
         }
         return logits
     }
 
-    /// One `ep2` decode step: every owner runs its sequences' last tokens through all layers and samples.
+    /// One `ep2` decode step: every owner runs its sequences' last tokens through all layers and samples. In
+    /// `auto` mode a token runs where its last one was sampled (its home) and its K/V rows are replicated.
     func decodeOwned(_ sequences: [SequenceState]) throws {
-        let mine = sequences.filter { $0.owner == comm.rank }
+        let mine = sequences.filter { $0.home == comm.rank }
         let tokens = mine.map { $0.tokens.last! }
         let batch = MoEDecoder.Batch(tokens: tokens, segments: mine.map { .init(cache: $0.cache!, count: 1) })
         let xp = x.reserve(max(tokens.count, 1) * h)
         model.embed(tokens, into: xp)
-        try ownedLayers(batch: batch, positions: mine.map { ($0.slot, $0.cache!.length) }, x: xp, observe: false)
+        try ownedLayers(batch: batch, positions: mine.map { ($0.slot, $0.cache!.length) }, x: xp, observe: false,
+                        replicate: replicatesKV ? mine : [])
         sampleAndEmit(mine, x: xp)
     }
 
     /// All layers over tokens whose caches are on this rank; MoE layers through `ep2Combine`.
+    /// `replicate`: decode sequences whose new K/V rows go to every rank (auto mode).
     func ownedLayers(batch: MoEDecoder.Batch, positions: [(slot: Int, position: Int)], x xp: UnsafeMutablePointer<Float>,
-                     observe: Bool) throws {
+                     observe: Bool, replicate: [SequenceState] = []) throws {
         let t = batch.tokens.count
         let table = model.rotaryTable(batch)
         for l in 0..<model.spec.layers {
             if t > 0 { model.attention(layer: l, batch: batch, x: xp, rotary: table) }
+            for s in replicate { emitKV(s, layer: l, first: s.cache!.length, count: 1) }
             let xn = model.feedForwardNorm(layer: l, x: xp, tokens: t)
             let yp = y.reserve(max(t, 1) * h)
             if !model.spec.moeLayers[l] {

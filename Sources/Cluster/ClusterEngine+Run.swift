@@ -48,6 +48,8 @@ public struct ClusterRunStats: Sendable {
     public var decodeCounters = CommCounters()
     public var prefillTokens = 0
     public var prefillSeconds = 0.0
+    /// Decode steps run in each mode (`ep2`, `coherent`; under `auto` the head's choices).
+    public var modeSteps: [String: Int] = [:]
 }
 
 extension ClusterEngine {
@@ -77,6 +79,7 @@ extension ClusterEngine {
                         plan.admit.append(admission)
                         nextSlot += 1
                     }
+                    if mode == .auto { plan.decodeMode = chooseMode(active).rawValue }
                 }
             }
             let bytes = try comm.broadcast(try plan.serializedBytes() as [UInt8], root: 0)
@@ -96,10 +99,11 @@ extension ClusterEngine {
                 stats.prefillTokens += admitted.reduce(0) { $0 + $1.request.promptIds.count }
             }
             let before = comm.counters, start = Clock.now
+            let stepMode = mode == .auto ? (DispatchMode(rawValue: plan.decodeMode) ?? .coherent) : mode
             if !decoding.isEmpty {
-                switch mode {
+                switch stepMode {
                 case .ep2: try decodeOwned(decoding)
-                case .coherent: try decodeCoherent(decoding)
+                case .coherent, .auto: try decodeCoherent(decoding)
                 }
             }
             let finished = try synchronise(prefilled: admitted, decoded: decoding)
@@ -107,6 +111,7 @@ extension ClusterEngine {
                 stats.decodeSeconds += Clock.since(start)
                 stats.decodeSteps += 1
                 stats.decodeTokens += decoding.count
+                stats.modeSteps[stepMode.rawValue, default: 0] += 1
                 let d = comm.counters.since(before)
                 for kind in CommCounters.Kind.allCases {
                     stats.decodeCounters.calls[kind, default: 0] += d.calls[kind] ?? 0
@@ -125,6 +130,19 @@ extension ClusterEngine {
             stats.steps += 1
         }
         return stats
+    }
+
+    /// `auto` mode, on the head: the mode the step-time model predicts faster for a step of `decoding`, each token
+    /// routed as its last one was (shared in the step-end allgather); `coherent` while there is no forecast.
+    func chooseMode(_ decoding: [SequenceState]) -> DispatchMode {
+        let spec = model.spec
+        guard let stepModel, !decoding.isEmpty, decoding.allSatisfy({ s in
+            s.lastRouting.count == spec.layers && (0..<spec.layers).allSatisfy { !spec.moeLayers[$0] || s.lastRouting[$0].count == spec.topK }
+        }) else { return .coherent }
+        let routing = decoding.map(\.lastRouting), homes = decoding.map(\.home), contexts = decoding.map { $0.cache?.length ?? 0 }
+        let ep2 = stepModel.step(.ep2, routing: routing, homes: homes, contexts: contexts, replicating: true)
+        let coherent = stepModel.step(.coherent, routing: routing, homes: homes, contexts: contexts)
+        return ep2.seconds < coherent.seconds ? .ep2 : .coherent
     }
 
     /// One forward pass over `tokens` as one sequence owned by rank 0 (every rank takes part); on rank 0 the

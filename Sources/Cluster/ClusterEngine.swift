@@ -11,6 +11,9 @@ public enum DispatchMode: String, Sendable, CaseIterable {
     /// Every rank holds every sequence's KV cache; a token moves to a rank holding its experts (its new home);
     /// per MoE layer one all-to-all, then point-to-point only where experts sit away from the new home (ExFlow).
     case coherent
+    /// Every rank holds every K/V row; before each decode step the head picks `ep2` or `coherent` for it, whichever
+    /// the step-time model predicts faster on the tokens' last routing.
+    case auto
 }
 
 /// One sequence, as every rank tracks it.
@@ -19,8 +22,11 @@ final class SequenceState {
     let request: GenerationRequest
     let id: String
     let owner: Int
-    /// Rank where the sequence's next token starts (coherent mode).
+    /// Rank where the sequence's next token starts: where its last token was sampled.
     var home: Int
+    /// The experts its last token went to, per layer (empty for dense layers), as the step-end allgather shares
+    /// them in `auto` mode: the forecast of its next step's routing.
+    var lastRouting: [[Int]] = []
     /// The KV cache, on the ranks that keep one (ep2: the owner; coherent: every rank).
     let cache: KVCache?
     var tokens: [Int] = []
@@ -58,6 +64,10 @@ public final class ClusterEngine {
     public var routingObserver: ((_ layer: Int, _ routing: RoutingDecision) -> Void)?
     /// When set, every router decision this rank makes is recorded (`moe trace` under mpirun).
     public var routingLog: RoutingLog?
+    /// `auto` mode: predicts each decode step in both modes (the head picks the faster).
+    public var stepModel: StepTimeModel?
+    /// Router decisions this rank made in this step (`auto` mode): slot → layer → experts of its latest position.
+    var routingThisStep: [Int: [Int: [Int]]] = [:]
     var sequences: [Int: SequenceState] = [:]
     /// Step-end payload this rank contributes: sampled tokens, and (coherent) K/V rows it computed.
     var tokenOut = ByteWriter(), kvOut = ByteWriter()
@@ -77,12 +87,18 @@ public final class ClusterEngine {
         expertRows = Array(repeating: 0, count: model.spec.layers)
     }
 
+    /// Whether every rank keeps every sequence's K/V rows (`coherent`, and `auto` so either mode can run).
+    var replicatesKV: Bool { mode != .ep2 }
+
     func rankOf(_ layer: Int, _ expert: Int32) -> Int { placement.rankOf[layer][Int(expert)] }
 
     /// The router's decision for tokens at (slot, position), or the trace's when replaying.
     func decide(layer l: Int, normed xn: UnsafePointer<Float>, at positions: [(slot: Int, position: Int)]) -> RoutingDecision {
         let routing = model.route(layer: l, normed: xn, tokens: positions.count)
-        defer { routingLog?.record(routing, layer: l, at: positions) }
+        defer {
+            routingLog?.record(routing, layer: l, at: positions)
+            if mode == .auto { shareRouting(routing, layer: l, at: positions) }
+        }
         guard let replay else { return routing }
         // The decision's buffers are the model's workspace, writable until its next route call.
         let ids = UnsafeMutablePointer(mutating: routing.ids), weights = UnsafeMutablePointer(mutating: routing.weights)
@@ -119,7 +135,7 @@ public final class ClusterEngine {
 
     /// Adds a sequence on every rank (ids and owner chosen by the head).
     func admit(slot: Int, id: String, request: GenerationRequest, owner: Int) {
-        let keepsCache = mode == .coherent || owner == comm.rank
+        let keepsCache = replicatesKV || owner == comm.rank
         let cache = keepsCache ? model.makeCache(capacity: request.promptIds.count + request.maxNewTokens) : nil
         sequences[slot] = SequenceState(slot: slot, id: id, request: request, owner: owner, cache: cache)
     }
@@ -127,20 +143,32 @@ public final class ClusterEngine {
     /// Sequences still generating, by slot.
     var active: [SequenceState] { sequences.values.filter { !$0.done }.sorted { $0.slot < $1.slot } }
 
-    /// Shares the tokens sampled this step (and, coherent, the K/V rows) with every rank: one allgather.
-    /// Returns the sequences that finished in this step.
+    /// Shares the tokens sampled this step (and, coherent or auto, the K/V rows; auto, the routing) with every
+    /// rank: one allgather. Returns the sequences that finished in this step.
     func synchronise(prefilled: [SequenceState], decoded: [SequenceState]) throws -> [SequenceState] {
         var header = ByteWriter()
         header.int(tokenCount)
-        let all = try comm.allgatherv(header.bytes + tokenOut.bytes + kvOut.bytes)
+        var routes = ByteWriter()
+        header.int(routingThisStep.count)
+        for (slot, layers) in routingThisStep.sorted(by: { $0.key < $1.key }) {
+            routes.int(slot)
+            routes.int(layers.count)
+            for (l, ids) in layers.sorted(by: { $0.key < $1.key }) {
+                routes.int(l)
+                for e in ids { routes.int(e) }
+            }
+        }
+        let all = try comm.allgatherv(header.bytes + tokenOut.bytes + routes.bytes + kvOut.bytes)
         tokenOut = ByteWriter()
         kvOut = ByteWriter()
         tokenCount = 0
+        routingThisStep = [:]
+        let k = model.spec.topK, layers = model.spec.layers
         let kvDim = model.spec.kvDim
         var finished: [SequenceState] = []
         for bytes in all {
             var r = ByteReader(bytes)
-            let tokenCount = r.int()
+            let tokenCount = r.int(), routed = r.int()
             for _ in 0..<tokenCount {
                 let slot = r.int(), token = r.int(), home = r.int()
                 guard let s = sequences[slot] else { continue }
@@ -155,6 +183,16 @@ public final class ClusterEngine {
                 }
                 if s.done { s.finished = Clock.now; finished.append(s) }
             }
+            for _ in 0..<routed {  // a token's experts per layer: it may have been routed on several ranks
+                let slot = r.int(), count = r.int()
+                for _ in 0..<count {
+                    let l = r.int()
+                    let ids = (0..<k).map { _ in r.int() }
+                    guard let s = sequences[slot] else { continue }
+                    if s.lastRouting.count != layers { s.lastRouting = Array(repeating: [], count: layers) }
+                    s.lastRouting[l] = ids
+                }
+            }
             while !r.atEnd {  // K/V rows: slot, layer, first position, count, then keys and values
                 let slot = r.int(), layer = r.int(), first = r.int(), count = r.int()
                 guard let cache = sequences[slot]?.cache else { r.skip(floats: 2 * count * kvDim); continue }
@@ -166,6 +204,14 @@ public final class ClusterEngine {
         for s in prefilled { s.cache?.commit(s.request.promptIds.count) }
         for s in decoded { s.cache?.commit(1) }
         return finished.sorted { $0.slot < $1.slot }
+    }
+
+    /// Keeps this step's router decisions (`auto` mode): for each slot and layer, those of its latest position.
+    func shareRouting(_ routing: RoutingDecision, layer l: Int, at positions: [(slot: Int, position: Int)]) {
+        let k = routing.topK
+        for (i, p) in positions.enumerated() {
+            routingThisStep[p.slot, default: [:]][l] = (0..<k).map { Int(routing.ids[i * k + $0]) }
+        }
     }
 
     /// Final norm, LM head and sampling for sequences whose last hidden states are the rows of x; queues the

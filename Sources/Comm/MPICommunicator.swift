@@ -49,6 +49,17 @@ public final class MPICommunicator: Communicator {
     }
 
     public func allgatherv(_ send: [UInt8]) throws -> [[UInt8]] {
+        if size <= Self.directCollectiveRanks {
+            let others = (0..<size).filter { $0 != rank }
+            var received = [[UInt8]](repeating: [], count: size)
+            received[rank] = send
+            try send.withUnsafeBytes { b in
+                let blocks = Dictionary(uniqueKeysWithValues: others.map { ($0, b) })
+                for (s, bytes) in try oneRound(send: blocks, from: others, tag: Self.tag(.allgather)) { received[s] = bytes }
+            }
+            counters.record(.allgather, bytes: send.count * (size - 1))
+            return received
+        }
         var mine = Int32(send.count)
         var counts = [Int32](repeating: 0, count: size)
         try Self.check(MPI_Allgather(&mine, 1, moe_int(), &counts, 1, moe_int(), moe_comm_world()), "MPI_Allgather")
@@ -65,6 +76,16 @@ public final class MPICommunicator: Communicator {
     }
 
     public func broadcast(_ bytes: [UInt8], root: Int) throws -> [UInt8] {
+        if size <= Self.directCollectiveRanks {
+            var result = bytes
+            try bytes.withUnsafeBytes { b in
+                let blocks = rank == root ? Dictionary(uniqueKeysWithValues: (0..<size).filter { $0 != root }.map { ($0, b) }) : [:]
+                let got = try oneRound(send: blocks, from: rank == root ? [] : [root], tag: Self.tag(.broadcast))
+                if rank != root { result = got[root]! }
+            }
+            counters.record(.broadcast, bytes: rank == root ? bytes.count * (size - 1) : 0)
+            return result
+        }
         var n = Int32(bytes.count)
         try Self.check(MPI_Bcast(&n, 1, moe_int(), Int32(root), moe_comm_world()), "MPI_Bcast")
         var buffer = rank == root ? bytes : [UInt8](repeating: 0, count: Int(n))
@@ -75,23 +96,40 @@ public final class MPICommunicator: Communicator {
         return buffer
     }
 
+    /// One network round where blocks are small (`oneRound`): no all-to-all of sizes first.
     public func alltoallv(_ send: [[UInt8]], kind: CommCounters.Kind) throws -> [[UInt8]] {
         precondition(send.count == size)
-        var sendCounts = send.map { Int32($0.count) }
-        var recvCounts = [Int32](repeating: 0, count: size)
-        try Self.check(MPI_Alltoall(&sendCounts, 1, moe_int(), &recvCounts, 1, moe_int(), moe_comm_world()), "MPI_Alltoall")
-        let sendDispls = Self.displacements(sendCounts), recvDispls = Self.displacements(recvCounts)
-        let flat = send.flatMap { $0 }
-        var recv = [UInt8](repeating: 0, count: Int(recvCounts.reduce(0, +)))
-        try flat.withUnsafeBytes { s in
-            try recv.withUnsafeMutableBytes { r in
-                try Self.check(MPI_Alltoallv(s.baseAddress, sendCounts, sendDispls, moe_byte(),
-                                             r.baseAddress, recvCounts, recvDispls, moe_byte(), moe_comm_world()),
-                               "MPI_Alltoallv")
+        let others = (0..<size).filter { $0 != rank }
+        var received = [[UInt8]](repeating: [], count: size)
+        received[rank] = send[rank]
+        let flat = others.flatMap { send[$0] }
+        try flat.withUnsafeBytes { all in
+            var blocks: [Int: UnsafeRawBufferPointer] = [:]
+            var offset = 0
+            for d in others {
+                blocks[d] = UnsafeRawBufferPointer(rebasing: all[offset..<(offset + send[d].count)])
+                offset += send[d].count
             }
+            for (s, bytes) in try oneRound(send: blocks, from: others, tag: Self.tag(kind)) { received[s] = bytes }
         }
-        counters.record(kind, bytes: flat.count - send[rank].count)
-        return Self.split(recv, counts: recvCounts, displs: recvDispls)
+        counters.record(kind, bytes: flat.count)
+        return received
+    }
+
+    /// Jobs up to this size use `oneRound` for allgathers and broadcasts (one round, each rank sending to every
+    /// other); larger ones MPI's own collectives, whose trees and rings take fewer steps there.
+    static let directCollectiveRanks = 8
+
+    /// Tags by kind of operation, two apart (`oneRound` uses tag and tag + 1; point-to-point exchanges use 77).
+    static func tag(_ kind: CommCounters.Kind) -> Int32 {
+        switch kind {
+        case .dispatch: return 101
+        case .combine: return 103
+        case .allgather: return 105
+        case .broadcast: return 107
+        case .pointToPoint: return 77
+        case .barrier: return 109
+        }
     }
 
     public func exchange(send messages: [Int: [UInt8]], receive sizes: [Int: Int]) throws -> [Int: [UInt8]] {

@@ -58,6 +58,11 @@ public enum Parallel {
 
 /// Facts about the machine the kernels need.
 public enum System {
-    /// Logical cores online.
-    public static var coreCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+    /// Logical cores this process may run on: OpenBLAS counts them from the CPU affinity (`taskset`, a cpuset of a
+    /// container or of Slurm), so a rank bound to one core of a two-core machine gets one worker, not two.
+    public static var coreCount: Int {
+        let online = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        let allowed = Int(openblas_get_num_procs())
+        return allowed > 0 ? min(allowed, online) : online
+    }
 }

@@ -67,7 +67,7 @@ extension MoE.Bench {
             "decode_tokens_per_s": Double(stats.decodeTokens) / stats.decodeSeconds,
             "collectives_per_moe_layer": collectives, "cross_rank_bytes_per_token": bytes,
             "max_mean_tokens_per_rank": imbalance.isEmpty ? 1 : imbalance.reduce(0, +) / Double(imbalance.count),
-            "expert_bytes_per_rank": run.expertBytes,
+            "expert_bytes_per_rank": run.expertBytes, "mode_steps": stats.modeSteps,
         ]
         if format == "json" {
             emit(try jsonLine(report))

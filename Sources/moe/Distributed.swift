@@ -8,8 +8,11 @@ import Placement
 
 /// Flags of a run under `mpirun`.
 struct ClusterOptions: ParsableArguments {
-    @Option(help: "Under mpirun: how experts are reached, ep2 (two all-to-alls per MoE layer) or coherent (one).")
+    @Option(help: "Under mpirun: how experts are reached, ep2 (two all-to-alls per MoE layer), coherent (one), or auto (per decode step, whichever the step-time model predicts faster).")
     var dispatch: String = DispatchMode.coherent.rawValue
+
+    @Option(help: "Under mpirun with --dispatch auto: the calibration file of `moe calibrate` (default: measured at start-up).")
+    var calibration: String?
 
     @Option(help: "Under mpirun: placement plan (JSON); default: contiguous (rank r holds experts ⌊rE/G⌋ ..< ⌊(r+1)E/G⌋).")
     var placement: String?
@@ -17,7 +20,8 @@ struct ClusterOptions: ParsableArguments {
     var mode: DispatchMode { DispatchMode(rawValue: dispatch)! }
 
     func validate() throws {
-        guard DispatchMode(rawValue: dispatch) != nil else { throw ValidationError("--dispatch must be ep2 or coherent, got '\(dispatch)'") }
+        guard DispatchMode(rawValue: dispatch) != nil else { throw ValidationError("--dispatch must be ep2, coherent or auto, got '\(dispatch)'") }
+        if calibration != nil && dispatch != DispatchMode.auto.rawValue { throw ValidationError("--calibration is for --dispatch auto") }
     }
 }
 
@@ -44,6 +48,7 @@ struct DistributedRun {
         let localRanks = Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "1") ?? 1
         Parallel.configure(workers: options.threads ?? max(1, System.coreCount / max(localRanks, 1)))
         var engine: ClusterEngine?
+        var calibration: StepTimeModel.Calibration?
         var failure: String?
         do {
             let spec = try options.spec()
@@ -60,6 +65,7 @@ struct DistributedRun {
             let model = try options.load(holding: { layer, expert in table[layer][expert] == rank })
             try check(model, rank)
             engine = ClusterEngine(comm: comm, model: model, placement: placement, mode: cluster.mode)
+            if let path = cluster.calibration { calibration = try StepTimeModel.Calibration.load(path: path) }
         } catch {
             failure = "\(error)"
         }
@@ -71,7 +77,14 @@ struct DistributedRun {
             comm.finalize()
             throw ExitCode(1)
         }
-        return DistributedRun(comm: comm, engine: engine!, label: options.label, expertBytes: statuses)
+        let run = DistributedRun(comm: comm, engine: engine!, label: options.label, expertBytes: statuses)
+        if cluster.mode == .auto {
+            let model = run.engine.model
+            let c = try calibration ?? MoE.Calibrate.measure(comm, spec: model.spec, type: model.embedding.type)
+            run.engine.stepModel = StepTimeModel(shape: .init(spec: model.spec, weightBytes: model.embedding.type.byteSize), calibration: c,
+                                                 placement: run.engine.placement)
+        }
+        return run
     }
 
     /// Ends MPI.

@@ -113,6 +113,9 @@ public nonisolated struct Moe_Control_StepPlan: Sendable {
   /// No more steps: every rank leaves the loop.
   public var shutdown: Bool = false
 
+  /// With --dispatch auto: how this step's decode runs, "ep2" or "coherent" (empty: the engine's own mode).
+  public var decodeMode: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -292,7 +295,7 @@ nonisolated extension Moe_Control_Admission: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StepPlan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}step\0\u{1}admit\0\u{1}shutdown\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}step\0\u{1}admit\0\u{1}shutdown\0\u{3}decode_mode\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -303,6 +306,7 @@ nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf
       case 1: try { try decoder.decodeSingularInt64Field(value: &self.step) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.admit) }()
       case 3: try { try decoder.decodeSingularBoolField(value: &self.shutdown) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.decodeMode) }()
       default: break
       }
     }
@@ -318,6 +322,9 @@ nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf
     if self.shutdown != false {
       try visitor.visitSingularBoolField(value: self.shutdown, fieldNumber: 3)
     }
+    if !self.decodeMode.isEmpty {
+      try visitor.visitSingularStringField(value: self.decodeMode, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -325,6 +332,7 @@ nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.step != rhs.step {return false}
     if lhs.admit != rhs.admit {return false}
     if lhs.shutdown != rhs.shutdown {return false}
+    if lhs.decodeMode != rhs.decodeMode {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

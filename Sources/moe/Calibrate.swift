@@ -1,0 +1,116 @@
+import ArgumentParser
+import Cluster
+import Comm
+import Foundation
+import Kernels
+import Models
+
+extension MoE {
+    /// `moe calibrate`: the rates the step-time model needs, measured by microbenchmarks on this job's ranks.
+    struct Calibrate: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Under mpirun: measure a round's latency, the link's bandwidth and weight streaming per token rows; write them as JSON.",
+            discussion: """
+            Every rank streams weights of the model's expert shape (in --dtype) through the decode kernel at once, \
+            for 1, 2, 4, 8, 16 and 32 token rows, so they share memory as in a run; the slowest rank's seconds per \
+            byte are kept. Latency is the median 0-byte all-to-all; bandwidth comes from 1 MiB blocks. The file \
+            feeds `bench --dispatch auto --calibration FILE` and `moe predict`.
+            """)
+
+        @OptionGroup var modelOptions: ModelOptions
+
+        @Option(help: "Weight type of the streaming benchmark: f32, bf16 or f16.")
+        var dtype: String = "bf16"
+
+        @Option(help: "MiB of distinct weights each streaming pass reads (more than the caches hold).")
+        var streamMib: Int = 256
+
+        @Option(help: "Output calibration file (JSON).")
+        var output: String
+
+        func validate() throws {
+            guard ElementType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be f32, bf16 or f16") }
+            if !(1...65536).contains(streamMib) { throw ValidationError("--stream-mib must be between 1 and 65536") }
+        }
+
+        func run() throws {
+            guard MPICommunicator.launchedByMPI else {
+                FileHandle.standardError.write(Data("moe: error: calibrate measures between ranks: start it with mpirun -np 2 or more\n".utf8))
+                throw ExitCode(1)
+            }
+            let comm = try MPICommunicator()
+            defer { comm.finalize() }
+            let localRanks = Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "1") ?? 1
+            Parallel.configure(workers: modelOptions.threads ?? max(1, System.coreCount / max(localRanks, 1)))
+            var failure: String?
+            var spec: DecoderSpec?
+            do { spec = try modelOptions.spec() } catch { failure = "\(error)" }
+            do { _ = try Agreement.agree(comm, error: failure ?? (comm.size < 2 ? "calibrate needs at least 2 ranks" : nil), expertBytes: 0) } catch {
+                if comm.rank == 0 { FileHandle.standardError.write(Data("moe: error: \(error)\n".utf8)) }
+                throw ExitCode(1)
+            }
+            let c = try Self.measure(comm, spec: spec!, type: ElementType(rawValue: dtype)!, streamBytes: streamMib << 20)
+            if comm.rank == 0 {
+                try reportingErrors {
+                    let encoder = JSONEncoder()
+                    encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+                    try encoder.encode(c).write(to: URL(fileURLWithPath: output))
+                    emit(String(format: "latency %.1f us per round, bandwidth %.2f GB/s, streaming %@ GB/s at %@ token rows",
+                                c.latency * 1e6, c.bandwidth / 1e9, c.secondsPerByte.map { String(format: "%.1f", 1 / $0 / 1e9) }.joined(separator: "/"),
+                                c.rows.map(String.init).joined(separator: "/")))
+                }
+            }
+        }
+
+        /// The microbenchmarks, on every rank (collective).
+        static func measure(_ comm: Communicator, spec: DecoderSpec, type: ElementType, streamBytes: Int = 256 << 20) throws
+            -> StepTimeModel.Calibration {
+            func perCall(_ iterations: Int, _ body: () throws -> Void) throws -> Double {
+                try body()
+                try comm.barrier()
+                var times: [Double] = []
+                for _ in 0..<5 {
+                    let start = Clock.now
+                    for _ in 0..<iterations { try body() }
+                    times.append(Clock.since(start) / Double(iterations))
+                }
+                return times.sorted()[2]
+            }
+            let empty = [[UInt8]](repeating: [], count: comm.size)
+            let latency = try perCall(100) { _ = try comm.alltoallv(empty, kind: .dispatch) }
+            let big = [[UInt8]](repeating: [UInt8](repeating: 1, count: 1 << 20), count: comm.size)
+            let bigCall = try perCall(5) { _ = try comm.alltoallv(big, kind: .dispatch) }
+            let bandwidth = Double((comm.size - 1) << 20) / max(bigCall - latency, 1e-9)
+
+            // Streaming: 3 × experts-worth of distinct matrices (more than any cache), the expert's shape.
+            let rows = spec.expertIntermediate, cols = spec.hiddenSize
+            let per = rows * cols * type.byteSize
+            let matrices = max(2, streamBytes / per)
+            let storage = UnsafeMutableRawPointer.allocate(byteCount: per * matrices, alignment: 64)
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: type == .f32 ? 1 : rows * cols * matrices)
+            defer { storage.deallocate(); scratch.deallocate() }
+            SyntheticModel.encode(name: "calibrate", count: rows * cols * matrices, dtype: type, scratch: scratch, into: storage)
+            let counts = [1, 2, 4, 8, 16, 32]
+            var secondsPerByte: [Double] = []
+            for n in counts {
+                let x = [Float](repeating: 0.5, count: n * cols)
+                var y = [Float](repeating: 0, count: n * rows)
+                let t = try perCall(1) {
+                    for m in 0..<matrices {
+                        let w = WeightMatrix(rows: rows, cols: cols, type: type, base: UnsafeRawPointer(storage + m * per), owner: nil)
+                        GEMM.linear(x, tokens: n, weight: w, into: &y)
+                    }
+                }
+                secondsPerByte.append(t / Double(per * matrices))
+            }
+            // The slowest rank's figures: every rank's, to all, then the maximum.
+            let mine = ([latency, bandwidth] + secondsPerByte).withUnsafeBytes { Array($0) }
+            let all = try comm.allgatherv(mine).map { b in
+                (0..<(b.count / 8)).map { i in b.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8 * i, as: Double.self) } }
+            }
+            let slowest = (0..<(2 + counts.count)).map { i in i == 1 ? all.map { $0[i] }.min()! : all.map { $0[i] }.max()! }
+            return StepTimeModel.Calibration(latency: slowest[0], bandwidth: slowest[1], rows: counts, secondsPerByte: Array(slowest[2...]))
+        }
+    }
+}
+
