@@ -82,33 +82,48 @@ extension MoE {
             let bigCall = try perCall(5) { _ = try comm.alltoallv(big, kind: .dispatch) }
             let bandwidth = Double((comm.size - 1) << 20) / max(bigCall - latency, 1e-9)
 
-            // Streaming: 3 × experts-worth of distinct matrices (more than any cache), the expert's shape.
-            let rows = spec.expertIntermediate, cols = spec.hiddenSize
-            let per = rows * cols * type.byteSize
+            // Streaming: distinct matrices of the expert's two shapes, [intermediate, hidden] (gate, up) and
+            // [hidden, intermediate] (down), more than the caches hold. Row counts take turns over 9 rounds (so a slow
+            // spell of the machine spreads over all of them); the median round counts.
+            let h = spec.hiddenSize, f = spec.expertIntermediate
+            let per = h * f * type.byteSize
             let matrices = max(2, streamBytes / per)
             let storage = UnsafeMutableRawPointer.allocate(byteCount: per * matrices, alignment: 64)
-            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: type == .f32 ? 1 : rows * cols * matrices)
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: type == .f32 ? 1 : h * f * matrices)
             defer { storage.deallocate(); scratch.deallocate() }
-            SyntheticModel.encode(name: "calibrate", count: rows * cols * matrices, dtype: type, scratch: scratch, into: storage)
+            SyntheticModel.encode(name: "calibrate", count: h * f * matrices, dtype: type, scratch: scratch, into: storage)
             let counts = [1, 2, 4, 8, 16, 32]
-            var secondsPerByte: [Double] = []
-            for n in counts {
-                let x = [Float](repeating: 0.5, count: n * cols)
-                var y = [Float](repeating: 0, count: n * rows)
-                let t = try perCall(1) {
+            var samples = [[Double]](repeating: [], count: counts.count)
+            let x = [Float](repeating: 0.5, count: counts.last! * max(h, f))
+            var y = [Float](repeating: 0, count: counts.last! * max(h, f))
+            for round in 0..<10 {
+                for (i, n) in counts.enumerated() {
+                    try comm.barrier()
+                    let start = Clock.now
                     for m in 0..<matrices {
+                        let (rows, cols) = m % 2 == 0 ? (f, h) : (h, f)
                         let w = WeightMatrix(rows: rows, cols: cols, type: type, base: UnsafeRawPointer(storage + m * per), owner: nil)
-                        GEMM.linear(x, tokens: n, weight: w, into: &y)
+                        x.withUnsafeBufferPointer { xp in
+                            y.withUnsafeMutableBufferPointer { GEMM.linear(xp.baseAddress!, tokens: n, weight: w, into: $0.baseAddress!) }
+                        }
                     }
+                    if round > 0 { samples[i].append(Clock.since(start) / Double(per * matrices)) }  // round 0 warms up
                 }
-                secondsPerByte.append(t / Double(per * matrices))
             }
-            // The slowest rank's figures: every rank's, to all, then the maximum.
+            let secondsPerByte = samples.map { $0.sorted()[$0.count / 2] }
+            // Latency and bandwidth: the worst rank's; streaming: the ranks' mean (each rank's own in a run).
             let mine = ([latency, bandwidth] + secondsPerByte).withUnsafeBytes { Array($0) }
             let all = try comm.allgatherv(mine).map { b in
                 (0..<(b.count / 8)).map { i in b.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8 * i, as: Double.self) } }
             }
-            let slowest = (0..<(2 + counts.count)).map { i in i == 1 ? all.map { $0[i] }.min()! : all.map { $0[i] }.max()! }
+            let slowest = (0..<(2 + counts.count)).map { i -> Double in
+                let column = all.map { $0[i] }
+                switch i {
+                case 0: return column.max()!
+                case 1: return column.min()!
+                default: return column.reduce(0, +) / Double(column.count)
+                }
+            }
             return StepTimeModel.Calibration(latency: slowest[0], bandwidth: slowest[1], rows: counts, secondsPerByte: Array(slowest[2...]))
         }
     }

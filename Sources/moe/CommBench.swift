@@ -72,9 +72,9 @@ extension MoE {
                     }
                     return perCall.sorted()[perCall.count / 2]
                 }
-                let a2a = try time { _ = try comm.alltoallv(blocks, kind: .dispatch) }
-                let exchange = try time { _ = try comm.exchange(send: peers, receive: expect) }
                 let gather = try time { _ = try comm.allgatherv(block) }
+                let exchange = try time { _ = try comm.exchange(send: peers, receive: expect) }
+                let a2a = try time { _ = try comm.alltoallv(blocks, kind: .dispatch) }
                 guard comm.rank == 0 else { continue }
                 if format == "json" {
                     emit(try jsonLine(["ranks": comm.size, "bytes": size, "alltoall_s": a2a, "exchange_s": exchange, "allgather_s": gather]))
