@@ -124,9 +124,10 @@ public struct StepTimeModel: Sendable {
         self.ranksPerNode = max(1, ranksPerNode)
     }
 
-    /// Rounds per step outside the layers: the step plan's broadcast (its size, then its bytes) and the step-end
-    /// allgather (sizes, then bytes).
-    static let controlRounds = 4
+    /// Rounds per step outside the layers: the step plan's broadcast and the step-end allgather, one round each up
+    /// to `MPICommunicator.directCollectiveRanks` (8) ranks; beyond, MPI's own (sizes first, then a tree or ring of
+    /// about log2 G steps).
+    var controlRounds: Int { ranks <= 8 ? 2 : 2 * (1 + Int((log2(Double(ranks))).rounded(.up))) }
     /// Bytes of a coherent dispatch record beyond its row: slot, home, k × (expert, weight), 4 bytes each.
     func dispatchHeader(_ k: Int) -> Double { Double(8 + 8 * k) }
 
@@ -239,10 +240,10 @@ public struct StepTimeModel: Sendable {
             let mine = Double(12 * tokensOn(r)) + kvTraffic[r] + 8
             for d in 0..<g { gather.add(r, d, mine) }
         }
-        let seconds = roundSeconds(gather) + Double(Self.controlRounds - 1) * c.latency
+        let seconds = roundSeconds(gather) + Double(controlRounds - 1) * c.latency
         out.seconds += seconds
         out.communicationSeconds += seconds
-        out.rounds += Self.controlRounds
+        out.rounds += controlRounds
         out.bytes["allgather", default: 0] += gather.total
         out.homes = home
         return out
