@@ -34,18 +34,14 @@ extension MoE {
         }
 
         func run() throws {
-            guard MPICommunicator.launchedByMPI else {
-                FileHandle.standardError.write(Data("moe: error: calibrate measures between ranks: start it with mpirun -np 2 or more\n".utf8))
-                throw ExitCode(1)
-            }
-            let comm = try MPICommunicator()
+            let comm = try MoE.CommBench.measuringCommunicator("calibrate")
             defer { comm.finalize() }
             let localRanks = Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "1") ?? 1
             Parallel.configure(workers: modelOptions.threads ?? max(1, System.coreCount / max(localRanks, 1)))
             var failure: String?
             var spec: DecoderSpec?
             do { spec = try modelOptions.spec() } catch { failure = "\(error)" }
-            do { _ = try Agreement.agree(comm, error: failure ?? (comm.size < 2 ? "calibrate needs at least 2 ranks" : nil), expertBytes: 0) } catch {
+            do { _ = try Agreement.agree(comm, error: failure, expertBytes: 0) } catch {
                 if comm.rank == 0 { FileHandle.standardError.write(Data("moe: error: \(error)\n".utf8)) }
                 throw ExitCode(1)
             }

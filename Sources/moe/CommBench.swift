@@ -26,6 +26,22 @@ extension MoE {
         @Option(help: "Output: md (a table) or json (one object per size).")
         var format: String = "md"
 
+        /// MPI for a command that measures between ranks (`comm-bench`, `calibrate`): outside mpirun, or on one
+        /// rank, it says so and exits 1.
+        static func measuringCommunicator(_ command: String) throws -> MPICommunicator {
+            guard MPICommunicator.launchedByMPI else {
+                FileHandle.standardError.write(Data("moe: error: \(command) measures between ranks: start it with mpirun -np 2 or more\n".utf8))
+                throw ExitCode(1)
+            }
+            let comm = try MPICommunicator()
+            guard comm.size > 1 else {
+                FileHandle.standardError.write(Data("moe: error: \(command) needs at least 2 ranks\n".utf8))
+                comm.finalize()
+                throw ExitCode(1)
+            }
+            return comm
+        }
+
         func parsedSizes() throws -> [Int] {
             let parts = sizes.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
             guard !parts.isEmpty, parts.allSatisfy({ $0 != nil && $0! >= 0 && $0! <= 1 << 28 }) else {
@@ -42,16 +58,8 @@ extension MoE {
         }
 
         func run() throws {
-            guard MPICommunicator.launchedByMPI else {
-                FileHandle.standardError.write(Data("moe: error: comm-bench measures between ranks: start it with mpirun -np 2 or more\n".utf8))
-                throw ExitCode(1)
-            }
-            let comm = try MPICommunicator()
+            let comm = try Self.measuringCommunicator("comm-bench")
             defer { comm.finalize() }
-            guard comm.size > 1 else {
-                if comm.rank == 0 { FileHandle.standardError.write(Data("moe: error: comm-bench needs at least 2 ranks\n".utf8)) }
-                throw ExitCode(1)
-            }
             if comm.rank == 0 && format == "md" {
                 emit("| bytes per peer | all-to-all µs | exchange µs | allgather µs |")
                 emit("|---|---|---|---|")

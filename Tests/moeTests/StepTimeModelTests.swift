@@ -101,6 +101,19 @@ import Testing
         #expect(report["mode_steps"] as? [String: Int] == [expected: 4], "\(report)")
     }
 
+    @Test func badCalibrationAndPredictionFlagsAreRefused() throws {
+        let wrongMode = try MoEBinary.run(["generate", "--preset", "tiny", "--prompt-ids", "1", "--dispatch", "ep2", "--calibration", "c.json"])
+        #expect(wrongMode.status == 64 && wrongMode.stderr.contains("--calibration is for --dispatch auto"), "\(wrongMode.stderr)")
+        let missing = try MPIRun.run(2, ["generate", "--preset", "tiny", "--prompt-ids", "1", "--dispatch", "auto", "--calibration", "/nonexistent/c.json"])
+        #expect(missing.status == 1 && missing.stderr.contains("/nonexistent/c.json: no such file"), "\(missing.stderr)")
+        #expect(missing.stderr.components(separatedBy: "moe: error:").count == 2, "one message: \(missing.stderr)")
+        for (args, message) in [(["--shape", "gpt-4"], "--shape must be mixtral-8x7b or qwen3-30b-a3b"), (["--ranks", "4", "--nodes", "3"], "--nodes must divide --ranks"),
+                                (["--link-gbps", "0"], "--link-gbps must be positive")] {
+            let r = try MoEBinary.run(["predict", "--calibration", "c.json", "--trace", "t.jsonl"] + args)
+            #expect(r.status == 64 && r.stderr.contains(message), "\(r.stderr)")
+        }
+    }
+
     @Test func calibrateWritesAFileThatPredictReads() throws {
         let calibration = TemporaryPath(".json"), trace = TemporaryPath(".jsonl")
         let c = try MPIRun.run(2, ["calibrate", "--preset", "tiny", "--dtype", "f32", "--stream-mib", "1", "--output", calibration.path])
@@ -125,5 +138,13 @@ import Testing
         #expect(rows.map { $0["bytes"] as? Int } == [0, 4096])
         let bad = try MoEBinary.run(["comm-bench", "--sizes", "x"])
         #expect(bad.status == 64 && bad.stderr.contains("--sizes takes byte counts"))
+        // Outside mpirun, and on one rank, both measuring commands say why and exit 1.
+        for command in [["comm-bench"], ["calibrate", "--preset", "tiny", "--output", "/tmp/unused-calibration.json"]] {
+            let alone = try MoEBinary.run(command)
+            #expect(alone.status == 1 && alone.stderr.contains("\(command[0]) measures between ranks"), "\(alone.stderr)")
+            let one = try MPIRun.run(1, command)
+            #expect(one.status == 1 && one.stderr.contains("\(command[0]) needs at least 2 ranks"), "\(one.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/unused-calibration.json"))
     }
 }
