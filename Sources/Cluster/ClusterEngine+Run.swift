@@ -154,6 +154,7 @@ extension ClusterEngine {
         tokenOut = ByteWriter()
         kvOut = ByteWriter()
         tokenCount = 0
+        routingThisStep = [:]
         return logits
     }
 
