@@ -120,7 +120,7 @@ try:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 except ImportError:
-    print("(no matplotlib: no plot; pip install matplotlib)", file=sys.stderr)
+    print("(no matplotlib, so no plot: python3 -m pip install matplotlib)", file=sys.stderr)
     sys.exit(0)
 keys = sorted(cells, key=lambda k: (k[1], k[0], k[2], k[3]))
 labels = ["%s b%d %s %s" % (k[0], k[1], k[2][:4], k[3]) for k in keys]
@@ -136,7 +136,7 @@ for i, kind in enumerate(("dispatch", "combine", "point_to_point", "allgather"))
     a2.bar(range(len(keys)), v, bottom=bottom, label=kind, color="C%d" % (i + 4))
     bottom = [b + x for b, x in zip(bottom, v)]
 a2.set_ylabel("KB crossing ranks per token")
-a2.legend()
+a2.legend(loc="upper left", fontsize=7, ncol=4)
 a2.set_xticks(range(len(keys)), labels, rotation=70, ha="right", fontsize=7)
 fig.suptitle("medium-32 bf16, 2 namespace hosts x 1 rank, replay %s" % routing)
 fig.tight_layout()

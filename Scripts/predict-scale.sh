@@ -64,6 +64,7 @@ try:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 except ImportError:
+    print("(no matplotlib, so no plot: python3 -m pip install matplotlib)", file=sys.stderr)
     sys.exit(0)
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
 for ax, shape in zip(axes, ("mixtral-8x7b", "qwen3-30b-a3b")):
