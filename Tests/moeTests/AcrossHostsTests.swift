@@ -6,13 +6,16 @@ import Testing
 /// Needs root (CI runs as root); elsewhere the suite is skipped, saying why.
 @Suite(.serialized, .enabled(if: MPIRun.canMakeHosts, "needs root with ip and unshare to make namespace hosts"))
 struct AcrossHostsTests {
-    /// Both modes, contiguous and shuffled placements: the single process's greedy tokens, and forward logits
+    /// Every mode, contiguous and shuffled placements: the single process's greedy tokens, and forward logits
     /// within 1e-4 with identical experts.
-    @Test(arguments: [("ep2", false), ("coherent", false), ("coherent", true)])
+    @Test(arguments: [("ep2", false), ("coherent", false), ("coherent", true), ("auto", true)])
     func twoHostsGiveTheSingleProcessResult(mode: String, shuffled: Bool) throws {
         let ref = Reference.all["tiny-mixtral"]!
         let plan = shuffled ? try shuffledPlan(layers: ref.spec.layers, experts: ref.spec.experts, ranks: 2, topK: ref.spec.topK) : nil
-        let placement = plan.map { ["--placement", $0.path] } ?? []
+        let calibration = TemporaryPath(".json")
+        try #"{"latency_s": 3e-5, "bandwidth_bytes_per_s": 8e8, "stream_rows": [1, 8], "stream_s_per_byte": [1e-10, 2e-10]}"#
+            .write(toFile: calibration.path, atomically: true, encoding: .utf8)
+        let placement = (plan.map { ["--placement", $0.path] } ?? []) + (mode == "auto" ? ["--calibration", calibration.path] : [])
         let prompt = ref.prompt.map(String.init).joined(separator: ",")
         let g = try MPIRun.startAcrossHosts(2, ["-np", "2", MoEBinary.url.path, "generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", prompt,
                                                 "--max-new-tokens", "8", "--temperature", "0", "--json", "--dispatch", mode] + placement)
