@@ -59,7 +59,7 @@ cleanup() {
             ip netns pids "$ns" 2>/dev/null | xargs -r kill -TERM 2>/dev/null
         fi
     done
-    for _ in $(seq 30); do   # up to 3 s for mpirun to end its ranks and remove its session folder
+    for _ in $(seq 50); do   # up to 5 s for mpirun to end its ranks and remove its session folder
         local left=0
         for ns in "${names[@]}"; do [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] || left=1; done
         [ "$left" = 0 ] && break
@@ -114,6 +114,7 @@ EOF
 chmod +x "$work/agent"
 
 first=${names[0]}
+export MOE_MPIRUN_TMPDIR=$work   # the session folder goes with the work folder, however the run ends
 ip netns exec "$first" unshare --uts /bin/bash -c 'hostname "$1"; cores=$2; shift 2; exec taskset -c "$cores" "$@"' \
     bash "$first" "${corelist[0]}" "$root/Scripts/mpirun.sh" \
     --hostfile "$work/hostfile" --mca plm_rsh_agent "$work/agent" --bind-to none \

@@ -6,13 +6,15 @@
 # - the launch gets its own OpenMPI session directory (--mca orte_tmpdir_base on a fresh folder, removed at exit):
 #   launches that start and end beside each other otherwise race to make and remove the shared per-user
 #   <tmp>/ompi.<host>.<uid>, and one fails with "A call to mkdir was unable to create the desired directory";
+#   MOE_MPIRUN_TMPDIR puts that folder elsewhere than /tmp (Deploy/netns-cluster.sh: inside its own work folder,
+#   so the folder goes with it even if this wrapper is killed);
 # - as root it passes --allow-run-as-root, and --oversubscribe unless MOE_MPIRUN_NO_OVERSUBSCRIBE=1.
 # Exit status: mpirun's. SIGINT/SIGTERM go to mpirun, which ends its ranks; the session folder goes either way.
 set -uo pipefail
 if [ -n "${PMIX_RANK:-}${OMPI_COMM_WORLD_SIZE:-}" ]; then
     for v in $(env | sed -n 's/^\(\(OMPI\|PMIX\|OPAL\)_[A-Za-z0-9_]*\)=.*/\1/p'); do unset "$v"; done
 fi
-session=$(mktemp -d /tmp/moe-mpi-XXXXXX) || exit 1
+session=$(mktemp -d "${MOE_MPIRUN_TMPDIR:-/tmp}/moe-mpi-XXXXXX") || exit 1
 options=(--mca orte_tmpdir_base "$session")
 [ "$(id -u)" -ne 0 ] || options+=(--allow-run-as-root)
 [ "${MOE_MPIRUN_NO_OVERSUBSCRIBE:-0}" = 1 ] || options+=(--oversubscribe)

@@ -59,6 +59,35 @@ struct AcrossHostsTests {
         #expect(!hosts.contains("moe netns-cluster"), "\(hosts)")
     }
 
+    /// Ctrl-C (SIGINT) or SIGTERM to the script mid-run: it ends within 10 s and leaves no namespace, no
+    /// `/etc/hosts` line and no folder of its own (nor mpirun's session folder, which lives inside it).
+    @Test(arguments: [SIGINT, SIGTERM])
+    func aSignalMidRunLeavesNothingBehind(signal: Int32) throws {
+        func namespaces() -> Set<String> {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = ["ip", "netns", "list"]
+            let r = (try? MoEBinary.wait(p, timeout: 10))?.stdout ?? ""
+            return Set(r.split(separator: "\n").map { String($0.split(separator: " ").first ?? "") }.filter { $0.hasPrefix("moe") })
+        }
+        func folders() -> Set<String> {
+            Set(((try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? []).filter { $0.hasPrefix("moe-netns-") })
+        }
+        let before = namespaces(), foldersBefore = folders()
+        let launch = try MPIRun.startAcrossHosts(2, ["-np", "2", "sleep", "60"])
+        let deadline = Date().addingTimeInterval(20)
+        while namespaces().subtracting(before).count < 3 && Date() < deadline { usleep(100_000) }
+        #expect(namespaces().subtracting(before).count == 3, "2 hosts and the switch should exist while it runs")
+        kill(launch.process.processIdentifier, signal)
+        let sent = Date()
+        let r = launch.finish(timeout: 15)
+        #expect(Date().timeIntervalSince(sent) < 10)
+        #expect(r.status != 0)
+        #expect(namespaces().subtracting(before).isEmpty)
+        #expect(folders().subtracting(foldersBefore).isEmpty)
+        #expect(!((try? String(contentsOfFile: "/etc/hosts", encoding: .utf8)) ?? "").contains("moe netns-cluster"))
+    }
+
     /// Bad arguments to the script: a message and exit 2, nothing made.
     @Test(arguments: [(["--hosts", "0", "--", "true"], "--hosts must be 1-99"), (["--rate", "fast", "--", "true"], "--rate takes a tc rate"),
                       (["--hosts", "2"], "nothing to run"), (["--cores", "0", "--", "true"], "--cores has 1 lists for 2 hosts")])

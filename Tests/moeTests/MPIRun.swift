@@ -85,8 +85,13 @@ enum MPIRun {
     /// (the script launches through `Scripts/mpirun.sh`, so it too gets a session folder of its own).
     static func startAcrossHosts(_ hosts: Int, options: [String] = [], _ arguments: [String], environment extra: [String: String] = [:]) throws
         -> Launch {
-        try launch(LaunchSiteTests.root.appendingPathComponent("Deploy/netns-cluster.sh"), ["--hosts", "\(hosts)"] + options + ["--"] + arguments,
-                   environment: extra, session: nil)
+        // The script starts as from a terminal: signals unblocked and at their defaults (the test runner's threads
+        // hand their blocked and ignored signals down, and a shell cannot trap a signal ignored when it started).
+        let reset = "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, set()); "
+            + "[signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGTERM)]; os.execv(sys.argv[1], sys.argv[1:])"
+        let script = LaunchSiteTests.root.appendingPathComponent("Deploy/netns-cluster.sh").path
+        return try launch(URL(fileURLWithPath: "/usr/bin/env"), ["python3", "-c", reset, script, "--hosts", "\(hosts)"] + options + ["--"] + arguments,
+                          environment: extra, session: nil)
     }
 
     /// Whether namespace hosts can be made here (root, with `ip` and `unshare`).
