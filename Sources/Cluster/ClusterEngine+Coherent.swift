@@ -33,6 +33,15 @@ extension ClusterEngine {
         sampleAndEmit(local, x: xp)
     }
 
+    /// The new home of a token whose experts sit on `ranksOf` (router order, highest weight first): the rank
+    /// holding most of them, the first such in router order on a tie. The step-time model uses the same rule.
+    static func newHome(_ ranksOf: [Int], ranks g: Int) -> Int {
+        var count = [Int](repeating: 0, count: g)
+        for r in ranksOf { count[r] += 1 }
+        let most = count.max()!
+        return ranksOf.first { count[$0] == most }!
+    }
+
     /// The MoE layer of coherent mode. Returns the tokens whose new home is this rank, in slot order, and their
     /// residual streams after the layer.
     func moveToExperts(layer l: Int, tokens local: [SequenceState], x xp: UnsafeMutablePointer<Float>)
@@ -45,12 +54,9 @@ extension ClusterEngine {
         // Dispatch: record = slot, new home, k × (expert, weight), residual row; once to every rank involved.
         var send = [ByteWriter](repeating: ByteWriter(), count: g)
         for (i, s) in local.enumerated() {
-            var count = [Int](repeating: 0, count: g)
-            for j in 0..<k { count[rankOf(l, routing.ids[i * k + j])] += 1 }
-            let most = count.max()!
-            // Router order is highest weight first: the first expert on a rank with the most experts decides.
-            let home = (0..<k).map { rankOf(l, routing.ids[i * k + $0]) }.first { count[$0] == most }!
-            for d in 0..<g where count[d] > 0 || d == home {
+            let ranksOf = (0..<k).map { rankOf(l, routing.ids[i * k + $0]) }
+            let home = Self.newHome(ranksOf, ranks: g)
+            for d in 0..<g where d == home || ranksOf.contains(d) {
                 send[d].int(s.slot)
                 send[d].int(home)
                 for j in 0..<k { send[d].int(Int(routing.ids[i * k + j])); send[d].float(routing.weights[i * k + j]) }

@@ -155,15 +155,6 @@ public struct StepTimeModel: Sendable {
         return nodes > 1 ? calibration.round(bytes: busiest) : calibration.latency
     }
 
-    /// The new home of a token whose experts sit on `ranksOf` (router order): the rank holding most of them, the
-    /// first such in router order (highest weight) on a tie.
-    static func home(_ ranksOf: [Int], ranks g: Int) -> Int {
-        var count = [Int](repeating: 0, count: g)
-        for r in ranksOf { count[r] += 1 }
-        let most = count.max()!
-        return ranksOf.first { count[$0] == most }!
-    }
-
     /// One decode step of `routing[token][layer]` (each token's experts in router order; empty for dense layers)
     /// with tokens starting on `homes[token]` (`ep2`: their owners) and `contexts[token]` cached positions.
     /// `replicating`: every K/V row goes to every rank (always in `coherent`; in `ep2` steps of `auto`).
@@ -218,7 +209,7 @@ public struct StepTimeModel: Sendable {
                 // away from the new home go there point-to-point, only where there are any.
                 for t in routing.indices {
                     let ranksOf = routing[t][l].map { row[$0] }
-                    let next = Self.home(ranksOf, ranks: g)
+                    let next = ClusterEngine.newHome(ranksOf, ranks: g)
                     for d in Set(ranksOf + [next]) { dispatch.add(home[t], d, h + dispatchHeader(k)) }
                     for r in ranksOf { back.add(r, next, h) }
                     home[t] = next
