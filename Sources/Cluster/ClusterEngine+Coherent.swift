@@ -7,7 +7,7 @@ extension ClusterEngine {
     /// attention there against the replicated cache, and at each MoE layer moves with one all-to-all to the
     /// ranks of its experts; the rank holding most of them (then the highest weight) becomes its new home.
     /// Experts elsewhere send their weighted rows to the new home point-to-point, only between ranks that have
-    /// something to send. The last home samples; K/V rows travel in the step-end allgather.
+    /// something to send. The last home samples. K/V rows go to every rank as `kvReplication` says.
     func decodeCoherent(_ sequences: [SequenceState]) throws {
         var local = sequences.filter { $0.home == comm.rank }
         let tokens = local.map { $0.tokens.last! }
@@ -15,12 +15,13 @@ extension ClusterEngine {
         model.embed(tokens, into: xp)
         for l in 0..<model.spec.layers {
             let n = local.count
+            try completeReplication(layer: l)  // other ranks' rows of this layer from the last step
             if n > 0 {
                 let batch = MoEDecoder.Batch(tokens: Array(repeating: 0, count: n),  // ids unused by attention
                                              segments: local.map { .init(cache: $0.cache!, count: 1) })
                 model.attention(layer: l, batch: batch, x: xp, rotary: model.rotaryTable(batch))
-                for s in local { emitKV(s, layer: l, first: s.cache!.length, count: 1) }
             }
+            try replicate(layer: l, local, decoding: sequences.count)
             if !model.spec.moeLayers[l] {
                 let xn = model.feedForwardNorm(layer: l, x: xp, tokens: n)
                 let yp = y.reserve(max(n, 1) * h)

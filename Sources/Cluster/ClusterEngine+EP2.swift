@@ -49,19 +49,21 @@ extension ClusterEngine {
         let xp = x.reserve(max(tokens.count, 1) * h)
         model.embed(tokens, into: xp)
         try ownedLayers(batch: batch, positions: mine.map { ($0.slot, $0.cache!.length) }, x: xp, observe: false,
-                        replicate: replicatesKV ? mine : [])
+                        replicate: replicatesKV ? (mine, sequences.count) : nil)
         sampleAndEmit(mine, x: xp)
     }
 
     /// All layers over tokens whose caches are on this rank; MoE layers through `ep2Combine`.
-    /// `replicate`: decode sequences whose new K/V rows go to every rank (auto mode).
+    /// `replicate`: in a decode step of `auto`, this rank's sequences, whose new K/V rows go to every rank, and
+    /// how many the step decodes in all.
     func ownedLayers(batch: MoEDecoder.Batch, positions: [(slot: Int, position: Int)], x xp: UnsafeMutablePointer<Float>,
-                     observe: Bool, replicate: [SequenceState] = []) throws {
+                     observe: Bool, replicate: (sequences: [SequenceState], decoding: Int)? = nil) throws {
         let t = batch.tokens.count
         let table = model.rotaryTable(batch)
         for l in 0..<model.spec.layers {
+            if replicate != nil { try completeReplication(layer: l) }
             if t > 0 { model.attention(layer: l, batch: batch, x: xp, rotary: table) }
-            for s in replicate { emitKV(s, layer: l, first: s.cache!.length, count: 1) }
+            if let replicate { try self.replicate(layer: l, replicate.sequences, decoding: replicate.decoding) }
             let xn = model.feedForwardNorm(layer: l, x: xp, tokens: t)
             let yp = y.reserve(max(t, 1) * h)
             if !model.spec.moeLayers[l] {

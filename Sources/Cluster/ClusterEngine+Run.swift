@@ -50,6 +50,8 @@ public struct ClusterRunStats: Sendable {
     public var prefillSeconds = 0.0
     /// Decode steps run in each mode (`ep2`, `coherent`; under `auto` the head's choices).
     public var modeSteps: [String: Int] = [:]
+    /// Seconds decode steps waited for posted K/V rows (`--kv-replication layer`: what the overlap did not hide).
+    public var kvWaitSeconds = 0.0
 }
 
 extension ClusterEngine {
@@ -84,7 +86,10 @@ extension ClusterEngine {
             }
             let bytes = try comm.broadcast(try plan.serializedBytes() as [UInt8], root: 0)
             plan = try Moe_Control_StepPlan(serializedBytes: bytes)
-            if plan.shutdown { break }
+            if plan.shutdown {
+                try completeAllReplication()
+                break
+            }
             step = Int(plan.step)
 
             let decoding = active
@@ -98,7 +103,7 @@ extension ClusterEngine {
                 stats.prefillSeconds += Clock.since(start)
                 stats.prefillTokens += admitted.reduce(0) { $0 + $1.request.promptIds.count }
             }
-            let before = comm.counters, start = Clock.now
+            let before = comm.counters, start = Clock.now, waitedBefore = kvWaitSeconds
             let stepMode = mode == .auto ? (DispatchMode(rawValue: plan.decodeMode) ?? .coherent) : mode
             if !decoding.isEmpty {
                 switch stepMode {
@@ -112,6 +117,7 @@ extension ClusterEngine {
                 stats.decodeSteps += 1
                 stats.decodeTokens += decoding.count
                 stats.modeSteps[stepMode.rawValue, default: 0] += 1
+                stats.kvWaitSeconds += kvWaitSeconds - waitedBefore
                 let d = comm.counters.since(before)
                 for kind in CommCounters.Kind.allCases {
                     stats.decodeCounters.calls[kind, default: 0] += d.calls[kind] ?? 0

@@ -66,6 +66,12 @@ public final class ClusterEngine {
     public var routingLog: RoutingLog?
     /// `auto` mode: predicts each decode step in both modes (the head picks the faster).
     public var stepModel: StepTimeModel?
+    /// How decode K/V rows reach every rank (modes that replicate them).
+    public var kvReplication = KVReplication.layer
+    /// Posted K/V rows by layer, from this or the previous decode step, not yet completed.
+    var postedKV: [Int: PostedAllgather] = [:]
+    /// Seconds spent waiting for posted K/V rows (what the overlap did not hide), since start.
+    public internal(set) var kvWaitSeconds = 0.0
     /// Router decisions this rank made in this step (`auto` mode): slot → layer → experts of its latest position.
     var routingThisStep: [Int: [Int: [Int]]] = [:]
     var sequences: [Int: SequenceState] = [:]
@@ -164,7 +170,6 @@ public final class ClusterEngine {
         tokenCount = 0
         routingThisStep = [:]
         let k = model.spec.topK, layers = model.spec.layers
-        let kvDim = model.spec.kvDim
         var finished: [SequenceState] = []
         for bytes in all {
             var r = ByteReader(bytes)
@@ -193,13 +198,7 @@ public final class ClusterEngine {
                     s.lastRouting[l] = ids
                 }
             }
-            while !r.atEnd {  // K/V rows: slot, layer, first position, count, then keys and values
-                let slot = r.int(), layer = r.int(), first = r.int(), count = r.int()
-                guard let cache = sequences[slot]?.cache else { r.skip(floats: 2 * count * kvDim); continue }
-                cache.reserve(first + count)
-                r.floats(count: count * kvDim, into: cache.keys(layer) + first * kvDim)
-                r.floats(count: count * kvDim, into: cache.values(layer) + first * kvDim)
-            }
+            readKV(r)  // K/V rows: slot, layer, first position, count, then keys and values
         }
         for s in prefilled { s.cache?.commit(s.request.promptIds.count) }
         for s in decoded { s.cache?.commit(1) }
@@ -236,13 +235,6 @@ public final class ClusterEngine {
 
     /// Queues K/V rows `first ..< first + count` of `layer` for the step-end allgather.
     func emitKV(_ s: SequenceState, layer: Int, first: Int, count: Int) {
-        guard let cache = s.cache else { return }
-        let kvDim = model.spec.kvDim
-        kvOut.int(s.slot)
-        kvOut.int(layer)
-        kvOut.int(first)
-        kvOut.int(count)
-        kvOut.floats(cache.keys(layer) + first * kvDim, count: count * kvDim)
-        kvOut.floats(cache.values(layer) + first * kvDim, count: count * kvDim)
+        writeKV(s, layer: layer, first: first, count: count, into: &kvOut)
     }
 }

@@ -9,8 +9,9 @@ import Placement
 /// plus the busiest rank's bytes (sent or received, whichever is more) over the bandwidth. Compute is weight
 /// streaming: each rank reads every weight matrix it uses once per phase, whatever its token rows, at the rate
 /// calibrated for that many rows (`Calibration.secondsPerByte`); small-batch decode is bound by these bytes.
-/// The K/V rows and the control messages are counted as the cluster sends them today (`coherent` replicates
-/// every K/V row in the step-end allgather).
+/// The K/V rows and the control messages are counted as the cluster sends them: with `kvReplication` `.layer`
+/// the K/V rows travel while later layers compute and cost time only where their transfer outlasts the step;
+/// with `.stepEnd` they ride the step-end allgather.
 public struct StepTimeModel: Sendable {
     /// What one round and one byte cost on this machine and link (`moe calibrate`).
     public struct Calibration: Codable, Sendable, Equatable {
@@ -116,6 +117,8 @@ public struct StepTimeModel: Sendable {
     /// bandwidth are paid by what crosses nodes (each node's traffic shares its link). Default: one rank per node.
     public var ranksPerNode: Int
     public var ranks: Int { placement.ranks }
+    /// How the cluster replicates K/V rows (what it costs the step).
+    public var kvReplication = KVReplication.layer
 
     public init(shape: Shape, calibration: Calibration, placement: Placement, ranksPerNode: Int = 1) {
         self.shape = shape
@@ -226,16 +229,27 @@ public struct StepTimeModel: Sendable {
         // The LM head where each token ends; the step-end allgather: 12 bytes per token and, in coherent mode,
         // every K/V row of the step; the step plan's broadcast.
         out.seconds += (0..<g).map { c.stream(shape.lmHeadBytes, rows: tokensOn($0)) }.max() ?? 0
-        var gather = Traffic(g)
+        var gather = Traffic(g), kv = Traffic(g)
+        let kvInGather = kvReplication == .stepEnd
         for r in 0..<g {
-            let mine = Double(12 * tokensOn(r)) + kvTraffic[r] + 8
-            for d in 0..<g { gather.add(r, d, mine) }
+            let mine = Double(12 * tokensOn(r)) + (kvInGather ? kvTraffic[r] : 0) + 8
+            for d in 0..<g {
+                gather.add(r, d, mine)
+                if !kvInGather { kv.add(r, d, kvTraffic[r]) }
+            }
         }
         let seconds = roundSeconds(gather) + Double(controlRounds - 1) * c.latency
         out.seconds += seconds
         out.communicationSeconds += seconds
         out.rounds += controlRounds
         out.bytes["allgather", default: 0] += gather.total
+        if !kv.isEmpty {
+            // Posted per layer: hidden behind the step unless moving them takes longer than the step itself.
+            let hidden = max(0, roundSeconds(kv) - c.latency - out.seconds)
+            out.seconds += hidden
+            out.communicationSeconds += hidden
+            out.bytes["kv_replication", default: 0] += kv.total
+        }
         out.homes = home
         return out
     }

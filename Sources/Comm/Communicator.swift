@@ -22,6 +22,9 @@ public protocol Communicator: AnyObject {
     /// named; ranks not named exchange nothing, and no call is made when both are empty. Returns received bytes
     /// by source rank.
     func exchange(send messages: [Int: [UInt8]], receive sizes: [Int: Int]) throws -> [Int: [UInt8]]
+    /// Starts an allgather of `send` (at most `capacity` bytes on every rank) and returns at once, counted
+    /// under `kvReplication`; `wait` on the result completes it.
+    func postAllgather(_ send: [UInt8], capacity: Int) throws -> PostedAllgather
     /// Ends the whole job with `code` (MPI_Abort): for a rank that cannot go on while others wait.
     func abort(code: Int32) -> Never
 }
@@ -32,6 +35,8 @@ public struct CommCounters: Sendable, Equatable {
         /// The all-to-all that sends tokens to their experts, and the one that brings results back (`ep2` only).
         case dispatch, combine
         case allgather, broadcast, pointToPoint = "point_to_point", barrier
+        /// K/V rows replicated to every rank as each layer makes them (posted allgathers).
+        case kvReplication = "kv_replication"
     }
 
     public var calls: [Kind: Int] = [:]

@@ -133,6 +133,7 @@ public final class MPICommunicator: Communicator {
         case .broadcast: return 107
         case .pointToPoint: return 77
         case .barrier: return 109
+        case .kvReplication: return postedTag
         }
     }
 

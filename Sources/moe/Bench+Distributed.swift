@@ -47,7 +47,7 @@ extension MoE.Bench {
         let moeLayers = Double(spec.moeLayers.filter { $0 }.count)
         let steps = Double(max(stats.decodeSteps, 1)), tokens = Double(max(stats.decodeTokens, 1))
         var collectives: [String: Double] = [:], bytes: [String: Double] = [:]
-        for kind in [CommCounters.Kind.dispatch, .combine, .pointToPoint, .allgather] {
+        for kind in [CommCounters.Kind.dispatch, .combine, .pointToPoint, .allgather, .kvReplication] {
             let calls = kind == .pointToPoint ? all.reduce(0) { $0 + ($1["calls_" + kind.rawValue] as! Int) } : all[0]["calls_" + kind.rawValue] as! Int
             collectives[kind.rawValue] = Double(calls) / steps / moeLayers
             bytes[kind.rawValue] = Double(all.reduce(0) { $0 + ($1["bytes_" + kind.rawValue] as! Int) }) / tokens
@@ -68,17 +68,18 @@ extension MoE.Bench {
             "collectives_per_moe_layer": collectives, "cross_rank_bytes_per_token": bytes,
             "max_mean_tokens_per_rank": imbalance.isEmpty ? 1 : imbalance.reduce(0, +) / Double(imbalance.count),
             "expert_bytes_per_rank": run.expertBytes, "mode_steps": stats.modeSteps,
+            "kv_replication": cluster.kvReplication, "kv_wait_ms_per_step": 1e3 * stats.kvWaitSeconds / steps,
         ]
         if format == "json" {
             emit(try jsonLine(report))
         } else {
-            emit("| ranks | dispatch | prefill tok/s | decode tok/s | all-to-alls / MoE layer | p2p msgs / MoE layer | dispatch B/token | combine B/token | p2p B/token | allgather B/token | max/mean rows |")
-            emit("|---|---|---|---|---|---|---|---|---|---|---|")
-            emit(String(format: "| %d | %@ | %.0f | %.1f | %.2f | %.2f | %.0f | %.0f | %.0f | %.0f | %.2f |", comm.size, cluster.dispatch,
+            emit("| ranks | dispatch | prefill tok/s | decode tok/s | all-to-alls / MoE layer | p2p msgs / MoE layer | dispatch B/token | combine B/token | p2p B/token | allgather B/token | K/V B/token | K/V wait ms/step | max/mean rows |")
+            emit("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            emit(String(format: "| %d | %@ | %.0f | %.1f | %.2f | %.2f | %.0f | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f |", comm.size, cluster.dispatch,
                         report["prefill_tokens_per_s"] as! Double, report["decode_tokens_per_s"] as! Double,
                         collectives["dispatch"]! + collectives["combine"]!, collectives["point_to_point"]!,
                         bytes["dispatch"]!, bytes["combine"]!, bytes["point_to_point"]!, bytes["allgather"]!,
-                        report["max_mean_tokens_per_rank"] as! Double))
+                        bytes["kv_replication"]!, report["kv_wait_ms_per_step"] as! Double, report["max_mean_tokens_per_rank"] as! Double))
         }
     }
 }

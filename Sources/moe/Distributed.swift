@@ -17,11 +17,18 @@ struct ClusterOptions: ParsableArguments {
     @Option(help: "Under mpirun: placement plan (JSON); default: contiguous (rank r holds experts ⌊rE/G⌋ ..< ⌊(r+1)E/G⌋).")
     var placement: String?
 
+    @Option(help: "Under mpirun with --dispatch coherent or auto: how decode K/V rows reach every rank, layer (posted as each layer makes them, completed before the next step reads them) or step-end (in the step-end allgather).")
+    var kvReplication: String = KVReplication.layer.rawValue
+
     var mode: DispatchMode { DispatchMode(rawValue: dispatch)! }
+    var replication: KVReplication { KVReplication(rawValue: kvReplication)! }
 
     func validate() throws {
         guard DispatchMode(rawValue: dispatch) != nil else { throw ValidationError("--dispatch must be ep2, coherent or auto, got '\(dispatch)'") }
         if calibration != nil && dispatch != DispatchMode.auto.rawValue { throw ValidationError("--calibration is for --dispatch auto") }
+        guard KVReplication(rawValue: kvReplication) != nil else {
+            throw ValidationError("--kv-replication must be layer or step-end, got '\(kvReplication)'")
+        }
     }
 }
 
@@ -65,6 +72,7 @@ struct DistributedRun {
             let model = try options.load(holding: { layer, expert in table[layer][expert] == rank })
             try check(model, rank)
             engine = ClusterEngine(comm: comm, model: model, placement: placement, mode: cluster.mode)
+            engine?.kvReplication = cluster.replication
             if let path = cluster.calibration { calibration = try StepTimeModel.Calibration.load(path: path) }
         } catch {
             failure = "\(error)"
@@ -83,6 +91,7 @@ struct DistributedRun {
             let c = try calibration ?? MoE.Calibrate.measure(comm, spec: model.spec, type: model.embedding.type)
             run.engine.stepModel = StepTimeModel(shape: .init(spec: model.spec, weightBytes: model.embedding.type.byteSize), calibration: c,
                                                  placement: run.engine.placement)
+            run.engine.stepModel?.kvReplication = cluster.replication
         }
         return run
     }

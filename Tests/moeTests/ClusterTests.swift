@@ -150,9 +150,10 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         #expect((ep2["collectives_per_moe_layer"] as! [String: Double])["combine"] == 1)
     }
 
-    /// Prompts of different lengths arriving at different steps each get the tokens they get alone.
-    @Test(arguments: ["ep2", "coherent"])
-    func continuousBatchingGivesEachRequestItsOwnTokens(mode: String) throws {
+    /// Prompts of different lengths arriving at different steps each get the tokens they get alone, with K/V
+    /// rows replicated per layer (posted, completed before they are read) or in the step-end allgather.
+    @Test(arguments: [("ep2", "layer"), ("coherent", "layer"), ("coherent", "step-end")])
+    func continuousBatchingGivesEachRequestItsOwnTokens(mode: String, replication: String) throws {
         let ref = Reference.all["tiny-olmoe"]!
         let model = try MoEDecoder.load(directory: fixture("tiny-olmoe"))
         let engine = Engine(model: model)
@@ -162,7 +163,8 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
             #"{"id": "r\#(i)", "prompt_ids": \#(p), "max_new_tokens": \#(4 + 2 * i), "temperature": 0, "arrival_step": \#([0, 0, 2, 5][i])}"#
         }
         try lines.joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
-        let r = try MPIRun.run(3, ["generate", "--model", fixture("tiny-olmoe"), "--requests", requests.path, "--dispatch", mode])
+        let r = try MPIRun.run(3, ["generate", "--model", fixture("tiny-olmoe"), "--requests", requests.path, "--dispatch", mode,
+                                   "--kv-replication", replication])
         #expect(r.status == 0, "\(r.stderr)")
         let results = r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
         #expect(results.count == 4)

@@ -30,13 +30,30 @@ import Testing
         // 0.5 + 1; LM head one row each 1.0; allgather 20 bytes each way 0.5 + 5, plus the step plan's round 0.5.
         #expect(abs(ep2.seconds - 14.21) < 1e-9)
         #expect(ep2.rounds == 4 && ep2.bytes == ["dispatch": 20, "combine": 4, "allgather": 40] && ep2.homes == [0, 1])
-        let coherent = m.step(.coherent, routing: routing, homes: [0, 1], contexts: [0, 0])
+        var stepEnd = m
+        stepEnd.kvReplication = .stepEnd
+        let coherent = stepEnd.step(.coherent, routing: routing, homes: [0, 1], contexts: [0, 0])
         // attention 0.01; dispatch A's row (4 + 16) 5.5; expert 0.2; no partials (one expert each); both end on
         // rank 1: LM head on 2 rows 2.0; allgather 32 bytes out of rank 0 (a K/V row), 56 out of rank 1 (two
         // tokens and a K/V row): 0.5 + 56/4, plus 0.5.
         #expect(abs(coherent.seconds - 22.71) < 1e-9)
         #expect(coherent.rounds == 3 && coherent.pointToPointLayers == 0 && coherent.homes == [1, 1])
         #expect(coherent.bytes == ["dispatch": 20, "allgather": 88])
+    }
+
+    @Test func kvRowsPostedPerLayerCostOnlyWhatOutlastsTheStep() throws {
+        var m = try model(topK: 1)
+        let routing = [[[1]], [[1]]]
+        // As above, but the allgather carries 8 bytes from rank 0 and 32 from rank 1: 0.5 + 8, plus 0.5. The
+        // K/V rows (24 bytes from each rank, 0.5 + 6 s) move while the 16.71 s step runs: hidden.
+        let hidden = m.step(.coherent, routing: routing, homes: [0, 1], contexts: [0, 0])
+        #expect(abs(hidden.seconds - 16.71) < 1e-9)
+        #expect(hidden.bytes == ["dispatch": 20, "allgather": 40, "kv_replication": 48])
+        // Rows of 1,016 bytes take 254 s to move beyond their latency: the step lasts that long.
+        m.shape.kvBytes = 1000
+        let slow = m.step(.coherent, routing: routing, homes: [0, 1], contexts: [0, 0])
+        #expect(abs(slow.seconds - 254) < 1e-9)
+        #expect(slow.bytes["kv_replication"] == 2032)
     }
 
     @Test func aTokenSplitAcrossRanksCostsAPartialRound() throws {
@@ -104,6 +121,9 @@ import Testing
     @Test func badCalibrationAndPredictionFlagsAreRefused() throws {
         let wrongMode = try MoEBinary.run(["generate", "--preset", "tiny", "--prompt-ids", "1", "--dispatch", "ep2", "--calibration", "c.json"])
         #expect(wrongMode.status == 64 && wrongMode.stderr.contains("--calibration is for --dispatch auto"), "\(wrongMode.stderr)")
+        let replication = try MoEBinary.run(["generate", "--preset", "tiny", "--prompt-ids", "1", "--kv-replication", "later"])
+        #expect(replication.status == 64 && replication.stderr.contains("--kv-replication must be layer or step-end, got 'later'"),
+                "\(replication.stderr)")
         let missing = try MPIRun.run(2, ["generate", "--preset", "tiny", "--prompt-ids", "1", "--dispatch", "auto", "--calibration", "/nonexistent/c.json"])
         #expect(missing.status == 1 && missing.stderr.contains("/nonexistent/c.json: no such file"), "\(missing.stderr)")
         #expect(missing.stderr.components(separatedBy: "moe: error:").count == 2, "one message: \(missing.stderr)")

@@ -1,0 +1,68 @@
+import Comm
+import Models
+
+/// How K/V rows reach every rank in the modes that replicate them (`coherent`, `auto`).
+public enum KVReplication: String, Sendable, CaseIterable {
+    /// Each layer's new decode rows leave as soon as attention has written them (a posted allgather, progressed by
+    /// the layer loop's MPI calls) and are completed just before the next step's same layer reads them.
+    case layer
+    /// Every row of a step travels in the step-end allgather (on the critical path).
+    case stepEnd = "step-end"
+}
+
+extension ClusterEngine {
+    /// Bytes of one decode K/V row on the wire: slot, layer, first position, count, then keys and values.
+    var kvRowBytes: Int { 16 + 2 * model.spec.kvDim * 4 }
+
+    /// Queues or posts the K/V rows `sequences` wrote at `layer` in this decode step (one position each). Every
+    /// rank calls it at every layer of a decode step, with or without rows, so all post the same sequence.
+    /// `decoding`: sequences in the step (bounds any rank's block).
+    func replicate(layer l: Int, _ sequences: [SequenceState], decoding: Int) throws {
+        switch kvReplication {
+        case .stepEnd:
+            for s in sequences { emitKV(s, layer: l, first: s.cache!.length, count: 1) }
+        case .layer:
+            var out = ByteWriter()
+            for s in sequences { writeKV(s, layer: l, first: s.cache!.length, count: 1, into: &out) }
+            postedKV[l] = try comm.postAllgather(out.bytes, capacity: decoding * kvRowBytes)
+            for p in postedKV.values { _ = try p.test() }  // lets earlier layers' rows move meanwhile
+        }
+    }
+
+    /// Completes the posted rows of `layer` (from the previous step) into the caches: before the layer reads them.
+    func completeReplication(layer l: Int) throws {
+        guard let posted = postedKV.removeValue(forKey: l) else { return }
+        try posted.wait { _, block in _ = block }
+        kvWaitSeconds += posted.waitedSeconds
+    }
+
+    /// Completes every posted row (before the run returns).
+    func completeAllReplication() throws {
+        for l in postedKV.keys.sorted() { try completeReplication(layer: l) }
+    }
+
+    /// K/V row records (`writeKV`'s layout) into the caches of the sequences they name.
+    func readKV(_ reader: ByteReader) {
+        var r = reader
+        let kvDim = model.spec.kvDim
+        while !r.atEnd {
+            let slot = r.int(), layer = r.int(), first = r.int(), count = r.int()
+            guard let cache = sequences[slot]?.cache else { r.skip(floats: 2 * count * kvDim); continue }
+            cache.reserve(first + count)
+            r.floats(count: count * kvDim, into: cache.keys(layer) + first * kvDim)
+            r.floats(count: count * kvDim, into: cache.values(layer) + first * kvDim)
+        }
+    }
+
+    /// Appends K/V rows `first ..< first + count` of `layer` of `s` to `out`.
+    func writeKV(_ s: SequenceState, layer: Int, first: Int, count: Int, into out: inout ByteWriter) {
+        guard let cache = s.cache else { return }
+        let kvDim = model.spec.kvDim
+        out.int(s.slot)
+        out.int(layer)
+        out.int(first)
+        out.int(count)
+        out.floats(cache.keys(layer) + first * kvDim, count: count * kvDim)
+        out.floats(cache.values(layer) + first * kvDim, count: count * kvDim)
+    }
+}
