@@ -8,13 +8,15 @@
 # Needs root. Usage: Scripts/bench-across-hosts.sh [SHARED_DIR]
 # Environment: REPS (5), BATCHES ("1 8"), MODES ("ep2 coherent"), PLACEMENTS ("contiguous planned"),
 #   LINKS ("shm unshaped 10gbit 1gbit"; shm: the same 2 ranks on this host over shared memory, one core each), GEN_LEN (32), PROMPT_LEN (32), ROUTING (mtbench|spec), OUT (.build/bench-across-hosts),
-#   MODEL (a model folder; default: medium-32 bf16 written once by moe init-model), EXTRA (more moe bench flags).
+#   MODEL (a model folder; default: medium-32 bf16 written once by moe init-model), EXTRA (more moe bench flags),
+#   LEVERS ("exact"; any of exact, step-end (K/V rows in the step-end allgather instead of posted per layer),
+#   per-rank (--combine per-rank), bf16-wire (--wire-dtype bf16), per-rank+bf16-wire): one cell each, interleaved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${1:-../shared}
 reps=${REPS:-5} batches=${BATCHES:-"1 8"} modes=${MODES:-"ep2 coherent"} placements=${PLACEMENTS:-"contiguous planned"}
 links=${LINKS:-"shm unshaped 10gbit 1gbit"} gen=${GEN_LEN:-32} prompt=${PROMPT_LEN:-32} routing=${ROUTING:-mtbench}
-out=${OUT:-.build/bench-across-hosts}
+out=${OUT:-.build/bench-across-hosts} levers=${LEVERS:-exact}
 mkdir -p "$out"
 swift build -c release --product moe >&2
 moe=$PWD/.build/release/moe
@@ -34,6 +36,17 @@ if [[ " $placements " == *" planned "* ]] && [ ! -f "$out/plan-$routing.json" ];
     args=(); for t in "${train[@]}"; do args+=(--trace "$t"); done
     "$moe" plan "${args[@]}" --ranks 2 --default-weights 0.65,0.35 --output "$out/plan-$routing.json" >&2
 fi
+lever_flags() {
+    case "$1" in
+        exact) flags=() ;;
+        step-end) flags=(--kv-replication step-end) ;;
+        per-rank) flags=(--combine per-rank) ;;
+        bf16-wire) flags=(--wire-dtype bf16) ;;
+        per-rank+bf16-wire) flags=(--combine per-rank --wire-dtype bf16) ;;
+        *) echo "bench-across-hosts: unknown lever '$1' (exact, step-end, per-rank, bf16-wire, per-rank+bf16-wire)" >&2; exit 2 ;;
+    esac
+}
+for lever in $levers; do lever_flags "$lever"; done
 launcher() {
     case "$1" in
         shm) launch=(Scripts/mpirun.sh --bind-to core --mca btl self,vader --mca mpi_yield_when_idle 1) ;;
@@ -56,14 +69,18 @@ for ((round = 1; round <= reps; round++)); do
             for placement in $placements; do
                 plan=(); [ "$placement" = contiguous ] || plan=(--placement "$out/plan-$routing.json")
                 for mode in $modes; do
+                  for lever in $levers; do
+                    [ "$mode" = ep2 ] && [ "$lever" = step-end ] && continue  # ep2 replicates no K/V
+                    lever_flags "$lever"
                     calibration=(); [ "$mode" != auto ] || calibration=(--calibration "$out/calibration-$link.json")
                     # shellcheck disable=SC2086  # EXTRA is split into flags on purpose
                     line=$("${launch[@]}" -np 2 "$moe" bench --model "$model" \
                         --threads 1 --batch "$batch" --prompt-len "$prompt" --gen-len "$gen" --repetitions 1 --format json \
-                        --dispatch "$mode" "${plan[@]}" "${calibration[@]}" --routing "replay:$replay" ${EXTRA:-} | tail -n 1)
-                    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r.update(link=sys.argv[2], plan=sys.argv[3], round=int(sys.argv[4])); print(json.dumps(r))' \
-                        "$line" "$link" "$placement" "$round" >> "$runs"
-                    echo "round $round: $link batch $batch $placement $mode: $(python3 -c 'import json,sys; print("%.1f tok/s" % json.loads(sys.argv[1])["decode_tokens_per_s"])' "$line")" >&2
+                        --dispatch "$mode" "${plan[@]}" "${calibration[@]}" "${flags[@]}" --routing "replay:$replay" ${EXTRA:-} | tail -n 1)
+                    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r.update(link=sys.argv[2], plan=sys.argv[3], round=int(sys.argv[4]), lever=sys.argv[5]); print(json.dumps(r))' \
+                        "$line" "$link" "$placement" "$round" "$lever" >> "$runs"
+                    echo "round $round: $link batch $batch $placement $mode $lever: $(python3 -c 'import json,sys; print("%.1f tok/s" % json.loads(sys.argv[1])["decode_tokens_per_s"])' "$line")" >&2
+                  done
                 done
             done
         done
@@ -95,22 +112,23 @@ for (link, batch, plan, mode) in list(predicted):
         predicted[(link, batch, plan, "auto")] = max(predicted[(link, batch, plan, "ep2")], predicted[(link, batch, plan, "coherent")])
 cells = {}
 for r in runs:
-    cells.setdefault((r["link"], r["batch"], r["plan"], r["dispatch"]), []).append(r)
+    cells.setdefault((r["link"], r["batch"], r["plan"], r["dispatch"], r.get("lever", "exact")), []).append(r)
 def med(rs, f): return statistics.median(f(r) for r in rs)
-lines = ["| link | batch | placement | dispatch | decode tok/s (min-max) | vs best ep2 | predicted (error) | KB/token: dispatch, combine, p2p, allgather | p2p msgs / MoE layer | modes run |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
-for (link, batch, plan, mode), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "contiguous", kv[0][3])):
+lines = ["| link | batch | placement | dispatch | lever | decode tok/s (min-max) | vs best ep2 | predicted (error) | KB/token: dispatch, combine, p2p, allgather, K/V | K/V wait ms/step | p2p msgs / MoE layer | modes run |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+for (link, batch, plan, mode, lever), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "contiguous", kv[0][3], kv[0][4])):
     tps = [r["decode_tokens_per_s"] for r in rs]
     best_ep2 = max((statistics.median(x["decode_tokens_per_s"] for x in v) for k, v in cells.items()
                     if k[0] == link and k[1] == batch and k[3] == "ep2"), default=None)
-    kb = ", ".join("%.0f" % (med(rs, lambda r, k=k: r["cross_rank_bytes_per_token"][k]) / 1e3) for k in ("dispatch", "combine", "point_to_point", "allgather"))
+    kb = ", ".join("%.0f" % (med(rs, lambda r, k=k: r["cross_rank_bytes_per_token"].get(k, 0)) / 1e3) for k in ("dispatch", "combine", "point_to_point", "allgather", "kv_replication"))
+    wait = med(rs, lambda r: r.get("kv_wait_ms_per_step", 0))
     p2p = med(rs, lambda r: r["collectives_per_moe_layer"]["point_to_point"])
     ran = rs[0].get("mode_steps", {})
-    pred = predicted.get((link, batch, plan, mode))
-    lines.append("| %s | %d | %s | %s | %.1f (%.1f-%.1f) | %s | %s | %s | %.2f | %s |" % (
-        link, batch, plan, mode, statistics.median(tps), min(tps), max(tps),
+    pred = predicted.get((link, batch, plan, mode)) if lever == "exact" else None
+    lines.append("| %s | %d | %s | %s | %s | %.1f (%.1f-%.1f) | %s | %s | %s | %.2f | %.2f | %s |" % (
+        link, batch, plan, mode, lever, statistics.median(tps), min(tps), max(tps),
         "%.2fx" % (statistics.median(tps) / best_ep2) if best_ep2 else "-",
-        "%.1f (%+.0f%%)" % (pred, 100 * (pred / statistics.median(tps) - 1)) if pred else "-", kb, p2p,
+        "%.1f (%+.0f%%)" % (pred, 100 * (pred / statistics.median(tps) - 1)) if pred else "-", kb, wait, p2p,
         ", ".join("%s %d" % kv for kv in sorted(ran.items())) or "-"))
 table = "\n".join(lines)
 print(table)
@@ -123,7 +141,7 @@ except ImportError:
     print("(no matplotlib, so no plot: python3 -m pip install matplotlib)", file=sys.stderr)
     sys.exit(0)
 keys = sorted(cells, key=lambda k: (k[1], k[0], k[2], k[3]))
-labels = ["%s b%d %s %s" % (k[0], k[1], k[2][:4], k[3]) for k in keys]
+labels = ["%s b%d %s %s%s" % (k[0], k[1], k[2][:4], k[3], "" if k[4] == "exact" else " " + k[4]) for k in keys]
 fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(8, len(keys) * 0.5), 8), sharex=True)
 a1.bar(range(len(keys)), [statistics.median(r["decode_tokens_per_s"] for r in cells[k]) for k in keys],
        yerr=[[statistics.median(r["decode_tokens_per_s"] for r in cells[k]) - min(r["decode_tokens_per_s"] for r in cells[k]) for k in keys],
@@ -131,8 +149,8 @@ a1.bar(range(len(keys)), [statistics.median(r["decode_tokens_per_s"] for r in ce
        color=["C0" if k[3] == "ep2" else "C1" if k[3] == "coherent" else "C2" for k in keys])
 a1.set_ylabel("decode tokens/s (median, min-max)")
 bottom = [0.0] * len(keys)
-for i, kind in enumerate(("dispatch", "combine", "point_to_point", "allgather")):
-    v = [statistics.median(r["cross_rank_bytes_per_token"][kind] for r in cells[k]) / 1e3 for k in keys]
+for i, kind in enumerate(("dispatch", "combine", "point_to_point", "allgather", "kv_replication")):
+    v = [statistics.median(r["cross_rank_bytes_per_token"].get(kind, 0) for r in cells[k]) / 1e3 for k in keys]
     a2.bar(range(len(keys)), v, bottom=bottom, label=kind, color="C%d" % (i + 4))
     bottom = [b + x for b, x in zip(bottom, v)]
 a2.set_ylabel("KB crossing ranks per token")

@@ -1,3 +1,5 @@
+import Kernels
+
 /// Packs fixed-layout records of Int32 and Float into bytes for the raw-buffer collectives.
 struct ByteWriter {
     private(set) var bytes: [UInt8] = []
@@ -7,6 +9,11 @@ struct ByteWriter {
 
     mutating func floats(_ p: UnsafePointer<Float>, count: Int) {
         bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: count * 4))
+    }
+
+    /// `count` floats rounded to bf16 (nearest, ties to even).
+    mutating func bf16s(_ p: UnsafePointer<Float>, count: Int) {
+        for i in 0..<count { append(Widen.toBF16(p[i])) }
     }
 
     private mutating func append<T>(_ v: T) {
@@ -34,6 +41,14 @@ struct ByteReader {
             UnsafeMutableRawPointer(dst).copyMemory(from: raw.baseAddress! + offset, byteCount: count * 4)
         }
         offset += count * 4
+    }
+
+    /// `count` bf16 values, widened into `dst`.
+    mutating func bf16s(count: Int, into dst: UnsafeMutablePointer<Float>) {
+        bytes.withUnsafeBytes { raw in
+            for i in 0..<count { dst[i] = Widen.bf16(raw.loadUnaligned(fromByteOffset: offset + 2 * i, as: UInt16.self)) }
+        }
+        offset += count * 2
     }
 
     private mutating func read<T>(_: T.Type) -> T {

@@ -47,7 +47,7 @@ extension ClusterEngine {
     /// residual streams after the layer.
     func moveToExperts(layer l: Int, tokens local: [SequenceState], x xp: UnsafeMutablePointer<Float>)
         throws -> ([SequenceState], UnsafeMutablePointer<Float>) {
-        let g = comm.size, me = comm.rank, n = local.count
+        let g = comm.size, me = comm.rank, n = local.count, codec = codec, perRank = combineRows == .perRank
         let xn = model.feedForwardNorm(layer: l, x: xp, tokens: n)
         let routing = decide(layer: l, normed: xn, at: local.map { ($0.slot, $0.cache!.length) })
         let k = routing.topK
@@ -61,21 +61,21 @@ extension ClusterEngine {
                 send[d].int(s.slot)
                 send[d].int(home)
                 for j in 0..<k { send[d].int(Int(routing.ids[i * k + j])); send[d].float(routing.weights[i * k + j]) }
-                send[d].floats(xp + i * h, count: h)
+                codec.write(xp + i * h, into: &send[d])
             }
         }
         let received = try comm.alltoallv(send.map(\.bytes), kind: .dispatch)
 
         struct Arrival { var slot: Int; var home: Int; var experts: [(Int32, Float)] }
         var arrivals: [Arrival] = []
-        let xr = rows.reserve(max(received.reduce(0) { $0 + $1.count } / (h * 4), 1) * h)
+        let xr = rows.reserve(max(received.reduce(0) { $0 + $1.count } / codec.rowBytes, 1) * h)
         for src in 0..<g {
             var r = ByteReader(received[src])
             while !r.atEnd {
                 let slot = r.int(), home = r.int()
                 var experts: [(Int32, Float)] = []
                 for _ in 0..<k { experts.append((Int32(r.int()), r.float())) }
-                r.floats(count: h, into: xr + arrivals.count * h)
+                codec.read(&r, into: xr + arrivals.count * h)
                 arrivals.append(Arrival(slot: slot, home: home, experts: experts))
             }
         }
@@ -94,22 +94,31 @@ extension ClusterEngine {
         var index: [Int64: Int] = [:]
         for (i, a) in assignments.enumerated() { index[Int64(a.row) << 32 | Int64(a.expert)] = i }
 
-        // Point-to-point to new homes elsewhere: per destination, by slot, each token's experts ascending.
+        // Point-to-point to new homes elsewhere: per destination, by slot, each token's experts ascending (or,
+        // per rank, their sum).
         var messages: [Int: ByteWriter] = [:]
+        let sum = partial.reserve(h)
         for i in arrivals.indices.sorted(by: { arrivals[$0].slot < arrivals[$1].slot }) where arrivals[i].home != me {
-            for (e, _) in arrivals[i].experts.sorted(by: { $0.0 < $1.0 }) where rankOf(l, e) == me {
-                messages[arrivals[i].home, default: ByteWriter()].floats(out + index[Int64(i) << 32 | Int64(e)]! * h, count: h)
+            let mine = arrivals[i].experts.map(\.0).filter { rankOf(l, $0) == me }.sorted()
+            if perRank && mine.count > 1 {
+                sum.update(repeating: 0, count: h)
+                for e in mine { Elementwise.add(out + index[Int64(i) << 32 | Int64(e)]! * h, into: sum, h) }
+                codec.write(sum, into: &messages[arrivals[i].home, default: ByteWriter()])
+            } else {
+                for e in mine { codec.write(out + index[Int64(i) << 32 | Int64(e)]! * h, into: &messages[arrivals[i].home, default: ByteWriter()]) }
             }
         }
-        // What this rank, as new home, expects: per source, by slot, each token's experts ascending.
+        // What this rank, as new home, expects: per source, by slot, a row per remote expert (or per remote rank).
         let homed = arrivals.indices.filter { arrivals[$0].home == me }.sorted { arrivals[$0].slot < arrivals[$1].slot }
         var expected: [Int: Int] = [:]
         for i in homed {
-            for (e, _) in arrivals[i].experts where rankOf(l, e) != me { expected[rankOf(l, e), default: 0] += h * 4 }
+            let remote = arrivals[i].experts.map { rankOf(l, $0.0) }.filter { $0 != me }
+            for r in (perRank ? Array(Set(remote)) : remote) { expected[r, default: 0] += codec.rowBytes }
         }
         let partials = try comm.exchange(send: messages.mapValues(\.bytes), receive: expected)
 
-        // New local tokens: residual + Σ expert rows in expert order (+ the shared expert).
+        // New local tokens: residual + Σ expert rows in expert order (a per-rank sum at its first expert) (+ the
+        // shared expert).
         let m = homed.count
         let next = x.reserve(max(m, 1) * h)  // x is free: its rows were copied into the dispatch
         for (j, i) in homed.enumerated() { (next + j * h).update(from: xr + i * h, count: h) }
@@ -117,16 +126,15 @@ extension ClusterEngine {
         yp.update(repeating: 0, count: m * h)
         var cursor: [Int: Int] = [:]
         for (j, i) in homed.enumerated() {
+            var summed: Set<Int> = []
             for (e, _) in arrivals[i].experts.sorted(by: { $0.0 < $1.0 }) {
                 let owner = rankOf(l, e)
                 if owner == me {
                     Elementwise.add(out + index[Int64(i) << 32 | Int64(e)]! * h, into: yp + j * h, h)
-                } else {
+                } else if !perRank || summed.insert(owner).inserted {
                     let offset = cursor[owner, default: 0]
-                    partials[owner]!.withUnsafeBytes { raw in
-                        Elementwise.add((raw.baseAddress! + offset).assumingMemoryBound(to: Float.self), into: yp + j * h, h)
-                    }
-                    cursor[owner] = offset + h * 4
+                    partials[owner]!.withUnsafeBytes { raw in codec.add(raw.baseAddress! + offset, into: yp + j * h) }
+                    cursor[owner] = offset + codec.rowBytes
                 }
             }
         }

@@ -79,10 +79,11 @@ extension ClusterEngine {
     }
 
     /// `y[t] = Σ_j w[t,j] · expert_{id[t,j]}(xn[t])` with experts on any rank: dispatch all-to-all (each token's
-    /// normed state once to each rank holding some of its experts), experts, combine all-to-all (one weighted
-    /// row per token and expert back to the owner), summed in expert order as the single process does.
+    /// normed state once to each rank holding some of its experts), experts, combine all-to-all (back to the
+    /// owner, one weighted row per token and expert, or per token and rank with `combineRows` `.perRank`), summed
+    /// in expert order as the single process does (per-rank sums at their first expert).
     func ep2Combine(layer l: Int, normed xn: UnsafePointer<Float>, routing: RoutingDecision, into yp: UnsafeMutablePointer<Float>) throws {
-        let g = comm.size, k = routing.topK, t = routing.tokens
+        let g = comm.size, k = routing.topK, t = routing.tokens, codec = codec, perRank = combineRows == .perRank
         // Dispatch: record = row, n, n × (expert, weight), normed row.
         var send = [ByteWriter](repeating: ByteWriter(), count: g)
         var sentExperts = [[(row: Int, experts: [Int32])]](repeating: [], count: g)
@@ -97,7 +98,7 @@ extension ClusterEngine {
                 send[d].int(row)
                 send[d].int(held.count)
                 for (e, w) in held { send[d].int(Int(e)); send[d].float(w) }
-                send[d].floats(xn + row * h, count: h)
+                codec.write(xn + row * h, into: &send[d])
                 sentExperts[d].append((row, held.map(\.0)))
             }
         }
@@ -106,7 +107,7 @@ extension ClusterEngine {
         // Experts on the received rows (every record carries one row, so bytes / row size bounds the count).
         var assignments: [ExpertAssignment] = []
         var recordsFrom = [[[Int32]]](repeating: [], count: g)  // per source: each record's experts, ascending
-        let xr = rows.reserve(max(received.reduce(0) { $0 + $1.count } / (h * 4), 1) * h)
+        let xr = rows.reserve(max(received.reduce(0) { $0 + $1.count } / codec.rowBytes, 1) * h)
         var totalRows = 0
         for src in 0..<g {
             var r = ByteReader(received[src])
@@ -119,7 +120,7 @@ extension ClusterEngine {
                     experts.append(e)
                     assignments.append(ExpertAssignment(row: Int32(totalRows), expert: e, weight: w))
                 }
-                r.floats(count: h, into: xr + totalRows * h)
+                codec.read(&r, into: xr + totalRows * h)
                 recordsFrom[src].append(experts)
                 totalRows += 1
             }
@@ -130,34 +131,39 @@ extension ClusterEngine {
         var index: [Int64: Int] = [:]  // (row, expert) → output row
         for (i, a) in assignments.enumerated() { index[Int64(a.row) << 32 | Int64(a.expert)] = i }
 
-        // Combine: per source, its records in order, each record's experts ascending.
+        // Combine: per source, its records in order, each record's experts ascending (or their sum).
         var reply = [ByteWriter](repeating: ByteWriter(), count: g)
         var row = 0
+        let sum = partial.reserve(h)
         for src in 0..<g {
             for experts in recordsFrom[src] {
-                for e in experts { reply[src].floats(out + index[Int64(row) << 32 | Int64(e)]! * h, count: h) }
+                if perRank && experts.count > 1 {
+                    sum.update(repeating: 0, count: h)
+                    for e in experts { Elementwise.add(out + index[Int64(row) << 32 | Int64(e)]! * h, into: sum, h) }
+                    codec.write(sum, into: &reply[src])
+                } else {
+                    for e in experts { codec.write(out + index[Int64(row) << 32 | Int64(e)]! * h, into: &reply[src]) }
+                }
                 row += 1
             }
         }
         let back = try comm.alltoallv(reply.map(\.bytes), kind: .combine)
 
-        // Sum each token's contributions in expert order.
+        // Sum each token's contributions in expert order (a per-rank sum at its first expert).
         var contributions = [[(expert: Int32, source: Int, offset: Int)]](repeating: [], count: t)
         for d in 0..<g {
             var offset = 0
             for (tokenRow, experts) in sentExperts[d] {
-                for e in experts {
+                for e in (perRank ? Array(experts.prefix(1)) : experts) {
                     contributions[tokenRow].append((e, d, offset))
-                    offset += h * 4
+                    offset += codec.rowBytes
                 }
             }
         }
         yp.update(repeating: 0, count: t * h)
         for tokenRow in 0..<t {
             for c in contributions[tokenRow].sorted(by: { $0.expert < $1.expert }) {
-                back[c.source].withUnsafeBytes { raw in
-                    Elementwise.add((raw.baseAddress! + c.offset).assumingMemoryBound(to: Float.self), into: yp + tokenRow * h, h)
-                }
+                back[c.source].withUnsafeBytes { raw in codec.add(raw.baseAddress! + c.offset, into: yp + tokenRow * h) }
             }
         }
     }

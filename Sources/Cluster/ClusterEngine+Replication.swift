@@ -32,7 +32,7 @@ extension ClusterEngine {
     /// Completes the posted rows of `layer` (from the previous step) into the caches: before the layer reads them.
     func completeReplication(layer l: Int) throws {
         guard let posted = postedKV.removeValue(forKey: l) else { return }
-        try posted.wait { _, block in _ = block }
+        try posted.wait { _, block in readKV(ByteReader(Array(block))) }
         kvWaitSeconds += posted.waitedSeconds
     }
 

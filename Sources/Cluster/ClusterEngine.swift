@@ -66,6 +66,10 @@ public final class ClusterEngine {
     public var routingLog: RoutingLog?
     /// `auto` mode: predicts each decode step in both modes (the head picks the faster).
     public var stepModel: StepTimeModel?
+    /// The dtype of activation rows between ranks, and whether expert ranks send one row per expert or per rank.
+    public var wire = WireDType.f32
+    public var combineRows = CombineRows.perExpert
+    var codec: RowCodec { RowCodec(dtype: wire, width: h) }
     /// How decode K/V rows reach every rank (modes that replicate them).
     public var kvReplication = KVReplication.layer
     /// Posted K/V rows by layer, from this or the previous decode step, not yet completed.
@@ -80,7 +84,7 @@ public final class ClusterEngine {
     var tokenCount = 0
     let h: Int
     var x = GrowableBuffer<Float>(), y = GrowableBuffer<Float>(), rows = GrowableBuffer<Float>()
-    var outputs = GrowableBuffer<Float>()
+    var outputs = GrowableBuffer<Float>(), partial = GrowableBuffer<Float>()
     /// (token, expert) rows this rank's experts computed, per layer, since start (load balance figures).
     public internal(set) var expertRows: [Int]
 

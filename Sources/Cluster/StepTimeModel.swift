@@ -117,8 +117,11 @@ public struct StepTimeModel: Sendable {
     /// bandwidth are paid by what crosses nodes (each node's traffic shares its link). Default: one rank per node.
     public var ranksPerNode: Int
     public var ranks: Int { placement.ranks }
-    /// How the cluster replicates K/V rows (what it costs the step).
+    /// How the cluster replicates K/V rows (what it costs the step), the dtype of its rows on the wire, and
+    /// whether expert ranks send a row per expert or per rank.
     public var kvReplication = KVReplication.layer
+    public var wire = WireDType.f32
+    public var combineRows = CombineRows.perExpert
 
     public init(shape: Shape, calibration: Calibration, placement: Placement, ranksPerNode: Int = 1) {
         self.shape = shape
@@ -162,7 +165,8 @@ public struct StepTimeModel: Sendable {
     /// with tokens starting on `homes[token]` (`ep2`: their owners) and `contexts[token]` cached positions.
     /// `replicating`: every K/V row goes to every rank (always in `coherent`; in `ep2` steps of `auto`).
     public func step(_ mode: DispatchMode, routing: [[[Int]]], homes start: [Int], contexts: [Int], replicating: Bool = false) -> Step {
-        let c = calibration, g = ranks, h = Double(shape.hidden) * 4, k = shape.topK
+        let c = calibration, g = ranks, h = Double(shape.hidden * (wire == .f32 ? 4 : 2)), k = shape.topK
+        let perRank = combineRows == .perRank
         var out = Step()
         var home = start
         var kvTraffic = [Double](repeating: 0, count: g)  // K/V bytes each rank makes (coherent), for the allgather
@@ -201,7 +205,7 @@ public struct StepTimeModel: Sendable {
                     for e in routing[t][l] { byRank[row[e], default: 0] += 1 }
                     for (d, n) in byRank {
                         dispatch.add(home[t], d, h + 8 + 8 * Double(n))
-                        back.add(d, home[t], Double(n) * h)
+                        back.add(d, home[t], Double(perRank ? 1 : n) * h)
                     }
                 }
                 round("dispatch", dispatch)
@@ -214,7 +218,7 @@ public struct StepTimeModel: Sendable {
                     let ranksOf = routing[t][l].map { row[$0] }
                     let next = ClusterEngine.newHome(ranksOf, ranks: g)
                     for d in Set(ranksOf + [next]) { dispatch.add(home[t], d, h + dispatchHeader(k)) }
-                    for r in ranksOf { back.add(r, next, h) }
+                    for r in (perRank ? Array(Set(ranksOf)) : ranksOf) { back.add(r, next, h) }
                     home[t] = next
                 }
                 round("dispatch", dispatch)

@@ -20,12 +20,20 @@ struct ClusterOptions: ParsableArguments {
     @Option(help: "Under mpirun with --dispatch coherent or auto: how decode K/V rows reach every rank, layer (posted as each layer makes them, completed before the next step reads them) or step-end (in the step-end allgather).")
     var kvReplication: String = KVReplication.layer.rawValue
 
+    @Option(help: "Under mpirun: the dtype of hidden-state rows between ranks, f32 (exact) or bf16 (half the bytes; logits within a tolerance).")
+    var wireDtype: String = WireDType.f32.rawValue
+
+    @Option(help: "Under mpirun: what expert ranks send back per token, per-expert rows (exact) or per-rank partial sums (fewer bytes; rounding differs where a token's experts are split).")
+    var combine: String = CombineRows.perExpert.rawValue
+
     var mode: DispatchMode { DispatchMode(rawValue: dispatch)! }
     var replication: KVReplication { KVReplication(rawValue: kvReplication)! }
 
     func validate() throws {
         guard DispatchMode(rawValue: dispatch) != nil else { throw ValidationError("--dispatch must be ep2, coherent or auto, got '\(dispatch)'") }
         if calibration != nil && dispatch != DispatchMode.auto.rawValue { throw ValidationError("--calibration is for --dispatch auto") }
+        guard WireDType(rawValue: wireDtype) != nil else { throw ValidationError("--wire-dtype must be f32 or bf16, got '\(wireDtype)'") }
+        guard CombineRows(rawValue: combine) != nil else { throw ValidationError("--combine must be per-expert or per-rank, got '\(combine)'") }
         guard KVReplication(rawValue: kvReplication) != nil else {
             throw ValidationError("--kv-replication must be layer or step-end, got '\(kvReplication)'")
         }
@@ -73,6 +81,8 @@ struct DistributedRun {
             try check(model, rank)
             engine = ClusterEngine(comm: comm, model: model, placement: placement, mode: cluster.mode)
             engine?.kvReplication = cluster.replication
+            engine?.wire = WireDType(rawValue: cluster.wireDtype)!
+            engine?.combineRows = CombineRows(rawValue: cluster.combine)!
             if let path = cluster.calibration { calibration = try StepTimeModel.Calibration.load(path: path) }
         } catch {
             failure = "\(error)"
@@ -92,6 +102,8 @@ struct DistributedRun {
             run.engine.stepModel = StepTimeModel(shape: .init(spec: model.spec, weightBytes: model.embedding.type.byteSize), calibration: c,
                                                  placement: run.engine.placement)
             run.engine.stepModel?.kvReplication = cluster.replication
+            run.engine.stepModel?.wire = run.engine.wire
+            run.engine.stepModel?.combineRows = run.engine.combineRows
         }
         return run
     }

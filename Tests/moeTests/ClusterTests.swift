@@ -4,7 +4,7 @@ import Placement
 import Testing
 
 /// A temporary file path, removed when the value goes away.
-final class TemporaryPath {
+final class TemporaryPath: Sendable {
     let path: String
     init(_ suffix: String) { path = FileManager.default.temporaryDirectory.appendingPathComponent("moe-\(UUID().uuidString)\(suffix)").path }
     deinit { try? FileManager.default.removeItem(atPath: path) }
@@ -291,4 +291,72 @@ final class TemporaryDirectoryPath {
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     }
     deinit { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// The levers that change rounding (`--combine per-rank`, `--wire-dtype bf16`): within their stated tolerance of
+/// one process, and what they save.
+@Suite struct ToleranceLeverTests {
+    /// tiny-olmoe with top-4 routing (a copy whose config says so): with top-2, a per-rank sum is one row or a
+    /// token's whole sum, so `per-rank` is bit-identical there; with 4 experts it is not.
+    static let topFour: TemporaryPath = {
+        let dir = TemporaryPath("-olmoe-top4")
+        try! FileManager.default.createDirectory(atPath: dir.path, withIntermediateDirectories: true)
+        try! FileManager.default.createSymbolicLink(atPath: dir.path + "/model.safetensors", withDestinationPath: fixture("tiny-olmoe") + "/model.safetensors")
+        let config = try! String(contentsOfFile: fixture("tiny-olmoe") + "/config.json", encoding: .utf8)
+            .replacingOccurrences(of: #""num_experts_per_tok": 2"#, with: #""num_experts_per_tok": 4"#)
+        try! config.write(toFile: dir.path + "/config.json", atomically: true, encoding: .utf8)
+        return dir
+    }()
+
+    /// Per-rank sums: logits within 1e-5 (f32 rounding of a reordered sum); bf16 rows on the wire: within 0.05
+    /// (bf16 keeps 8 bits: each row value within 2^-9 relative). Greedy tokens equal one process's up to the
+    /// first step whose top-2 logit gap there is below the tolerance.
+    @Test(arguments: [("ep2", ["--combine", "per-rank"], 1e-5), ("coherent", ["--combine", "per-rank"], 1e-5),
+                      ("ep2", ["--wire-dtype", "bf16"], 0.05), ("coherent", ["--wire-dtype", "bf16", "--combine", "per-rank"], 0.05)])
+    func leverStaysWithinItsTolerance(mode: String, flags: [String], tolerance: Float) throws {
+        let dir = Self.topFour.path
+        let model = try MoEDecoder.load(directory: dir)
+        #expect(model.spec.topK == 4)
+        let prompt = [3, 14, 15, 92, 65, 35, 89, 79, 32]
+        let plan = try shuffledPlan(layers: model.spec.layers, experts: model.spec.experts, ranks: 3, topK: 4)
+        let out = TemporaryPath(".safetensors")
+        let f = try MPIRun.run(3, ["forward", "--model", dir, "--input-ids", prompt.map(String.init).joined(separator: ","), "--output", out.path,
+                                   "--dispatch", mode, "--placement", plan.path] + flags)
+        #expect(f.status == 0, "\(f.stderr)")
+        let single = try model.forward(.init(tokens: prompt, cache: model.makeCache()), logits: .all)
+        let worst = zip(try SafeTensorsFile(path: out.path).floats("logits"), single).map { abs($0 - $1) }.max()!
+        #expect(worst < tolerance, "largest logit difference \(worst)")
+
+        let greedy = try Engine(model: model).generate([GenerationRequest(promptIds: prompt, maxNewTokens: 8)])[0].tokens
+        let g = try MPIRun.run(3, ["generate", "--model", dir, "--prompt-ids", prompt.map(String.init).joined(separator: ","), "--max-new-tokens", "8",
+                                   "--temperature", "0", "--json", "--dispatch", mode, "--placement", plan.path] + flags)
+        #expect(g.status == 0, "\(g.stderr)")
+        let tokens = try JSONSerialization.jsonObject(with: Data(g.lastLine.utf8)) as? [String: Any]
+        // The single process's top-2 gap at each generated token: its logits over the prompt and the tokens before.
+        let all = try model.forward(.init(tokens: prompt + greedy.dropLast(), cache: model.makeCache()), logits: .all)
+        let vocab = model.spec.vocabSize
+        let sure = (0..<greedy.count).prefix { i in
+            let row = all[((prompt.count - 1 + i) * vocab)..<((prompt.count + i) * vocab)].sorted(by: >)
+            return row[0] - row[1] >= tolerance
+        }.count
+        #expect(Array((tokens?["tokens"] as? [Int] ?? []).prefix(sure)) == Array(greedy.prefix(sure)), "identical for the first \(sure) steps")
+    }
+
+    func bench(_ flags: [String]) throws -> [String: Double] {
+        let r = try MPIRun.run(2, ["bench", "--model", fixture("tiny-mixtral"), "--batch", "4", "--prompt-len", "4", "--gen-len", "6",
+                                   "--repetitions", "1", "--format", "json", "--dispatch", "ep2"] + flags)
+        #expect(r.status == 0, "\(r.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as? [String: Any]
+        return report?["cross_rank_bytes_per_token"] as? [String: Double] ?? [:]
+    }
+
+    /// Per-rank sums send fewer combine bytes wherever a rank holds both of a token's experts; bf16 rows halve
+    /// the row bytes (a dispatch record keeps its 4-byte ids and weights).
+    @Test func leversCutTheBytesTheySay() throws {
+        let exact = try bench([]), perRank = try bench(["--combine", "per-rank"]), bf16 = try bench(["--wire-dtype", "bf16"])
+        #expect(perRank["combine"]! < exact["combine"]!, "\(perRank) vs \(exact)")
+        #expect(perRank["dispatch"] == exact["dispatch"])
+        let ratio = bf16["dispatch"]! / exact["dispatch"]!, combine = bf16["combine"]! / exact["combine"]!
+        #expect(ratio > 0.5 && ratio < 0.6 && combine == 0.5, "dispatch \(ratio), combine \(combine)")
+    }
 }

@@ -121,9 +121,12 @@ import Testing
     @Test func badCalibrationAndPredictionFlagsAreRefused() throws {
         let wrongMode = try MoEBinary.run(["generate", "--preset", "tiny", "--prompt-ids", "1", "--dispatch", "ep2", "--calibration", "c.json"])
         #expect(wrongMode.status == 64 && wrongMode.stderr.contains("--calibration is for --dispatch auto"), "\(wrongMode.stderr)")
-        let replication = try MoEBinary.run(["generate", "--preset", "tiny", "--prompt-ids", "1", "--kv-replication", "later"])
-        #expect(replication.status == 64 && replication.stderr.contains("--kv-replication must be layer or step-end, got 'later'"),
-                "\(replication.stderr)")
+        for (flags, message) in [(["--kv-replication", "later"], "--kv-replication must be layer or step-end, got 'later'"),
+                                 (["--wire-dtype", "fp8"], "--wire-dtype must be f32 or bf16, got 'fp8'"),
+                                 (["--combine", "sum"], "--combine must be per-expert or per-rank, got 'sum'")] {
+            let r = try MoEBinary.run(["generate", "--preset", "tiny", "--prompt-ids", "1"] + flags)
+            #expect(r.status == 64 && r.stderr.contains(message), "\(r.stderr)")
+        }
         let missing = try MPIRun.run(2, ["generate", "--preset", "tiny", "--prompt-ids", "1", "--dispatch", "auto", "--calibration", "/nonexistent/c.json"])
         #expect(missing.status == 1 && missing.stderr.contains("/nonexistent/c.json: no such file"), "\(missing.stderr)")
         #expect(missing.stderr.components(separatedBy: "moe: error:").count == 2, "one message: \(missing.stderr)")
