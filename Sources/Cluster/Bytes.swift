@@ -11,6 +11,10 @@ struct ByteWriter {
         bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: count * 4))
     }
 
+    mutating func bytes(_ p: UnsafeRawPointer, count: Int) {
+        bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: count))
+    }
+
     /// `count` floats rounded to bf16 (nearest, ties to even).
     mutating func bf16s(_ p: UnsafePointer<Float>, count: Int) {
         for i in 0..<count { append(Widen.toBF16(p[i])) }
@@ -32,8 +36,15 @@ struct ByteReader {
 
     mutating func int() -> Int { Int(read(Int32.self)) }
 
-    /// Passes over `n` floats.
+    /// Passes over `n` floats, or `n` bytes.
     mutating func skip(floats n: Int) { offset += 4 * n }
+    mutating func skip(bytes n: Int) { offset += n }
+
+    /// `count` raw bytes into `dst`.
+    mutating func bytes(_ count: Int, into dst: UnsafeMutableRawPointer) {
+        bytes.withUnsafeBytes { raw in dst.copyMemory(from: raw.baseAddress! + offset, byteCount: count) }
+        offset += count
+    }
     mutating func float() -> Float { read(Float.self) }
 
     mutating func floats(count: Int, into dst: UnsafeMutablePointer<Float>) {

@@ -4,40 +4,55 @@ import Models
 
 extension ClusterEngine {
     /// Prefill of newly admitted sequences, as in `ep2` for both modes: each owner runs its sequences' prompts;
-    /// routed experts are reached by a dispatch and a combine all-to-all per MoE layer. The owner samples the
-    /// first token; in coherent mode it also queues the prompt's K/V for the step-end allgather.
+    /// routed experts are reached by a dispatch and a combine all-to-all per MoE layer. With `prefillChunk` a
+    /// prompt runs in passes of at most that many tokens (every rank runs as many passes as the longest prompt
+    /// needs, so all make the same collectives), each attending to the chunks cached before it. The owner samples
+    /// the first token; in coherent mode it also queues the prompt's K/V for the step-end allgather.
     /// - Returns: on the owner, the logits of the chosen rows (`.all` for `moe forward`).
     @discardableResult
     func prefill(_ admitted: [SequenceState], logits rows: MoEDecoder.LogitRows = .lastOfEachSegment) throws -> [Float] {
         let mine = admitted.filter { $0.owner == comm.rank }
-        let tokens = mine.flatMap { $0.request.promptIds }
-        let batch = MoEDecoder.Batch(tokens: tokens, segments: mine.map { .init(cache: $0.cache!, count: $0.request.promptIds.count) })
-        let xp = x.reserve(max(tokens.count, 1) * h)
-        model.embed(tokens, into: xp)
-        let positions = mine.flatMap { s in (0..<s.request.promptIds.count).map { (s.slot, $0) } }
-        try ownedLayers(batch: batch, positions: positions, x: xp, observe: true)
-        var selected: [Int] = []
-        switch rows {
-        case .all: selected = Array(tokens.indices)
-        case .lastOfEachSegment:
-            var end = 0
-            for s in mine { end += s.request.promptIds.count; selected.append(end - 1) }
-        }
-        let logits = selected.isEmpty ? [] : model.logits(xp, rows: selected)
-        var end = 0
+        let longest = admitted.map(\.request.promptIds.count).max() ?? 0
+        let chunk = model.prefillChunk ?? max(longest, 1)
         let vocab = model.spec.vocabSize
-        for s in mine {
-            end += s.request.promptIds.count
-            let row = rows == .all ? end - 1 : selected.firstIndex(of: end - 1)!
-            let token = logits.withUnsafeBufferPointer {
-                s.sampler.sample(UnsafeBufferPointer(rebasing: $0[(row * vocab)..<((row + 1) * vocab)]), step: 0)
+        var all: [Float] = []  // `.all`: every row of this rank's prompts, pass by pass
+        var last: [Int: [Float]] = [:]  // slot → logits of its prompt's last position
+        for lo in stride(from: 0, to: longest, by: chunk) {
+            let pieces = mine.filter { $0.request.promptIds.count > lo }
+            let spans = pieces.map { lo..<min($0.request.promptIds.count, lo + chunk) }
+            let tokens = zip(pieces, spans).flatMap { Array($0.request.promptIds[$1]) }
+            let batch = MoEDecoder.Batch(tokens: tokens, segments: zip(pieces, spans).map { .init(cache: $0.cache!, count: $1.count) })
+            let xp = x.reserve(max(tokens.count, 1) * h)
+            model.embed(tokens, into: xp)
+            let positions = zip(pieces, spans).flatMap { s, span in span.map { (s.slot, $0) } }
+            try ownedLayers(batch: batch, positions: positions, x: xp, observe: true)
+            for (s, span) in zip(pieces, spans) { s.cache!.commit(span.count) }  // the next pass attends to it
+            var selected: [Int] = [], ending: [Int] = []
+            var end = 0
+            for (i, span) in spans.enumerated() {
+                end += span.count
+                if span.upperBound == pieces[i].request.promptIds.count { ending.append(i) }
+                if rows == .lastOfEachSegment && ending.last == i { selected.append(end - 1) }
             }
+            if rows == .all { selected = Array(tokens.indices) }
+            let logits = selected.isEmpty ? [] : model.logits(xp, rows: selected)
+            if rows == .all { all += logits }
+            end = 0
+            for (i, span) in spans.enumerated() {
+                end += span.count
+                guard ending.contains(i) else { continue }
+                let row = rows == .all ? end - 1 : selected.firstIndex(of: end - 1)!
+                last[pieces[i].slot] = Array(logits[(row * vocab)..<((row + 1) * vocab)])
+            }
+        }
+        for s in mine {
+            let token = last[s.slot]!.withUnsafeBufferPointer { s.sampler.sample($0, step: 0) }
             emitToken(s, token)
             if replicatesKV {
                 for l in 0..<model.spec.layers { emitKV(s, layer: l, first: 0, count: s.request.promptIds.count) }
             }
         }
-        return logits
+        return rows == .all ? all : mine.flatMap { last[$0.slot]! }
     }
 
     /// One `ep2` decode step: every owner runs its sequences' last tokens through all layers and samples. In

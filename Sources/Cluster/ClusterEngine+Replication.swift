@@ -11,8 +11,9 @@ public enum KVReplication: String, Sendable, CaseIterable {
 }
 
 extension ClusterEngine {
-    /// Bytes of one decode K/V row on the wire: slot, layer, first position, count, then keys and values.
-    var kvRowBytes: Int { 16 + 2 * model.spec.kvDim * 4 }
+    /// Bytes of one decode K/V row on the wire: slot, layer, first position, count, then keys and values in the
+    /// cache's dtype.
+    var kvRowBytes: Int { 16 + 2 * model.spec.kvDim * model.kvDType.byteSize }
 
     /// Queues or posts the K/V rows `sequences` wrote at `layer` in this decode step (one position each). Every
     /// rank calls it at every layer of a decode step, with or without rows, so all post the same sequence.
@@ -44,25 +45,24 @@ extension ClusterEngine {
     /// K/V row records (`writeKV`'s layout) into the caches of the sequences they name.
     func readKV(_ reader: ByteReader) {
         var r = reader
-        let kvDim = model.spec.kvDim
+        let row = model.spec.kvDim * model.kvDType.byteSize
         while !r.atEnd {
             let slot = r.int(), layer = r.int(), first = r.int(), count = r.int()
-            guard let cache = sequences[slot]?.cache else { r.skip(floats: 2 * count * kvDim); continue }
+            guard let cache = sequences[slot]?.cache else { r.skip(bytes: 2 * count * row); continue }
             cache.reserve(first + count)
-            r.floats(count: count * kvDim, into: cache.keys(layer) + first * kvDim)
-            r.floats(count: count * kvDim, into: cache.values(layer) + first * kvDim)
+            r.bytes(count * row, into: cache.keyBytes(layer, first: first))
+            r.bytes(count * row, into: cache.valueBytes(layer, first: first))
         }
     }
 
     /// Appends K/V rows `first ..< first + count` of `layer` of `s` to `out`.
     func writeKV(_ s: SequenceState, layer: Int, first: Int, count: Int, into out: inout ByteWriter) {
         guard let cache = s.cache else { return }
-        let kvDim = model.spec.kvDim
         out.int(s.slot)
         out.int(layer)
         out.int(first)
         out.int(count)
-        out.floats(cache.keys(layer) + first * kvDim, count: count * kvDim)
-        out.floats(cache.values(layer) + first * kvDim, count: count * kvDim)
+        out.bytes(cache.keyBytes(layer, first: first), count: count * cache.rowBytes)
+        out.bytes(cache.valueBytes(layer, first: first), count: count * cache.rowBytes)
     }
 }

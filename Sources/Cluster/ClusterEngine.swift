@@ -204,7 +204,7 @@ public final class ClusterEngine {
             }
             readKV(r)  // K/V rows: slot, layer, first position, count, then keys and values
         }
-        for s in prefilled { s.cache?.commit(s.request.promptIds.count) }
+        for s in prefilled where s.owner != comm.rank { s.cache?.commit(s.request.promptIds.count) }  // owners did as they ran it
         for s in decoded { s.cache?.commit(1) }
         return finished.sorted { $0.slot < $1.slot }
     }

@@ -13,8 +13,9 @@ public enum RequestFile {
         public var description: String { line > 0 ? "\(path):\(line): \(reason)" : "\(path): \(reason)" }
     }
 
-    /// Parses the file; `vocabulary` bounds the token ids. The first bad line throws, naming its number.
-    public static func parse(path: String, vocabulary: Int) throws -> [ClusterRequest] {
+    /// Parses the file; `vocabulary` bounds the token ids, `maxModelLen` a request's prompt and generated tokens.
+    /// The first bad line throws, naming its number.
+    public static func parse(path: String, vocabulary: Int, maxModelLen: Int = .max) throws -> [ClusterRequest] {
         guard let data = FileManager.default.contents(atPath: path) else { throw ModelError.missingFile(path: path) }
         var out: [ClusterRequest] = []
         var ids = Set<String>()
@@ -47,6 +48,9 @@ public enum RequestFile {
                 temperature: Float(try number("temperature", 1)), topP: Float(try number("top_p", 1)),
                 topK: Int(try number("top_k", 0)), seed: UInt64(max(0, try number("seed", 0))))
             do { try sampling.validate() } catch let e as ModelError { throw bad(e.description) }
+            if let reason = Engine.lengthProblem(prompt: prompt.count, maxNewTokens: maxNew, limit: maxModelLen) {
+                throw bad("request '\(id)': \(reason)")
+            }
             let arrival = Int(try number("arrival_step", 0))
             guard arrival >= 0 else { throw bad("'arrival_step' must be >= 0") }
             out.append(ClusterRequest(id: id, request: GenerationRequest(promptIds: prompt, maxNewTokens: maxNew, sampling: sampling,

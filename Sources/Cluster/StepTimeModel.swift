@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Models
 import Placement
 
@@ -80,7 +81,7 @@ public struct StepTimeModel: Sendable {
         /// K and V of one token at one layer, in bytes.
         public var kvBytes: Double
 
-        public init(spec s: DecoderSpec, weightBytes b: Int) {
+        public init(spec s: DecoderSpec, weightBytes b: Int, kvDType: KVDType = .f32) {
             layers = s.layers
             hidden = s.hiddenSize
             experts = s.experts
@@ -92,7 +93,7 @@ public struct StepTimeModel: Sendable {
             denseBytes = w * Double(3 * s.hiddenSize * s.denseIntermediate)
             sharedBytes = s.sharedExpertIntermediate.map { w * Double(3 * s.hiddenSize * $0 + s.hiddenSize) } ?? 0
             lmHeadBytes = w * Double(s.vocabSize * s.hiddenSize)
-            kvBytes = Double(2 * s.kvDim * 4)
+            kvBytes = Double(2 * s.kvDim * kvDType.byteSize)
         }
     }
 

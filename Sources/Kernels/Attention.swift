@@ -1,4 +1,21 @@
-/// Causal grouped-query attention over one sequence's cached keys and values.
+import COpenBLAS
+
+/// How K/V rows are stored: f32, or bf16 (rounded to nearest, ties to even, when written; half the bytes).
+public enum KVDType: String, Sendable, CaseIterable {
+    case f32, bf16
+
+    public var byteSize: Int { self == .f32 ? 4 : 2 }
+}
+
+/// Causal grouped-query attention over one sequence's cached keys and values, exact (softmax in f32 with a
+/// running maximum, as FlashAttention computes it).
+///
+/// Both phases run one block routine: the query rows of one KV head's group (every query head that shares it, for
+/// one or more tokens) against a range of keys, in key tiles, scores and the weighted sum of values by
+/// single-threaded OpenBLAS sgemm (so a key tile is read once for the whole group), the softmax online (per row a
+/// running maximum and sum; the output rescaled when the maximum grows). Prefill gives each thread whole query
+/// tiles; decode (one query) splits the context across the threads (flash-decoding) and merges the partial results
+/// by their maxima. bf16 rows are widened a tile at a time.
 public enum Attention {
     /// Head layout of an attention layer.
     public struct Shape: Sendable, Equatable {
@@ -17,64 +34,243 @@ public enum Attention {
 
         public var qDim: Int { heads * headDim }
         public var kvDim: Int { kvHeads * headDim }
+        /// Query heads per KV head.
+        public var group: Int { heads / kvHeads }
     }
 
-    /// Full causal attention for `tokens` queries of one sequence at positions `first ..< first + tokens`.
-    ///
-    /// - q: `[tokens, heads * headDim]`; keys, values: `[first + tokens, kvHeads * headDim]` (positions 0...);
-    ///   out: `[tokens, heads * headDim]`.
-    /// - window: when set, query position p sees keys `max(0, p - window + 1) ... p` (Mistral's sliding window).
+    /// One layer's cached keys and values, `[positions, kvHeads * headDim]` each.
+    public struct Rows {
+        public let keys: UnsafeRawPointer
+        public let values: UnsafeRawPointer
+        public let dtype: KVDType
+
+        public init(keys: UnsafeRawPointer, values: UnsafeRawPointer, dtype: KVDType) {
+            self.keys = keys
+            self.values = values
+            self.dtype = dtype
+        }
+    }
+
+    /// Keys per tile, and the fewest keys a decode thread takes.
+    static let keyTile = 256
+    static let keysPerDecodeThread = 512
+    /// Query tokens per prefill tile: about 128 score rows whatever the group size.
+    static func queryTile(group: Int) -> Int { max(8, 128 / max(group, 1)) }
+    /// Below this many multiply-adds a call runs on the calling thread.
+    static let parallelWork = 1 << 17
+
+    /// Full causal attention for `tokens` queries of one sequence at positions `first ..< first + tokens`, over
+    /// f32 keys and values `[first + tokens, kvHeads * headDim]`. See `causal(q:tokens:first:rows:shape:window:into:)`.
     public static func causal(
         q: UnsafePointer<Float>, tokens: Int, first: Int,
         keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
         shape: Shape, window: Int? = nil, into out: UnsafeMutablePointer<Float>
     ) {
-        let pairs = tokens * shape.heads
-        let context = first + tokens
-        let work = pairs * context * shape.headDim
-        let parts = work < (1 << 16) ? 1 : min(Parallel.workers, pairs)
-        let chunks = Parallel.ranges(pairs, parts: parts, align: 1)
-        nonisolated(unsafe) let (qp, kp, vp, op) = (q, keys, values, out)
-        Parallel.run(chunks.count) { c in
-            let scores = ThreadScratch.buffer(.attentionScores, count: context + 16)
-            for pair in chunks[c] {
-                let t = pair / shape.heads, h = pair % shape.heads
-                let position = first + t
-                let lo = window.map { max(0, position - $0 + 1) } ?? 0
-                head(q: qp + t * shape.qDim + h * shape.headDim,
-                     keys: kp, values: vp, kvOffset: (h / (shape.heads / shape.kvHeads)) * shape.headDim,
-                     range: lo..<(position + 1), shape: shape, scores: scores,
-                     into: op + t * shape.qDim + h * shape.headDim)
+        causal(q: q, tokens: tokens, first: first, rows: Rows(keys: keys, values: values, dtype: .f32), shape: shape,
+               window: window, into: out)
+    }
+
+    /// Full causal attention for `tokens` queries of one sequence at positions `first ..< first + tokens`.
+    ///
+    /// - q: `[tokens, heads * headDim]`; rows: keys and values of positions `0 ..< first + tokens`;
+    ///   out: `[tokens, heads * headDim]`.
+    /// - window: when set, query position p sees keys `max(0, p - window + 1) ... p` (Mistral's sliding window).
+    public static func causal(
+        q: UnsafePointer<Float>, tokens: Int, first: Int, rows: Rows,
+        shape: Shape, window: Int? = nil, into out: UnsafeMutablePointer<Float>
+    ) {
+        guard tokens > 0 else { return }
+        if tokens == 1 {
+            decode(q: q, position: first, rows: rows, shape: shape, from: window.map { max(0, first - $0 + 1) } ?? 0, into: out)
+        } else {
+            prefill(q: q, tokens: tokens, first: first, rows: rows, shape: shape, window: window, into: out)
+        }
+    }
+
+    // MARK: Prefill
+
+    static func prefill(
+        q: UnsafePointer<Float>, tokens: Int, first: Int, rows kv: Rows, shape: Shape, window: Int?,
+        into out: UnsafeMutablePointer<Float>
+    ) {
+        let tq = queryTile(group: shape.group), g = shape.group, d = shape.headDim
+        let tiles = (tokens + tq - 1) / tq
+        let tasks = tiles * shape.kvHeads
+        let work = tokens * (first + tokens) * shape.heads * d
+        let parts = work < parallelWork ? 1 : min(Parallel.workers, tasks)
+        nonisolated(unsafe) let (qp, op) = (q, out)
+        // Task i: the latest query tiles first (they see the most keys), dealt round-robin to the threads so each
+        // gets a like share of long and short tiles.
+        Parallel.run(parts) { part in
+            var task = part
+            while task < tasks {
+                let tile = tiles - 1 - task / shape.kvHeads, kvHead = task % shape.kvHeads
+                let t0 = tile * tq, span = t0..<min(tokens, t0 + tq), n = span.count * g
+                let state = ThreadScratch.buffer(.attentionRows, count: n * (d + 2))
+                let acc = state, maxima = acc + n * d, sums = maxima + n
+                let lowest = window.map { max(0, first + t0 - $0 + 1) } ?? 0
+                block(q: qp, tokens: span, first: first, kvHead: kvHead, keys: lowest..<(first + span.upperBound), rows: kv,
+                      shape: shape, window: window, acc: acc, maxima: maxima, sums: sums)
+                for (i, t) in span.enumerated() {
+                    for hh in 0..<g {
+                        let r = i * g + hh, dst = op + t * shape.qDim + (kvHead * g + hh) * d
+                        let inv = 1 / sums[r]
+                        for x in 0..<d { dst[x] = acc[r * d + x] * inv }
+                    }
+                }
+                task += parts
             }
         }
     }
 
-    /// One query head against keys `range`: softmax(q·Kᵀ·scale)·V into `out[headDim]`.
-    @inlinable
-    static func head(
-        q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, kvOffset: Int,
-        range: Range<Int>, shape: Shape, scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>
+    // MARK: Decode
+
+    /// One query at `position` against keys `lo ... position`, the context split across the worker threads.
+    static func decode(
+        q: UnsafePointer<Float>, position: Int, rows kv: Rows, shape: Shape, from lo: Int, into out: UnsafeMutablePointer<Float>
     ) {
-        let d = shape.headDim, stride = shape.kvDim, n = range.count
-        var m = -Float.infinity
-        for (i, j) in range.enumerated() {
-            let s = Elementwise.dot(q, keys + j * stride + kvOffset, d) * shape.scale
-            scores[i] = s
-            m = max(m, s)
+        let n = position + 1 - lo, d = shape.headDim, heads = shape.heads, g = shape.group
+        let parts = n * heads * d < parallelWork ? 1 : min(Parallel.workers, (n + keysPerDecodeThread - 1) / keysPerDecodeThread)
+        let chunks = Parallel.ranges(n, parts: parts, align: 16).map { ($0.lowerBound + lo)..<($0.upperBound + lo) }
+        // Per chunk: every head's unnormalised output, then its maximum and sum.
+        let stride = heads * (d + 2)
+        let partial = UnsafeMutablePointer<Float>.allocate(capacity: chunks.count * stride)
+        defer { partial.deallocate() }
+        nonisolated(unsafe) let (qp, pp) = (q, partial)
+        Parallel.run(chunks.count) { c in
+            let base = pp + c * stride
+            for kvHead in 0..<shape.kvHeads {
+                // The group's rows are heads kvHead·g ..< (kvHead + 1)·g: their outputs, maxima and sums are contiguous.
+                block(q: qp, tokens: 0..<1, first: position, kvHead: kvHead, keys: chunks[c], rows: kv, shape: shape, window: nil,
+                      acc: base + kvHead * g * d, maxima: base + heads * d + kvHead * g, sums: base + heads * d + heads + kvHead * g)
+            }
         }
-        var sum: Float = 0
-        var i = 0
-        while i + 16 <= n {
-            let e = VectorMath.exp(Elementwise.load(scores + i) - SIMD16(repeating: m))
-            Elementwise.store(e, scores + i)
-            sum += e.sum()
+        // Merge: each chunk's sum and output weighted by e^(its maximum - the overall maximum).
+        for h in 0..<heads {
+            var m = -Float.infinity
+            for c in chunks.indices { m = max(m, partial[c * stride + heads * d + h]) }
+            let dst = out + h * d
+            dst.update(repeating: 0, count: d)
+            var total: Float = 0
+            for c in chunks.indices {
+                let base = partial + c * stride
+                let w = VectorMath.exp(base[heads * d + h] - m)
+                total += w * base[heads * d + heads + h]
+                Elementwise.axpy(w, base + h * d, dst, d)
+            }
+            scale(dst, by: 1 / total, d)
+        }
+    }
+
+    // MARK: The block
+
+    /// Query tokens `tokens` (positions `first + t`) for the query heads of `kvHead`, against key positions
+    /// `keys`, each row masked to what its position sees (causal, and `window`). Leaves per row r = (token
+    /// `tokens.lowerBound + r / g`, head `kvHead·g + r % g`) the running maximum score, the sum of e^(score -
+    /// maximum) and Σ e^(score - maximum)·v in `acc[r]`; a row that sees no key has maximum -∞ and sum 0.
+    static func block(
+        q: UnsafePointer<Float>, tokens: Range<Int>, first: Int, kvHead: Int, keys range: Range<Int>, rows kv: Rows,
+        shape: Shape, window: Int?, acc: UnsafeMutablePointer<Float>, maxima: UnsafeMutablePointer<Float>,
+        sums: UnsafeMutablePointer<Float>
+    ) {
+        let g = shape.group, d = shape.headDim, tile = keyTile
+        let n = tokens.count * g
+        let scratch = ThreadScratch.buffer(.attentionScores, count: n * (d + tile) + 2 * tile * d)
+        let qs = scratch, scores = qs + n * d, kTile = scores + n * tile, vTile = kTile + tile * d
+        // Row r's query, scaled, contiguous: the g heads of one token are adjacent in q.
+        for (i, t) in tokens.enumerated() {
+            let src = q + t * shape.qDim + kvHead * g * d
+            for x in 0..<(g * d) { qs[i * g * d + x] = src[x] * shape.scale }
+        }
+        acc.update(repeating: 0, count: n * d)
+        maxima.update(repeating: -.infinity, count: n)
+        sums.update(repeating: 0, count: n)
+        var j0 = range.lowerBound
+        while j0 < range.upperBound {
+            let j1 = min(range.upperBound, j0 + tile), width = j1 - j0
+            let (k, ldk) = tileRows(kv.keys, kv.dtype, j0..<j1, kvHead: kvHead, shape: shape, into: kTile)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(n), blasint(width), blasint(d),
+                        1, qs, blasint(d), k, blasint(ldk), 0, scores, blasint(tile))
+            for r in 0..<n {
+                let p = first + tokens.lowerBound + r / g
+                let lowest = window.map { max(0, p - $0 + 1) } ?? 0
+                let a = max(lowest, j0) - j0, b = min(p + 1, j1) - j0
+                let row = scores + r * tile
+                guard a < b else {
+                    row.update(repeating: 0, count: width)
+                    continue
+                }
+                let m = max(maxima[r], rowMax(row, a..<b))
+                let alpha = maxima[r] == -.infinity ? 0 : VectorMath.exp(maxima[r] - m)
+                let s = expInPlace(row, a..<b, minus: m)
+                if a > 0 { row.update(repeating: 0, count: a) }
+                if b < width { (row + b).update(repeating: 0, count: width - b) }
+                sums[r] = sums[r] * alpha + s
+                if alpha != 1 { scale(acc + r * d, by: alpha, d) }
+                maxima[r] = m
+            }
+            let (v, ldv) = tileRows(kv.values, kv.dtype, j0..<j1, kvHead: kvHead, shape: shape, into: vTile)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(n), blasint(d), blasint(width),
+                        1, scores, blasint(tile), v, blasint(ldv), 1, acc, blasint(d))
+            j0 = j1
+        }
+    }
+
+    /// Rows `range` of KV head `kvHead` as f32: a pointer into f32 storage (row stride kvDim), or widened from
+    /// bf16 into `scratch` (stride headDim).
+    @inline(__always)
+    static func tileRows(_ base: UnsafeRawPointer, _ dtype: KVDType, _ range: Range<Int>, kvHead: Int, shape: Shape,
+                         into scratch: UnsafeMutablePointer<Float>) -> (UnsafePointer<Float>, Int) {
+        let d = shape.headDim, kvDim = shape.kvDim
+        switch dtype {
+        case .f32:
+            return (base.assumingMemoryBound(to: Float.self) + range.lowerBound * kvDim + kvHead * d, kvDim)
+        case .bf16:
+            let src = base.assumingMemoryBound(to: UInt16.self) + kvHead * d
+            for (i, j) in range.enumerated() { Widen.bf16(src + j * kvDim, into: scratch + i * d, count: d) }
+            return (UnsafePointer(scratch), d)
+        }
+    }
+
+    // MARK: Row helpers
+
+    @inline(__always)
+    static func rowMax(_ row: UnsafeMutablePointer<Float>, _ r: Range<Int>) -> Float {
+        var i = r.lowerBound
+        var m = SIMD16<Float>(repeating: -.infinity)
+        while i + 16 <= r.upperBound {
+            m = pointwiseMax(m, Elementwise.load(row + i))
             i += 16
         }
-        while i < n { scores[i] = VectorMath.exp(scores[i] - m); sum += scores[i]; i += 1 }
-        out.update(repeating: 0, count: d)
-        let inv = 1 / sum
-        for (i, j) in range.enumerated() {
-            Elementwise.axpy(scores[i] * inv, values + j * stride + kvOffset, out, d)
+        var best = m.max()
+        while i < r.upperBound { best = max(best, row[i]); i += 1 }
+        return best
+    }
+
+    /// row[i] = e^(row[i] - m) over `r`; returns their sum.
+    @inline(__always)
+    static func expInPlace(_ row: UnsafeMutablePointer<Float>, _ r: Range<Int>, minus m: Float) -> Float {
+        var i = r.lowerBound
+        var total = SIMD16<Float>(repeating: 0)
+        let shift = SIMD16<Float>(repeating: m)
+        while i + 16 <= r.upperBound {
+            let e = VectorMath.exp(Elementwise.load(row + i) - shift)
+            Elementwise.store(e, row + i)
+            total += e
+            i += 16
         }
+        var sum = total.sum()
+        while i < r.upperBound { row[i] = VectorMath.exp(row[i] - m); sum += row[i]; i += 1 }
+        return sum
+    }
+
+    @inline(__always)
+    static func scale(_ x: UnsafeMutablePointer<Float>, by a: Float, _ n: Int) {
+        var i = 0
+        while i + 16 <= n {
+            Elementwise.store(Elementwise.load(x + i) * a, x + i)
+            i += 16
+        }
+        while i < n { x[i] *= a; i += 1 }
     }
 }

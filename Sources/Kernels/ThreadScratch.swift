@@ -14,6 +14,7 @@ public enum ThreadScratch {
         case weightTile = 0
         case attentionScores = 1
         case activations = 2
+        case attentionRows = 3
     }
 
     final class Buffers {

@@ -58,7 +58,17 @@ public final class Engine {
         guard r.maxNewTokens >= 1 else {
             throw ModelError.invalidArgument("max_new_tokens must be >= 1, got \(r.maxNewTokens)")
         }
+        if let reason = Self.lengthProblem(prompt: r.promptIds.count, maxNewTokens: r.maxNewTokens, limit: model.maxModelLen) {
+            throw ModelError.invalidArgument(reason)
+        }
         try r.sampling.validate()
+    }
+
+    /// Why a prompt of `prompt` tokens with `maxNewTokens` more does not fit in `limit` positions, or nil.
+    public static func lengthProblem(prompt: Int, maxNewTokens: Int, limit: Int) -> String? {
+        guard prompt + maxNewTokens > limit else { return nil }
+        return "the prompt (\(prompt) tokens) and max_new_tokens (\(maxNewTokens)) need \(prompt + maxNewTokens) positions, "
+            + "beyond the model's \(limit) (--max-model-len)"
     }
 
     /// Generates for all requests together; `keepLogits` records each step's logits.
@@ -91,10 +101,20 @@ public final class Engine {
         }
 
         let start = Clock.now
-        let prefill = MoEDecoder.Batch(
-            tokens: requests.flatMap(\.promptIds),
-            segments: zip(requests, caches).map { .init(cache: $1, count: $0.promptIds.count) })
-        accept(try model.forward(prefill, logits: .lastOfEachSegment), rows: Array(requests.indices))
+        // Prefill in passes of at most `prefillChunk` tokens per prompt; a prompt's last pass gives its first token.
+        let longest = requests.map(\.promptIds.count).max()!
+        let chunk = model.prefillChunk ?? longest
+        for lo in stride(from: 0, to: longest, by: chunk) {
+            let pieces = requests.indices.filter { requests[$0].promptIds.count > lo }
+            let spans = pieces.map { lo..<min(requests[$0].promptIds.count, lo + chunk) }
+            let pass = MoEDecoder.Batch(tokens: zip(pieces, spans).flatMap { Array(requests[$0].promptIds[$1]) },
+                                        segments: zip(pieces, spans).map { .init(cache: caches[$0], count: $1.count) })
+            let logits = try model.forward(pass, logits: .lastOfEachSegment)
+            let ending = zip(pieces, spans).enumerated().filter { $0.element.1.upperBound == requests[$0.element.0].promptIds.count }
+            var rows: [Float] = []
+            for (j, _) in ending { rows.append(contentsOf: logits[(j * vocab)..<((j + 1) * vocab)]) }
+            accept(rows, rows: ending.map(\.element.0))
+        }
         let prefillSeconds = Clock.since(start)
         for i in results.indices { results[i].prefillSeconds = prefillSeconds }
 

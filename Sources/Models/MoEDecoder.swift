@@ -52,9 +52,18 @@ public final class MoEDecoder {
         rope = RoPE(theta: spec.ropeTheta, headDim: spec.headDim)
     }
 
+    /// Positions one sequence may use, prompt and generated tokens together (`--max-model-len`; the command line
+    /// sets the config's `max_position_embeddings` by default).
+    public var maxModelLen = Int.max
+    /// The most prompt tokens of one sequence a prefill pass takes (`--prefill-chunk`): longer prompts run as
+    /// several passes, each attending to the chunks cached before it. Nil: the whole prompt at once.
+    public var prefillChunk: Int?
+    /// How new KV caches store keys and values (`--kv-dtype`).
+    public var kvDType = KVDType.f32
+
     /// A new, empty KV cache for one sequence of this model.
     public func makeCache(capacity: Int = 64) -> KVCache {
-        KVCache(layers: spec.layers, kvDim: spec.kvDim, capacity: capacity)
+        KVCache(layers: spec.layers, kvDim: spec.kvDim, dtype: kvDType, capacity: capacity)
     }
 
     /// Tokens of several sequences run through the model together; each sequence continues its own cache.
@@ -189,10 +198,8 @@ public final class MoEDecoder {
         var row = 0
         for s in batch.segments {
             let first = s.cache.length
-            let keys = s.cache.keys(l), values = s.cache.values(l)
-            (keys + first * kvDim).update(from: k + row * kvDim, count: s.count * kvDim)
-            (values + first * kvDim).update(from: v + row * kvDim, count: s.count * kvDim)
-            Attention.causal(q: q + row * qDim, tokens: s.count, first: first, keys: keys, values: values,
+            s.cache.write(layer: l, first: first, count: s.count, keys: k + row * kvDim, values: v + row * kvDim)
+            Attention.causal(q: q + row * qDim, tokens: s.count, first: first, rows: s.cache.rows(l),
                              shape: shape, window: spec.slidingWindow[l], into: out + row * qDim)
             row += s.count
         }

@@ -11,6 +11,9 @@ extension MoE.Bench {
     func runDistributed() throws {
         var trace: RoutingTrace?
         let run = try DistributedRun.start(model: modelOptions, cluster: cluster) { model, _ in
+            if let reason = Engine.lengthProblem(prompt: promptLen, maxNewTokens: genLen, limit: model.maxModelLen) {
+                throw ModelError.invalidArgument(reason)
+            }
             if let routing {
                 let t = try RoutingTrace.load(paths: [String(routing.dropFirst("replay:".count))], layers: model.spec.layers,
                                               experts: model.spec.experts)

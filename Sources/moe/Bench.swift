@@ -58,6 +58,9 @@ extension MoE {
             if DistributedRun.active { return try runDistributed() }
             try reportingErrors {
                 let model = try modelOptions.load()
+                if let reason = Engine.lengthProblem(prompt: promptLen, maxNewTokens: genLen, limit: model.maxModelLen) {
+                    throw ModelError.invalidArgument(reason)
+                }
                 let spec = model.spec
                 var rng = SplitMix64(seed: 42)
                 let prompts = (0..<batch).map { _ in (0..<promptLen).map { _ in Int(rng.next() % UInt64(spec.vocabSize)) } }

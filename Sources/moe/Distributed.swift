@@ -99,7 +99,7 @@ struct DistributedRun {
         if cluster.mode == .auto {
             let model = run.engine.model
             let c = try calibration ?? MoE.Calibrate.measure(comm, spec: model.spec, type: model.embedding.type)
-            run.engine.stepModel = StepTimeModel(shape: .init(spec: model.spec, weightBytes: model.embedding.type.byteSize), calibration: c,
+            run.engine.stepModel = StepTimeModel(shape: .init(spec: model.spec, weightBytes: model.embedding.type.byteSize, kvDType: model.kvDType), calibration: c,
                                                  placement: run.engine.placement)
             run.engine.stepModel?.kvReplication = cluster.replication
             run.engine.stepModel?.wire = run.engine.wire
@@ -127,7 +127,9 @@ extension ModelOptions {
     /// Loads the model keeping only the routed experts `holding` accepts.
     func load(holding: @escaping @Sendable (Int, Int) -> Bool) throws -> MoEDecoder {
         let options = LoadOptions(convertToF32: weightsDtype == "f32", holdsExpert: holding)
-        if let model { return try MoEDecoder.load(directory: model, options: options) }
-        return try SyntheticModel.build(SyntheticModel.Preset(rawValue: preset)!, options: options)
+        let loaded = try model.map { try MoEDecoder.load(directory: $0, options: options) }
+            ?? SyntheticModel.build(SyntheticModel.Preset(rawValue: preset)!, options: options)
+        configure(loaded)
+        return loaded
     }
 }

@@ -29,7 +29,16 @@ extension MoE {
                 let model = try modelOptions.load()
                 var routing = ForwardRouting()
                 model.routingObserver = { routing.record($1) }
-                let logits = try model.forward(.init(tokens: inputIds.ids, cache: model.makeCache(capacity: inputIds.ids.count)), logits: .all)
+                let ids = inputIds.ids
+                if let reason = Engine.lengthProblem(prompt: ids.count, maxNewTokens: 0, limit: model.maxModelLen) {
+                    throw ModelError.invalidArgument(reason)
+                }
+                let cache = model.makeCache(capacity: ids.count)
+                var logits: [Float] = []
+                for lo in stride(from: 0, to: ids.count, by: model.prefillChunk ?? ids.count) {  // passes of --prefill-chunk
+                    logits += try model.forward(.init(tokens: Array(ids[lo..<min(ids.count, lo + (model.prefillChunk ?? ids.count))]), cache: cache),
+                                                logits: .all)
+                }
                 try write(logits: logits, routing: routing, spec: model.spec)
             }
         }
@@ -40,6 +49,9 @@ extension MoE {
                 guard !inputIds.ids.isEmpty else { throw ModelError.emptyPrompt }
                 for id in inputIds.ids where id < 0 || id >= model.spec.vocabSize {
                     throw ModelError.tokenOutOfRange(id: id, vocabulary: model.spec.vocabSize)
+                }
+                if let reason = Engine.lengthProblem(prompt: inputIds.ids.count, maxNewTokens: 0, limit: model.maxModelLen) {
+                    throw ModelError.invalidArgument(reason)
                 }
             }
             defer { run.finish() }

@@ -57,6 +57,15 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Convert weights at load: 'f32' (default: keep the checkpoint's dtype, widening inside kernels).")
     var weightsDtype: String?
 
+    @Option(help: "How the KV cache stores keys and values: f32 (default) or bf16 (half the memory and K/V traffic; rounded when written).")
+    var kvDtype: String = KVDType.f32.rawValue
+
+    @Option(help: "Positions a sequence may use, prompt and generated tokens together (default: the config's max_position_embeddings).")
+    var maxModelLen: Int?
+
+    @Option(help: "Prefill a prompt in passes of at most N tokens, each attending to those before (default: the whole prompt in one pass).")
+    var prefillChunk: Int?
+
     @Option(help: "Kernel threads (default: all cores).")
     var threads: Int?
 
@@ -66,15 +75,33 @@ struct ModelOptions: ParsableArguments {
         }
         if let d = weightsDtype, d != "f32" { throw ValidationError("--weights-dtype takes only 'f32', got '\(d)'") }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
+        if let n = maxModelLen, n < 1 { throw ValidationError("--max-model-len must be at least 1") }
+        if let n = prefillChunk, n < 1 { throw ValidationError("--prefill-chunk must be at least 1") }
+        guard KVDType(rawValue: kvDtype) != nil else { throw ValidationError("--kv-dtype must be f32 or bf16, got '\(kvDtype)'") }
     }
 
     /// Loads the model (or builds the preset) and sets the kernel threads.
     func load() throws -> MoEDecoder {
         Parallel.configure(workers: threads ?? System.coreCount)
+        let loaded = try model.map { try MoEDecoder.load(directory: $0, options: LoadOptions(convertToF32: weightsDtype == "f32")) }
+            ?? SyntheticModel.build(SyntheticModel.Preset(rawValue: preset)!)
+        configure(loaded)
+        return loaded
+    }
+
+    /// The run's KV dtype and length limit on a loaded model.
+    func configure(_ model: MoEDecoder) {
+        model.kvDType = KVDType(rawValue: kvDtype)!
+        model.maxModelLen = maxModelLen ?? configuredLength ?? .max
+        model.prefillChunk = prefillChunk
+    }
+
+    /// The config's `max_position_embeddings`.
+    var configuredLength: Int? {
         if let model {
-            return try MoEDecoder.load(directory: model, options: LoadOptions(convertToF32: weightsDtype == "f32"))
+            return try? ModelConfig.load(path: (model as NSString).appendingPathComponent("config.json")).maxPositionEmbeddings
         }
-        return try SyntheticModel.build(SyntheticModel.Preset(rawValue: preset)!)
+        return SyntheticModel.Preset(rawValue: preset).flatMap { SyntheticModel.config($0).maxPositionEmbeddings }
     }
 
     /// What the model is, for reports.

@@ -46,6 +46,45 @@ func referenceAttention(q: [Float], tokens: Int, first: Int, keys: [Float], valu
         for i in out.indices { #expect(abs(Double(out[i]) - want[i]) < 1e-5, "element \(i)") }
     }
 
+    /// The tiled prefill and the split decode on shapes that cross their tiles: several query and key tiles
+    /// (prefill tiles of 128 score rows, key tiles of 256), query tiles cut short, group sizes 1, 2 and 4, windows
+    /// whose edge falls inside a tile, and decode contexts long enough to split across threads.
+    @Test(arguments: [(300, 0, nil, 2), (130, 390, nil, 4), (257, 0, 100, 1), (200, 333, 290, 2), (1, 3000, nil, 4),
+                      (1, 2049, 700, 2), (1, 1023, nil, 1), (2, 600, nil, 2)] as [(Int, Int, Int?, Int)])
+    func tiledAndSplitAttentionMatchDefinition(tokens: Int, first: Int, window: Int?, group: Int) {
+        let shape = Attention.Shape(heads: 2 * group, kvHeads: 2, headDim: 40)
+        let context = first + tokens
+        let q = randomFloats(tokens * shape.qDim, seed: 30)
+        let k = randomFloats(context * shape.kvDim, seed: 31), v = randomFloats(context * shape.kvDim, seed: 32)
+        var out = [Float](repeating: .nan, count: tokens * shape.qDim)
+        Attention.causal(q: q, tokens: tokens, first: first, keys: k, values: v, shape: shape, window: window, into: &out)
+        let want = referenceAttention(q: q, tokens: tokens, first: first, keys: k, values: v, shape: shape, window: window)
+        let worst = zip(out, want).map { abs(Double($0) - $1) }.max()!
+        #expect(worst < 1e-5, "largest difference \(worst)")
+    }
+
+    /// bf16 rows: the definition on the rounded keys and values (to 1e-5), prefill and split decode.
+    @Test(arguments: [(37, 0), (1, 2500)])
+    func bf16RowsMatchTheDefinitionOnRoundedValues(tokens: Int, first: Int) {
+        let shape = Attention.Shape(heads: 4, kvHeads: 2, headDim: 32)
+        let context = first + tokens
+        let q = randomFloats(tokens * shape.qDim, seed: 33)
+        let k = randomFloats(context * shape.kvDim, seed: 34), v = randomFloats(context * shape.kvDim, seed: 35)
+        let kb = k.map(Widen.toBF16), vb = v.map(Widen.toBF16)
+        var out = [Float](repeating: .nan, count: tokens * shape.qDim)
+        kb.withUnsafeBytes { kr in
+            vb.withUnsafeBytes { vr in
+                Attention.causal(q: q, tokens: tokens, first: first, rows: .init(keys: kr.baseAddress!, values: vr.baseAddress!, dtype: .bf16),
+                                 shape: shape, into: &out)
+            }
+        }
+        let want = referenceAttention(q: q, tokens: tokens, first: first, keys: kb.map(Widen.bf16), values: vb.map(Widen.bf16),
+                                      shape: shape, window: nil)
+        let worst = zip(out, want).map { abs(Double($0) - $1) }.max()!
+        #expect(worst < 1e-5, "largest difference \(worst)")
+        #expect(kb.map(Widen.bf16) != k, "the rounding is not the identity on these values")
+    }
+
     @Test func windowCoveringTheContextEqualsFullAttention() {
         let shape = Attention.Shape(heads: 2, kvHeads: 1, headDim: 16)
         let q = randomFloats(6 * shape.qDim, seed: 23)

@@ -48,7 +48,7 @@ struct AcrossHostsTests {
     /// written, and the script leaves no namespace or /etc/hosts line behind.
     @Test func aKilledRankOnTheOtherHostEndsTheJob() throws {
         let k = try killRankOneMidRun { requests, pids in
-            try MPIRun.startAcrossHosts(2, ["-np", "2", MoEBinary.url.path, "generate", "--preset", "tiny", "--requests", requests],
+            try MPIRun.startAcrossHosts(2, ["-np", "2", MoEBinary.url.path, "generate", "--preset", "tiny", "--requests", requests, "--max-model-len", "200000"],
                                         environment: ["MOE_PID_DIR": pids])
         }
         #expect(k.ended && k.seconds < 30)

@@ -90,6 +90,18 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         #expect(json?["tokens"] as? [Int] == ref.greedy)
     }
 
+    /// Prefill in passes of 4 tokens under mpirun: the forward logits within 1e-4 of one pass in one process.
+    @Test(arguments: ["ep2", "coherent"])
+    func chunkedPrefillMatchesOnePass(mode: String) throws {
+        let ref = Reference.all["tiny-qwen3moe"]!
+        let out = TemporaryPath(".safetensors")
+        let f = try MPIRun.run(3, ["forward", "--model", fixture("tiny-qwen3moe"), "--input-ids", ref.prompt.map(String.init).joined(separator: ","),
+                                   "--output", out.path, "--dispatch", mode, "--prefill-chunk", "4"])
+        #expect(f.status == 0, "\(f.stderr)")
+        let logits = try SafeTensorsFile(path: out.path).floats("logits")
+        #expect(logits.count == ref.logits.count && zip(logits, ref.logits).map { abs($0 - $1) }.max()! < 1e-4)
+    }
+
     /// A plan made with room to spare (`moe plan --experts-per-rank`): rank 0 holds all but one expert per other
     /// rank of every layer. It runs, with the single process's tokens.
     @Test(arguments: [(2, "ep2"), (2, "coherent"), (3, "coherent")])
@@ -152,8 +164,9 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
 
     /// Prompts of different lengths arriving at different steps each get the tokens they get alone, with K/V
     /// rows replicated per layer (posted, completed before they are read) or in the step-end allgather.
-    @Test(arguments: [("ep2", "layer"), ("coherent", "layer"), ("coherent", "step-end")])
-    func continuousBatchingGivesEachRequestItsOwnTokens(mode: String, replication: String) throws {
+    @Test(arguments: [("ep2", "layer", nil), ("coherent", "layer", nil), ("coherent", "step-end", nil), ("ep2", "layer", 2), ("coherent", "layer", 3)]
+          as [(String, String, Int?)])
+    func continuousBatchingGivesEachRequestItsOwnTokens(mode: String, replication: String, chunk: Int?) throws {
         let ref = Reference.all["tiny-olmoe"]!
         let model = try MoEDecoder.load(directory: fixture("tiny-olmoe"))
         let engine = Engine(model: model)
@@ -164,7 +177,7 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         }
         try lines.joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
         let r = try MPIRun.run(3, ["generate", "--model", fixture("tiny-olmoe"), "--requests", requests.path, "--dispatch", mode,
-                                   "--kv-replication", replication])
+                                   "--kv-replication", replication] + (chunk.map { ["--prefill-chunk", String($0)] } ?? []))
         #expect(r.status == 0, "\(r.stderr)")
         let results = r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
         #expect(results.count == 4)
@@ -172,6 +185,34 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
             let alone = try engine.generate([GenerationRequest(promptIds: p, maxNewTokens: 4 + 2 * i)])[0].tokens
             #expect(results.first { $0["id"] as? String == "r\(i)" }?["tokens"] as? [Int] == alone)
         }
+    }
+
+    /// bf16 K/V (`--kv-dtype bf16`): the cluster gives what one process gives with the same choice (its K/V
+    /// rows travel as the rounded bits), and the posted rows are half the bytes.
+    @Test(arguments: ["ep2", "coherent"])
+    func bf16CacheGivesTheSingleProcessResultWithBF16(mode: String) throws {
+        let ref = Reference.all["tiny-qwen2moe"]!
+        let prompt = ref.prompt.map(String.init).joined(separator: ",")
+        let args = ["generate", "--model", fixture("tiny-qwen2moe"), "--prompt-ids", prompt, "--max-new-tokens", "8", "--temperature", "0",
+                    "--json", "--kv-dtype", "bf16"]
+        let single = try MoEBinary.run(args)
+        let cluster = try MPIRun.run(3, args + ["--dispatch", mode])
+        #expect(single.status == 0 && cluster.status == 0, "\(single.stderr) \(cluster.stderr)")
+        func tokens(_ r: MoEBinary.Result) -> [Int]? {
+            (try? JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as? [String: Any])?["tokens"] as? [Int]
+        }
+        #expect(tokens(single) != nil && tokens(cluster) == tokens(single))
+        guard mode == "coherent" else { return }
+        func kvBytes(_ dtype: String) throws -> Double {
+            let r = try MPIRun.run(2, ["bench", "--model", fixture("tiny-mixtral"), "--batch", "2", "--prompt-len", "3", "--gen-len", "5",
+                                       "--repetitions", "1", "--format", "json", "--dispatch", "coherent", "--kv-dtype", dtype])
+            let report = try JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as? [String: Any]
+            return (report?["cross_rank_bytes_per_token"] as? [String: Double])?["kv_replication"] ?? 0
+        }
+        // Each row: 16 bytes of header, then keys and values of kvDim values each.
+        let kvDim = Double(Reference.all["tiny-mixtral"]!.spec.kvDim)
+        let f32 = try kvBytes("f32"), bf16 = try kvBytes("bf16")
+        #expect(f32 > 0 && abs(bf16 / f32 - (16 + 4 * kvDim) / (16 + 8 * kvDim)) < 1e-9, "\(bf16) vs \(f32)")
     }
 
     /// `moe trace` under mpirun writes the single process's trace: same lines in the same order, same experts,
@@ -247,9 +288,19 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         expectStops(r, seconds: Date().timeIntervalSince(start), saying: "\(requests.path):2: 'prompt_ids' must be a non-empty list of integers")
     }
 
+    @Test func requestBeyondTheLengthLimitStopsEveryRank() throws {
+        let requests = TemporaryPath(".jsonl")
+        try #"{"id": "fits", "prompt_ids": [1, 2], "max_new_tokens": 3}"#.appending("\n" + #"{"id": "long", "prompt_ids": [1, 2, 3], "max_new_tokens": 6}"#)
+            .write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let start = Date()
+        let r = try MPIRun.run(2, ["generate", "--model", fixture("tiny-mixtral"), "--requests", requests.path, "--max-model-len", "8"])
+        expectStops(r, seconds: Date().timeIntervalSince(start),
+                    saying: "\(requests.path):2: request 'long': the prompt (3 tokens) and max_new_tokens (6) need 9 positions, beyond the model's 8")
+    }
+
     @Test func killedRankEndsTheJobAndKeepsFinishedResults() throws {
         let k = try killRankOneMidRun { requests, pids in
-            try MPIRun.start(["-np", "3", MoEBinary.url.path, "generate", "--preset", "tiny", "--requests", requests],
+            try MPIRun.start(["-np", "3", MoEBinary.url.path, "generate", "--preset", "tiny", "--requests", requests, "--max-model-len", "200000"],
                              environment: ["MOE_PID_DIR": pids])
         }
         #expect(k.ended && k.seconds < 30)

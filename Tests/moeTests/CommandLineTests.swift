@@ -138,6 +138,11 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
          "/nonexistent/t.jsonl: cannot write: No such file or directory"),
         (["trace", "--model", fixture("tiny-mixtral"), "--prompt-ids", "1,320", "--output", "/tmp/unused-trace.jsonl"],
          "token id 320 is outside the vocabulary"),
+        (["generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", "1,2,3", "--max-new-tokens", "10", "--max-model-len", "12"],
+         "the prompt (3 tokens) and max_new_tokens (10) need 13 positions, beyond the model's 12 (--max-model-len)"),
+        (["generate", "--model", fixture("tiny-olmoe"), "--prompt-ids", "1", "--max-new-tokens", "300"],
+         "need 301 positions, beyond the model's 256 (--max-model-len)"),
+        (["bench", "--preset", "tiny", "--prompt-len", "40000", "--gen-len", "2"], "need 40002 positions, beyond the model's 32768"),
     ] as [([String], String)])
     func badInputFailsWithOneLine(args: [String], message: String) throws {
         let r = try MoEBinary.run(args)
@@ -165,6 +170,8 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
         ["init-model", "--preset", "tiny", "--dtype", "int8", "--output", "/tmp/x"],
         ["generate", "--preset", "gigantic", "--prompt-ids", "1"],
         ["generate", "--prompt-ids", "1", "--weights-dtype", "f8"],
+        ["generate", "--prompt-ids", "1", "--max-model-len", "0"],
+        ["generate", "--prompt-ids", "1", "--prefill-chunk", "0"],
         ["no-such-command"],
     ])
     func badFlagsExitWithUsageCode(args: [String]) throws {

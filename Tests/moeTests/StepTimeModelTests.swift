@@ -123,6 +123,7 @@ import Testing
         #expect(wrongMode.status == 64 && wrongMode.stderr.contains("--calibration is for --dispatch auto"), "\(wrongMode.stderr)")
         for (flags, message) in [(["--kv-replication", "later"], "--kv-replication must be layer or step-end, got 'later'"),
                                  (["--wire-dtype", "fp8"], "--wire-dtype must be f32 or bf16, got 'fp8'"),
+                                 (["--kv-dtype", "f16"], "--kv-dtype must be f32 or bf16, got 'f16'"),
                                  (["--combine", "sum"], "--combine must be per-expert or per-rank, got 'sum'")] {
             let r = try MoEBinary.run(["generate", "--preset", "tiny", "--prompt-ids", "1"] + flags)
             #expect(r.status == 64 && r.stderr.contains(message), "\(r.stderr)")
