@@ -14,8 +14,9 @@ public enum KVDType: String, Sendable, CaseIterable {
 /// one or more tokens) against a range of keys, in key tiles, scores and the weighted sum of values by
 /// single-threaded OpenBLAS sgemm (so a key tile is read once for the whole group), the softmax online (per row a
 /// running maximum and sum; the output rescaled when the maximum grows). Prefill gives each thread whole query
-/// tiles; decode (one query) splits the context across the threads (flash-decoding) and merges the partial results
-/// by their maxima. bf16 rows are widened a tile at a time.
+/// tiles. Decode (one query) splits the context across the threads (flash-decoding), each streaming its K rows and
+/// then its V rows once for all heads, and merges the partial results by their maxima. bf16 rows are widened as
+/// they are read.
 public enum Attention {
     /// Head layout of an attention layer.
     public struct Shape: Sendable, Equatable {
@@ -139,11 +140,8 @@ public enum Attention {
         nonisolated(unsafe) let (qp, pp) = (q, partial)
         Parallel.run(chunks.count) { c in
             let base = pp + c * stride
-            for kvHead in 0..<shape.kvHeads {
-                // The group's rows are heads kvHead·g ..< (kvHead + 1)·g: their outputs, maxima and sums are contiguous.
-                block(q: qp, tokens: 0..<1, first: position, kvHead: kvHead, keys: chunks[c], rows: kv, shape: shape, window: nil,
-                      acc: base + kvHead * g * d, maxima: base + heads * d + kvHead * g, sums: base + heads * d + heads + kvHead * g)
-            }
+            decodeBlock(q: qp, keys: chunks[c], rows: kv, shape: shape,
+                        acc: base, maxima: base + heads * d, sums: base + heads * d + heads)
         }
         // Merge: each chunk's sum and output weighted by e^(its maximum - the overall maximum).
         for h in 0..<heads {
@@ -159,6 +157,44 @@ public enum Attention {
                 Elementwise.axpy(w, base + h * d, dst, d)
             }
             scale(dst, by: 1 / total, d)
+        }
+    }
+
+    /// Every head of one query against key positions `keys`, one pass over their K rows and one over their V
+    /// rows in memory order (decode is bound by reading them): per head the maximum score, the sum of
+    /// e^(score - maximum) and Σ e^(score - maximum)·v. Each K/V row serves every query head of its KV heads.
+    static func decodeBlock(
+        q: UnsafePointer<Float>, keys range: Range<Int>, rows kv: Rows, shape: Shape,
+        acc: UnsafeMutablePointer<Float>, maxima: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Float>
+    ) {
+        let heads = shape.heads, g = shape.group, d = shape.headDim, kvDim = shape.kvDim, n = range.count
+        let scratch = ThreadScratch.buffer(.attentionScores, count: heads * n + kvDim + heads * d)
+        let scores = scratch, row = scores + heads * n, qs = row + kvDim
+        for i in 0..<(heads * d) { qs[i] = q[i] * shape.scale }
+        for (i, j) in range.enumerated() {
+            let k = rowAt(kv.keys, kv.dtype, j, kvDim: kvDim, into: row)
+            for h in 0..<heads { scores[h * n + i] = Elementwise.dot(qs + h * d, k + (h / g) * d, d) }
+        }
+        for h in 0..<heads {
+            maxima[h] = rowMax(scores + h * n, 0..<n)
+            sums[h] = expInPlace(scores + h * n, 0..<n, minus: maxima[h])
+        }
+        acc.update(repeating: 0, count: heads * d)
+        for (i, j) in range.enumerated() {
+            let v = rowAt(kv.values, kv.dtype, j, kvDim: kvDim, into: row)
+            for h in 0..<heads { Elementwise.axpy(scores[h * n + i], v + (h / g) * d, acc + h * d, d) }
+        }
+    }
+
+    /// Position j's row (every KV head) as f32: in place, or widened from bf16 into `scratch`.
+    @inline(__always)
+    static func rowAt(_ base: UnsafeRawPointer, _ dtype: KVDType, _ j: Int, kvDim: Int,
+                      into scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
+        switch dtype {
+        case .f32: return base.assumingMemoryBound(to: Float.self) + j * kvDim
+        case .bf16:
+            Widen.bf16(base.assumingMemoryBound(to: UInt16.self) + j * kvDim, into: scratch, count: kvDim)
+            return UnsafePointer(scratch)
         }
     }
 
