@@ -7,6 +7,37 @@ public enum KVDType: String, Sendable, CaseIterable {
     public var byteSize: Int { self == .f32 ? 4 : 2 }
 }
 
+/// Which keys a query at position p sees: always j <= p, and within that a window.
+public enum Visibility: Sendable, Equatable {
+    /// Every earlier key.
+    case causal
+    /// Keys p - w + 1 ... p (a config's `sliding_window`, as Mistral and Hugging Face define it).
+    case slidingWindow(Int)
+    /// Flux's sink + window, block-aligned: j is seen iff floor(j/B) < S/B or floor(p/B) - floor(j/B) < W/B
+    /// (S and W multiples of B; B = 1 gives token granularity, and S = 0 with B = 1 is a sliding window of W).
+    case sinkWindow(sink: Int, window: Int, block: Int)
+
+    /// The keys position p sees as two ascending ranges, a sink (possibly empty) and the recent keys; they never
+    /// touch (where they would, the second holds both).
+    @inlinable
+    public func ranges(_ p: Int) -> (sink: Range<Int>, recent: Range<Int>) {
+        switch self {
+        case .causal: return (0..<0, 0..<(p + 1))
+        case .slidingWindow(let w): return (0..<0, max(0, p - w + 1)..<(p + 1))
+        case .sinkWindow(let sink, let window, let block):
+            let recent = max(0, (p / block - window / block + 1) * block)
+            return recent <= sink ? (0..<0, 0..<(p + 1)) : (0..<min(sink, p + 1), recent..<(p + 1))
+        }
+    }
+
+    /// Keys some position of `positions` sees, as at most two ascending, disjoint ranges.
+    func ranges(covering positions: ClosedRange<Int>) -> [Range<Int>] {
+        let sink = ranges(positions.upperBound).sink, lowest = ranges(positions.lowerBound).recent.lowerBound
+        if sink.isEmpty || sink.upperBound >= lowest { return [(sink.isEmpty ? lowest : 0)..<(positions.upperBound + 1)] }
+        return [sink, lowest..<(positions.upperBound + 1)]
+    }
+}
+
 /// Causal grouped-query attention over one sequence's cached keys and values, exact (softmax in f32 with a
 /// running maximum, as FlashAttention computes it).
 ///
@@ -61,43 +92,44 @@ public enum Attention {
     static let parallelWork = 1 << 17
 
     /// Full causal attention for `tokens` queries of one sequence at positions `first ..< first + tokens`, over
-    /// f32 keys and values `[first + tokens, kvHeads * headDim]`. See `causal(q:tokens:first:rows:shape:window:into:)`.
+    /// f32 keys and values `[first + tokens, kvHeads * headDim]`. See `causal(q:tokens:first:rows:shape:visibility:into:)`.
     public static func causal(
         q: UnsafePointer<Float>, tokens: Int, first: Int,
         keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
         shape: Shape, window: Int? = nil, into out: UnsafeMutablePointer<Float>
     ) {
         causal(q: q, tokens: tokens, first: first, rows: Rows(keys: keys, values: values, dtype: .f32), shape: shape,
-               window: window, into: out)
+               visibility: window.map { .slidingWindow($0) } ?? .causal, into: out)
     }
 
     /// Full causal attention for `tokens` queries of one sequence at positions `first ..< first + tokens`.
     ///
     /// - q: `[tokens, heads * headDim]`; rows: keys and values of positions `0 ..< first + tokens`;
     ///   out: `[tokens, heads * headDim]`.
-    /// - window: when set, query position p sees keys `max(0, p - window + 1) ... p` (Mistral's sliding window).
+    /// - visibility: which earlier keys each position sees (masked, so positions keep their RoPE positions).
     public static func causal(
         q: UnsafePointer<Float>, tokens: Int, first: Int, rows: Rows,
-        shape: Shape, window: Int? = nil, into out: UnsafeMutablePointer<Float>
+        shape: Shape, visibility: Visibility = .causal, into out: UnsafeMutablePointer<Float>
     ) {
         guard tokens > 0 else { return }
         if tokens == 1 {
-            decode(q: q, position: first, rows: rows, shape: shape, from: window.map { max(0, first - $0 + 1) } ?? 0, into: out)
+            decode(q: q, position: first, rows: rows, shape: shape, keys: visibility.ranges(covering: first...first), into: out)
         } else {
-            prefill(q: q, tokens: tokens, first: first, rows: rows, shape: shape, window: window, into: out)
+            prefill(q: q, tokens: tokens, first: first, rows: rows, shape: shape, visibility: visibility, into: out)
         }
     }
 
     // MARK: Prefill
 
     static func prefill(
-        q: UnsafePointer<Float>, tokens: Int, first: Int, rows kv: Rows, shape: Shape, window: Int?,
+        q: UnsafePointer<Float>, tokens: Int, first: Int, rows kv: Rows, shape: Shape, visibility: Visibility,
         into out: UnsafeMutablePointer<Float>
     ) {
         let tq = queryTile(group: shape.group), g = shape.group, d = shape.headDim
         let tiles = (tokens + tq - 1) / tq
         let tasks = tiles * shape.kvHeads
-        let work = tokens * (first + tokens) * shape.heads * d
+        let work = tokens * min(first + tokens, visibility.ranges(first + tokens - 1).sink.count
+                                + visibility.ranges(first + tokens - 1).recent.count + tq) * shape.heads * d
         let parts = work < parallelWork ? 1 : min(Parallel.workers, tasks)
         nonisolated(unsafe) let (qp, op) = (q, out)
         // Task i: the latest query tiles first (they see the most keys), dealt round-robin to the threads so each
@@ -109,9 +141,9 @@ public enum Attention {
                 let t0 = tile * tq, span = t0..<min(tokens, t0 + tq), n = span.count * g
                 let state = ThreadScratch.buffer(.attentionRows, count: n * (d + 2))
                 let acc = state, maxima = acc + n * d, sums = maxima + n
-                let lowest = window.map { max(0, first + t0 - $0 + 1) } ?? 0
-                block(q: qp, tokens: span, first: first, kvHead: kvHead, keys: lowest..<(first + span.upperBound), rows: kv,
-                      shape: shape, window: window, acc: acc, maxima: maxima, sums: sums)
+                let keys = visibility.ranges(covering: (first + span.lowerBound)...(first + span.upperBound - 1))
+                block(q: qp, tokens: span, first: first, kvHead: kvHead, keys: keys, rows: kv,
+                      shape: shape, visibility: visibility, acc: acc, maxima: maxima, sums: sums)
                 for (i, t) in span.enumerated() {
                     for hh in 0..<g {
                         let r = i * g + hh, dst = op + t * shape.qDim + (kvHead * g + hh) * d
@@ -126,13 +158,23 @@ public enum Attention {
 
     // MARK: Decode
 
-    /// One query at `position` against keys `lo ... position`, the context split across the worker threads.
+    /// One query at `position` against the keys of `visible` (ascending, disjoint ranges), split across the
+    /// worker threads.
     static func decode(
-        q: UnsafePointer<Float>, position: Int, rows kv: Rows, shape: Shape, from lo: Int, into out: UnsafeMutablePointer<Float>
+        q: UnsafePointer<Float>, position: Int, rows kv: Rows, shape: Shape, keys visible: [Range<Int>], into out: UnsafeMutablePointer<Float>
     ) {
-        let n = position + 1 - lo, d = shape.headDim, heads = shape.heads, g = shape.group
+        let n = visible.reduce(0) { $0 + $1.count }, d = shape.headDim, heads = shape.heads
         let parts = n * heads * d < parallelWork ? 1 : min(Parallel.workers, (n + keysPerDecodeThread - 1) / keysPerDecodeThread)
-        let chunks = Parallel.ranges(n, parts: parts, align: 16).map { ($0.lowerBound + lo)..<($0.upperBound + lo) }
+        // Each thread's share of the visible keys, as position ranges.
+        let chunks = Parallel.ranges(n, parts: parts, align: 16).map { share -> [Range<Int>] in
+            var out: [Range<Int>] = [], skipped = 0
+            for r in visible {
+                let lo = max(share.lowerBound - skipped, 0), hi = min(share.upperBound - skipped, r.count)
+                if lo < hi { out.append((r.lowerBound + lo)..<(r.lowerBound + hi)) }
+                skipped += r.count
+            }
+            return out
+        }
         // Per chunk: every head's unnormalised output, then its maximum and sum.
         let stride = heads * (d + 2)
         let partial = UnsafeMutablePointer<Float>.allocate(capacity: chunks.count * stride)
@@ -164,14 +206,15 @@ public enum Attention {
     /// rows in memory order (decode is bound by reading them): per head the maximum score, the sum of
     /// e^(score - maximum) and Σ e^(score - maximum)·v. Each K/V row serves every query head of its KV heads.
     static func decodeBlock(
-        q: UnsafePointer<Float>, keys range: Range<Int>, rows kv: Rows, shape: Shape,
+        q: UnsafePointer<Float>, keys ranges: [Range<Int>], rows kv: Rows, shape: Shape,
         acc: UnsafeMutablePointer<Float>, maxima: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Float>
     ) {
-        let heads = shape.heads, g = shape.group, d = shape.headDim, kvDim = shape.kvDim, n = range.count
+        let heads = shape.heads, g = shape.group, d = shape.headDim, kvDim = shape.kvDim
+        let positions = ranges.joined(), n = positions.count
         let scratch = ThreadScratch.buffer(.attentionScores, count: heads * n + kvDim + heads * d)
         let scores = scratch, row = scores + heads * n, qs = row + kvDim
         for i in 0..<(heads * d) { qs[i] = q[i] * shape.scale }
-        for (i, j) in range.enumerated() {
+        for (i, j) in positions.enumerated() {
             let k = rowAt(kv.keys, kv.dtype, j, kvDim: kvDim, into: row)
             for h in 0..<heads { scores[h * n + i] = Elementwise.dot(qs + h * d, k + (h / g) * d, d) }
         }
@@ -180,7 +223,7 @@ public enum Attention {
             sums[h] = expInPlace(scores + h * n, 0..<n, minus: maxima[h])
         }
         acc.update(repeating: 0, count: heads * d)
-        for (i, j) in range.enumerated() {
+        for (i, j) in positions.enumerated() {
             let v = rowAt(kv.values, kv.dtype, j, kvDim: kvDim, into: row)
             for h in 0..<heads { Elementwise.axpy(scores[h * n + i], v + (h / g) * d, acc + h * d, d) }
         }
@@ -201,12 +244,12 @@ public enum Attention {
     // MARK: The block
 
     /// Query tokens `tokens` (positions `first + t`) for the query heads of `kvHead`, against key positions
-    /// `keys`, each row masked to what its position sees (causal, and `window`). Leaves per row r = (token
+    /// `keys` (ascending, disjoint ranges), each row masked to what its position sees. Leaves per row r = (token
     /// `tokens.lowerBound + r / g`, head `kvHead·g + r % g`) the running maximum score, the sum of e^(score -
     /// maximum) and Σ e^(score - maximum)·v in `acc[r]`; a row that sees no key has maximum -∞ and sum 0.
     static func block(
-        q: UnsafePointer<Float>, tokens: Range<Int>, first: Int, kvHead: Int, keys range: Range<Int>, rows kv: Rows,
-        shape: Shape, window: Int?, acc: UnsafeMutablePointer<Float>, maxima: UnsafeMutablePointer<Float>,
+        q: UnsafePointer<Float>, tokens: Range<Int>, first: Int, kvHead: Int, keys ranges: [Range<Int>], rows kv: Rows,
+        shape: Shape, visibility: Visibility, acc: UnsafeMutablePointer<Float>, maxima: UnsafeMutablePointer<Float>,
         sums: UnsafeMutablePointer<Float>
     ) {
         let g = shape.group, d = shape.headDim, tile = keyTile
@@ -221,26 +264,36 @@ public enum Attention {
         acc.update(repeating: 0, count: n * d)
         maxima.update(repeating: -.infinity, count: n)
         sums.update(repeating: 0, count: n)
-        var j0 = range.lowerBound
-        while j0 < range.upperBound {
+        for range in ranges {
+          var j0 = range.lowerBound
+          while j0 < range.upperBound {
             let j1 = min(range.upperBound, j0 + tile), width = j1 - j0
             let (k, ldk) = tileRows(kv.keys, kv.dtype, j0..<j1, kvHead: kvHead, shape: shape, into: kTile)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(n), blasint(width), blasint(d),
                         1, qs, blasint(d), k, blasint(ldk), 0, scores, blasint(tile))
             for r in 0..<n {
                 let p = first + tokens.lowerBound + r / g
-                let lowest = window.map { max(0, p - $0 + 1) } ?? 0
-                let a = max(lowest, j0) - j0, b = min(p + 1, j1) - j0
+                // What row r sees of this tile: its sink and its recent keys, as column ranges (empty or not).
+                let (sink, recent) = visibility.ranges(p)
+                let c1 = columns(sink, j0, j1), c2 = columns(recent, j0, j1)
                 let row = scores + r * tile
-                guard a < b else {
+                guard !c1.isEmpty || !c2.isEmpty else {
                     row.update(repeating: 0, count: width)
                     continue
                 }
-                let m = max(maxima[r], rowMax(row, a..<b))
+                let m = max(maxima[r], c1.isEmpty ? -.infinity : rowMax(row, c1), c2.isEmpty ? -.infinity : rowMax(row, c2))
                 let alpha = maxima[r] == -.infinity ? 0 : VectorMath.exp(maxima[r] - m)
-                let s = expInPlace(row, a..<b, minus: m)
-                if a > 0 { row.update(repeating: 0, count: a) }
-                if b < width { (row + b).update(repeating: 0, count: width - b) }
+                let s = (c1.isEmpty ? 0 : expInPlace(row, c1, minus: m)) + (c2.isEmpty ? 0 : expInPlace(row, c2, minus: m))
+                // Zero the columns the row does not see (c1 precedes c2).
+                var from = 0
+                func zeroUpTo(_ c: Range<Int>) {
+                    guard !c.isEmpty else { return }
+                    if c.lowerBound > from { (row + from).update(repeating: 0, count: c.lowerBound - from) }
+                    from = c.upperBound
+                }
+                zeroUpTo(c1)
+                zeroUpTo(c2)
+                if from < width { (row + from).update(repeating: 0, count: width - from) }
                 sums[r] = sums[r] * alpha + s
                 if alpha != 1 { scale(acc + r * d, by: alpha, d) }
                 maxima[r] = m
@@ -249,7 +302,15 @@ public enum Attention {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(n), blasint(d), blasint(width),
                         1, scores, blasint(tile), v, blasint(ldv), 1, acc, blasint(d))
             j0 = j1
+          }
         }
+    }
+
+    /// The part of key positions `keys` inside the tile `j0 ..< j1`, as tile columns.
+    @inline(__always)
+    static func columns(_ keys: Range<Int>, _ j0: Int, _ j1: Int) -> Range<Int> {
+        let lo = max(keys.lowerBound, j0), hi = min(keys.upperBound, j1)
+        return lo < hi ? (lo - j0)..<(hi - j0) : 0..<0
     }
 
     /// Rows `range` of KV head `kvHead` as f32: a pointer into f32 storage (row stride kvDim), or widened from

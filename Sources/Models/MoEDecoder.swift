@@ -58,8 +58,16 @@ public final class MoEDecoder {
     /// The most prompt tokens of one sequence a prefill pass takes (`--prefill-chunk`): longer prompts run as
     /// several passes, each attending to the chunks cached before it. Nil: the whole prompt at once.
     public var prefillChunk: Int?
+    /// Sparse attention for every layer (`--attention sparse`): masked, positions keep their RoPE positions.
+    /// Nil: full attention, with a config's `sliding_window` where it has one.
+    public var sparse: Visibility?
     /// How new KV caches store keys and values (`--kv-dtype`).
     public var kvDType = KVDType.f32
+
+    /// The keys a query of `layer` sees.
+    public func visibility(layer l: Int) -> Visibility {
+        sparse ?? spec.slidingWindow[l].map { .slidingWindow($0) } ?? .causal
+    }
 
     /// A new, empty KV cache for one sequence of this model.
     public func makeCache(capacity: Int = 64) -> KVCache {
@@ -200,7 +208,7 @@ public final class MoEDecoder {
             let first = s.cache.length
             s.cache.write(layer: l, first: first, count: s.count, keys: k + row * kvDim, values: v + row * kvDim)
             Attention.causal(q: q + row * qDim, tokens: s.count, first: first, rows: s.cache.rows(l),
-                             shape: shape, window: spec.slidingWindow[l], into: out + row * qDim)
+                             shape: shape, visibility: visibility(layer: l), into: out + row * qDim)
             row += s.count
         }
         GEMM.linear(out, tokens: t, weight: w.o, into: x, accumulate: true)

@@ -66,6 +66,21 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Prefill a prompt in passes of at most N tokens, each attending to those before (default: the whole prompt in one pass).")
     var prefillChunk: Int?
 
+    @Option(help: "Attention: full (default; a config's sliding_window still applies) or sparse (every layer, --sparse-kind).")
+    var attention: String = "full"
+
+    @Option(help: "With --attention sparse: window (sink + recent keys, block-aligned as Flux does it).")
+    var sparseKind: String = "window"
+
+    @Option(help: "Sparse window: sink tokens every query sees (a multiple of --sparse-block).")
+    var sparseSink: Int = 128
+
+    @Option(help: "Sparse window: recent tokens, in whole blocks (a multiple of --sparse-block).")
+    var sparseWindow: Int = 1024
+
+    @Option(help: "Sparse window: block size in tokens (1: token granularity).")
+    var sparseBlock: Int = 128
+
     @Option(help: "Kernel threads (default: all cores).")
     var threads: Int?
 
@@ -77,6 +92,17 @@ struct ModelOptions: ParsableArguments {
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
         if let n = maxModelLen, n < 1 { throw ValidationError("--max-model-len must be at least 1") }
         if let n = prefillChunk, n < 1 { throw ValidationError("--prefill-chunk must be at least 1") }
+        guard attention == "full" || attention == "sparse" else {
+            throw ValidationError("--attention must be full or sparse, got '\(attention)' (routed is not built yet)")
+        }
+        guard sparseKind == "window" else { throw ValidationError("--sparse-kind must be window, got '\(sparseKind)' (topk is not built yet)") }
+        guard sparseBlock >= 1 else { throw ValidationError("--sparse-block must be at least 1") }
+        guard sparseSink >= 0, sparseSink % sparseBlock == 0 else {
+            throw ValidationError("--sparse-sink must be a multiple of --sparse-block (\(sparseBlock)), got \(sparseSink)")
+        }
+        guard sparseWindow >= sparseBlock, sparseWindow % sparseBlock == 0 else {
+            throw ValidationError("--sparse-window must be a positive multiple of --sparse-block (\(sparseBlock)), got \(sparseWindow)")
+        }
         guard KVDType(rawValue: kvDtype) != nil else { throw ValidationError("--kv-dtype must be f32 or bf16, got '\(kvDtype)'") }
     }
 
@@ -94,6 +120,7 @@ struct ModelOptions: ParsableArguments {
         model.kvDType = KVDType(rawValue: kvDtype)!
         model.maxModelLen = maxModelLen ?? configuredLength ?? .max
         model.prefillChunk = prefillChunk
+        model.sparse = attention == "sparse" ? .sinkWindow(sink: sparseSink, window: sparseWindow, block: sparseBlock) : nil
     }
 
     /// The config's `max_position_embeddings`.

@@ -118,3 +118,75 @@ func referenceAttention(q: [Float], tokens: Int, first: Int, keys: [Float], valu
         #expect(Array(x[0..<16]) == Array(original[0..<16]))
     }
 }
+
+/// Softmax attention in Double over the keys `sees(p, j)` allows (j <= p assumed by the caller's predicate).
+func referenceMasked(q: [Float], tokens: Int, first: Int, keys: [Float], values: [Float], shape: Attention.Shape,
+                     sees: (Int, Int) -> Bool) -> [Double] {
+    var out = [Double](repeating: 0, count: tokens * shape.qDim)
+    for t in 0..<tokens {
+        let p = first + t, visible = (0...p).filter { sees(p, $0) }
+        for h in 0..<shape.heads {
+            let g = h / shape.group
+            let scores = visible.map { j in
+                (0..<shape.headDim).reduce(0.0) { $0 + Double(q[t * shape.qDim + h * shape.headDim + $1]) * Double(keys[j * shape.kvDim + g * shape.headDim + $1]) }
+                    * Double(shape.scale)
+            }
+            let m = scores.max()!, e = scores.map { Foundation.exp($0 - m) }, total = e.reduce(0, +)
+            for (i, j) in visible.enumerated() {
+                for d in 0..<shape.headDim {
+                    out[t * shape.qDim + h * shape.headDim + d] += e[i] / total * Double(values[j * shape.kvDim + g * shape.headDim + d])
+                }
+            }
+        }
+    }
+    return out
+}
+
+@Suite struct SparseWindowTests {
+    /// Sink + window against dense attention with the explicit mask: j <= p and (floor(j/B) < S/B or
+    /// floor(p/B) - floor(j/B) < W/B), prefill and decode, odd lengths, queries on block edges, S = 0, B = 1.
+    @Test(arguments: [(53, 0, 8, 16, 4), (40, 31, 8, 16, 4), (1, 97, 8, 16, 4), (1, 96, 8, 16, 4), (29, 300, 0, 24, 8),
+                      (1, 600, 0, 7, 1), (300, 0, 32, 64, 32), (1, 2500, 128, 1024, 128), (17, 1000, 128, 256, 128), (30, 0, 2, 4, 2)])
+    func sinkAndWindowEqualTheMaskedDefinition(tokens: Int, first: Int, sink: Int, window: Int, block: Int) {
+        let shape = Attention.Shape(heads: 4, kvHeads: 2, headDim: 16)
+        let context = first + tokens
+        let q = randomFloats(tokens * shape.qDim, seed: 40), k = randomFloats(context * shape.kvDim, seed: 41)
+        let v = randomFloats(context * shape.kvDim, seed: 42)
+        var out = [Float](repeating: .nan, count: tokens * shape.qDim)
+        k.withUnsafeBytes { kr in
+            v.withUnsafeBytes { vr in
+                Attention.causal(q: q, tokens: tokens, first: first, rows: .init(keys: kr.baseAddress!, values: vr.baseAddress!, dtype: .f32),
+                                 shape: shape, visibility: .sinkWindow(sink: sink, window: window, block: block), into: &out)
+            }
+        }
+        let want = referenceMasked(q: q, tokens: tokens, first: first, keys: k, values: v, shape: shape) { p, j in
+            j <= p && (j / block < sink / block || p / block - j / block < window / block)
+        }
+        let worst = zip(out, want).map { abs(Double($0) - $1) }.max()!
+        #expect(worst < 1e-5, "largest difference \(worst)")
+    }
+
+    /// A window covering the whole context is full attention.
+    @Test func aWindowCoveringTheContextIsFullAttention() {
+        let shape = Attention.Shape(heads: 2, kvHeads: 1, headDim: 16)
+        let q = randomFloats(70 * shape.qDim, seed: 43), k = randomFloats(70 * shape.kvDim, seed: 44), v = randomFloats(70 * shape.kvDim, seed: 45)
+        var full = [Float](repeating: 0, count: 70 * shape.qDim), sparse = full
+        Attention.causal(q: q, tokens: 70, first: 0, keys: k, values: v, shape: shape, into: &full)
+        k.withUnsafeBytes { kr in
+            v.withUnsafeBytes { vr in
+                Attention.causal(q: q, tokens: 70, first: 0, rows: .init(keys: kr.baseAddress!, values: vr.baseAddress!, dtype: .f32),
+                                 shape: shape, visibility: .sinkWindow(sink: 16, window: 80, block: 16), into: &sparse)
+            }
+        }
+        #expect(full == sparse)
+    }
+
+    @Test func visibleRangesFollowTheDefinition() {
+        let mask = Visibility.sinkWindow(sink: 4, window: 8, block: 4)
+        // p = 21: block 5; recent blocks 4 and 5 (keys 16...21), the sink block 0 (keys 0..<4).
+        #expect(mask.ranges(21) == (sink: 0..<4, recent: 16..<22))
+        // p = 9: recent blocks 1 and 2 (keys 4...9) touch the sink: one range.
+        #expect(mask.ranges(9) == (sink: 0..<0, recent: 0..<10))
+        #expect(Visibility.slidingWindow(3).ranges(10) == (sink: 0..<0, recent: 8..<11))
+    }
+}

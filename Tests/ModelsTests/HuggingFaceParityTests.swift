@@ -44,6 +44,24 @@ import Testing
         #expect(results[1].tokens == whole.tokens && maxDifference(results[1].stepLogits, whole.stepLogits) < 1e-4)
     }
 
+    /// `--attention sparse`: a window covering the prompt is full attention exactly; a short one (sink 2, window
+    /// 4, blocks of 2) leaves positions 0-5, which see every key either way, within rounding (1e-5), and changes
+    /// the last.
+    @Test(arguments: Fixtures.names)
+    func sparseWindowIsMaskedAttention(fixture: String) throws {
+        let expected = try Fixtures.expected(fixture)
+        let model = try MoEDecoder.load(directory: Fixtures.path(fixture))
+        let ids = expected.ints("c.input_ids"), vocab = model.spec.vocabSize
+        let full = try runForward(model, ids).logits
+        model.sparse = .sinkWindow(sink: 0, window: 256, block: 1)
+        #expect(try runForward(model, ids).logits == full)
+        model.sparse = .sinkWindow(sink: 2, window: 4, block: 2)
+        let sparse = try runForward(model, ids).logits
+        let rowsDiffer = (0..<ids.count).map { r in maxDifference(Array(sparse[(r * vocab)..<((r + 1) * vocab)]), Array(full[(r * vocab)..<((r + 1) * vocab)])) }
+        #expect(rowsDiffer.prefix(6).allSatisfy { $0 < 1e-5 }, "positions 0-5 see every key: \(rowsDiffer)")
+        #expect(maxDifference(Array(sparse.suffix(vocab)), Array(full.suffix(vocab))) > 1e-3)
+    }
+
     /// bf16 keys and values (`--kv-dtype bf16`): logits of the forward pass and of every generation step within
     /// 0.05 of transformers' (f32 cache; up to 0.033 measured), greedy tokens identical up to the first step whose top-2 gap there is
     /// below that.

@@ -90,6 +90,21 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         #expect(json?["tokens"] as? [Int] == ref.greedy)
     }
 
+    /// Sparse attention under mpirun: the same masks on every rank, so the single process's tokens.
+    @Test(arguments: ["ep2", "coherent"])
+    func sparseAttentionGivesTheSingleProcessTokens(mode: String) throws {
+        let ref = Reference.all["tiny-mixtral"]!
+        let args = ["generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", ref.prompt.map(String.init).joined(separator: ","),
+                    "--max-new-tokens", "8", "--temperature", "0", "--json", "--attention", "sparse", "--sparse-sink", "2",
+                    "--sparse-window", "4", "--sparse-block", "2"]
+        let single = try MoEBinary.run(args), cluster = try MPIRun.run(2, args + ["--dispatch", mode])
+        #expect(single.status == 0 && cluster.status == 0, "\(single.stderr) \(cluster.stderr)")
+        func tokens(_ r: MoEBinary.Result) -> [Int]? {
+            (try? JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as? [String: Any])?["tokens"] as? [Int]
+        }
+        #expect(tokens(single) != nil && tokens(cluster) == tokens(single))
+    }
+
     /// Prefill in passes of 4 tokens under mpirun: the forward logits within 1e-4 of one pass in one process.
     @Test(arguments: ["ep2", "coherent"])
     func chunkedPrefillMatchesOnePass(mode: String) throws {

@@ -172,6 +172,10 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
         ["generate", "--prompt-ids", "1", "--weights-dtype", "f8"],
         ["generate", "--prompt-ids", "1", "--max-model-len", "0"],
         ["generate", "--prompt-ids", "1", "--prefill-chunk", "0"],
+        ["generate", "--prompt-ids", "1", "--attention", "sparse", "--sparse-sink", "100"],
+        ["generate", "--prompt-ids", "1", "--attention", "sparse", "--sparse-window", "0"],
+        ["generate", "--prompt-ids", "1", "--attention", "sparse", "--sparse-kind", "topk"],
+        ["generate", "--prompt-ids", "1", "--attention", "dense"],
         ["no-such-command"],
     ])
     func badFlagsExitWithUsageCode(args: [String]) throws {
