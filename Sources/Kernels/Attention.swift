@@ -128,8 +128,8 @@ public enum Attention {
         let tq = queryTile(group: shape.group), g = shape.group, d = shape.headDim
         let tiles = (tokens + tq - 1) / tq
         let tasks = tiles * shape.kvHeads
-        let work = tokens * min(first + tokens, visibility.ranges(first + tokens - 1).sink.count
-                                + visibility.ranges(first + tokens - 1).recent.count + tq) * shape.heads * d
+        let last = visibility.ranges(first + tokens - 1)  // about the most keys any row sees
+        let work = tokens * min(first + tokens, last.sink.count + last.recent.count + tq) * shape.heads * d
         let parts = work < parallelWork ? 1 : min(Parallel.workers, tasks)
         nonisolated(unsafe) let (qp, op) = (q, out)
         // Task i: the latest query tiles first (they see the most keys), dealt round-robin to the threads so each
