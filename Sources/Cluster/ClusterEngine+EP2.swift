@@ -27,22 +27,19 @@ extension ClusterEngine {
             let positions = zip(pieces, spans).flatMap { s, span in span.map { (s.slot, $0) } }
             try ownedLayers(batch: batch, positions: positions, x: xp, observe: true)
             for (s, span) in zip(pieces, spans) { s.cache!.commit(span.count) }  // the next pass attends to it
-            var selected: [Int] = [], ending: [Int] = []
+            // Rows of prompts that end in this pass: (sequence, its last row in the pass).
+            var ending: [(SequenceState, Int)] = []
             var end = 0
-            for (i, span) in spans.enumerated() {
+            for (s, span) in zip(pieces, spans) {
                 end += span.count
-                if span.upperBound == pieces[i].request.promptIds.count { ending.append(i) }
-                if rows == .lastOfEachSegment && ending.last == i { selected.append(end - 1) }
+                if span.upperBound == s.request.promptIds.count { ending.append((s, end - 1)) }
             }
-            if rows == .all { selected = Array(tokens.indices) }
+            let selected = rows == .all ? Array(tokens.indices) : ending.map(\.1)
             let logits = selected.isEmpty ? [] : model.logits(xp, rows: selected)
             if rows == .all { all += logits }
-            end = 0
-            for (i, span) in spans.enumerated() {
-                end += span.count
-                guard ending.contains(i) else { continue }
-                let row = rows == .all ? end - 1 : selected.firstIndex(of: end - 1)!
-                last[pieces[i].slot] = Array(logits[(row * vocab)..<((row + 1) * vocab)])
+            for (j, (s, lastRow)) in ending.enumerated() {
+                let row = rows == .all ? lastRow : j
+                last[s.slot] = Array(logits[(row * vocab)..<((row + 1) * vocab)])
             }
         }
         for s in mine {

@@ -35,8 +35,9 @@ extension MoE {
                 }
                 let cache = model.makeCache(capacity: ids.count)
                 var logits: [Float] = []
-                for lo in stride(from: 0, to: ids.count, by: model.prefillChunk ?? ids.count) {  // passes of --prefill-chunk
-                    logits += try model.forward(.init(tokens: Array(ids[lo..<min(ids.count, lo + (model.prefillChunk ?? ids.count))]), cache: cache),
+                let chunk = model.prefillChunk ?? ids.count  // passes of --prefill-chunk
+                for lo in stride(from: 0, to: ids.count, by: chunk) {
+                    logits += try model.forward(.init(tokens: Array(ids[lo..<min(ids.count, lo + chunk)]), cache: cache),
                                                 logits: .all)
                 }
                 try write(logits: logits, routing: routing, spec: model.spec)
