@@ -1,3 +1,5 @@
+import Kernels
+
 /// The shape and variant of one MoE decoder, resolved from a `config.json` by its architecture.
 ///
 /// Mixtral, Qwen2-MoE, OLMoE and Qwen3-MoE are one decoder family: they differ only in the fields here
@@ -21,6 +23,8 @@ public struct DecoderSpec: Sendable, Equatable {
     public var headDim: Int
     public var rmsNormEps: Float
     public var ropeTheta: Double
+    /// `rope_type` linear or yarn with their parameters; `.none` for plain RoPE.
+    public var ropeScaling: RoPEScaling = .none
     public var tieWordEmbeddings: Bool
     /// Experts in every MoE layer and how many each token uses.
     public var experts: Int
@@ -97,12 +101,9 @@ extension DecoderSpec {
         if let act = c.hiddenAct, act != "silu" {
             throw ModelError.unsupportedConfig(path: path, reason: "hidden_act '\(act)' (only 'silu')")
         }
-        if let ropeType = c.ropeParameters?.ropeType ?? c.ropeScaling?.ropeType ?? c.ropeScaling?.type, ropeType != "default" {
-            throw ModelError.unsupportedConfig(path: path, reason: "rope_type '\(ropeType)' (only 'default')")
-        }
         let heads = c.numAttentionHeads
         let experts = try require(c.expertCount, "num_local_experts")
-        return DecoderSpec(
+        var spec = DecoderSpec(
             modelType: c.modelType, vocabSize: c.vocabSize, hiddenSize: c.hiddenSize, layers: c.numHiddenLayers,
             heads: heads, kvHeads: c.numKeyValueHeads ?? heads,
             headDim: c.headDim ?? (heads > 0 ? c.hiddenSize / heads : 0),
@@ -114,6 +115,47 @@ extension DecoderSpec {
             qkvBias: c.attentionBias ?? false, qkNorm: .none, clipQKV: nil,
             moeLayers: Array(repeating: true, count: max(c.numHiddenLayers, 0)),
             slidingWindow: Array(repeating: nil, count: max(c.numHiddenLayers, 0)), names: names)
+        spec.ropeScaling = try ropeScaling(c, path: path)
+        return spec
+    }
+
+    /// RoPE scaling from `rope_parameters`, or from `rope_scaling` keyed `type` or `rope_type`, as transformers
+    /// reads them: linear needs `factor`; yarn takes `factor` (else `max_position_embeddings` over the original),
+    /// `original_max_position_embeddings` (else `max_position_embeddings`), `beta_fast` 32, `beta_slow` 1,
+    /// `attention_factor` (else from `mscale` / `mscale_all_dim`, else YaRN's 0.1 ln(factor) + 1), `truncate` true.
+    static func ropeScaling(_ c: ModelConfig, path: String) throws -> RoPEScaling {
+        let given = [c.ropeParameters, c.ropeScaling].compactMap { $0 }.first { $0.resolvedType != nil }
+        guard let p = given, let type = p.resolvedType, type != "default" else { return .none }
+        func fail(_ reason: String) -> ModelError { .malformedConfig(path: path, reason: "rope_type '\(type)': \(reason)") }
+        if let partial = p.partialRotaryFactor, partial != 1 {
+            throw ModelError.unsupportedConfig(path: path, reason: "partial_rotary_factor \(partial) (only 1)")
+        }
+        func positive(_ v: Double?, _ key: String) throws -> Double? {
+            guard let v else { return nil }
+            guard v > 0, v.isFinite else { throw fail("'\(key)' must be a positive number, got \(v)") }
+            return v
+        }
+        switch type {
+        case "linear":
+            guard let factor = try positive(p.factor, "factor") else { throw fail("missing 'factor'") }
+            return .linear(factor: factor)
+        case "yarn":
+            let maxPositions = c.maxPositionEmbeddings
+            let original = p.originalMaxPositionEmbeddings ?? maxPositions
+            guard let original, original > 0 else {
+                throw fail("needs 'original_max_position_embeddings' or 'max_position_embeddings'")
+            }
+            guard let factor = try positive(p.factor, "factor") ?? maxPositions.map({ Double($0) / Double(original) }) else {
+                throw fail("missing 'factor'")
+            }
+            let betaFast = try positive(p.betaFast, "beta_fast") ?? 32, betaSlow = try positive(p.betaSlow, "beta_slow") ?? 1
+            let attention = try positive(p.attentionFactor, "attention_factor")
+                ?? RoPEScaling.yarnAttentionFactor(factor: factor, mscale: p.mscale, mscaleAllDim: p.mscaleAllDim)
+            return .yarn(factor: factor, originalContext: original, betaFast: betaFast, betaSlow: betaSlow,
+                         attentionFactor: attention, truncate: p.truncate ?? true)
+        default:
+            throw ModelError.unsupportedConfig(path: path, reason: "rope_type '\(type)' (supported: default, linear, yarn)")
+        }
     }
 
     /// Checks that the numbers describe a model that can be built.

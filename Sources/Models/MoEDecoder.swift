@@ -49,7 +49,7 @@ public final class MoEDecoder {
         self.lmHead = lmHead
         self.bank = bank
         dispatcher = LocalDispatcher(bank: bank)
-        rope = RoPE(theta: spec.ropeTheta, headDim: spec.headDim)
+        rope = RoPE(theta: spec.ropeTheta, headDim: spec.headDim, scaling: spec.ropeScaling)
     }
 
     /// Positions one sequence may use, prompt and generated tokens together (`--max-model-len`; the command line

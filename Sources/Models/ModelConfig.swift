@@ -39,16 +39,45 @@ public struct ModelConfig: Codable, Sendable, Equatable {
     public var bosTokenId: Int?
     public var eosTokenId: TokenIds?
 
-    /// `rope_parameters` (transformers ≥ 4.56) or `rope_scaling` (older).
+    /// `rope_parameters` (transformers ≥ 4.56) or `rope_scaling` (older, its type keyed `type` or `rope_type`).
     public struct RopeParameters: Codable, Sendable, Equatable {
         public var ropeTheta: Double?
         public var ropeType: String?
         public var type: String?
+        public var factor: Double?
+        public var originalMaxPositionEmbeddings: Int?
+        public var betaFast: Double?
+        public var betaSlow: Double?
+        public var attentionFactor: Double?
+        public var mscale: Double?
+        public var mscaleAllDim: Double?
+        public var truncate: Bool?
+        public var partialRotaryFactor: Double?
+
+        public init(ropeTheta: Double? = nil, ropeType: String? = nil, factor: Double? = nil,
+                    originalMaxPositionEmbeddings: Int? = nil) {
+            self.ropeTheta = ropeTheta
+            self.ropeType = ropeType
+            self.factor = factor
+            self.originalMaxPositionEmbeddings = originalMaxPositionEmbeddings
+        }
+
+        /// The type under either key; nil when neither is given.
+        public var resolvedType: String? { ropeType ?? type }
 
         enum CodingKeys: String, CodingKey {
             case ropeTheta = "rope_theta"
             case ropeType = "rope_type"
             case type
+            case factor
+            case originalMaxPositionEmbeddings = "original_max_position_embeddings"
+            case betaFast = "beta_fast"
+            case betaSlow = "beta_slow"
+            case attentionFactor = "attention_factor"
+            case mscale
+            case mscaleAllDim = "mscale_all_dim"
+            case truncate
+            case partialRotaryFactor = "partial_rotary_factor"
         }
     }
 

@@ -189,4 +189,23 @@ func referenceMasked(q: [Float], tokens: Int, first: Int, keys: [Float], values:
         #expect(mask.ranges(9) == (sink: 0..<0, recent: 0..<10))
         #expect(Visibility.slidingWindow(3).ranges(10) == (sink: 0..<0, recent: 8..<11))
     }
+
+    /// YaRN with head_dim 8, base 10^4, 64 original positions, factor 4: the correction range is dimensions 0 to 2
+    /// (beta_fast 32 turns at d = -0.5, floored and clamped to 0; beta_slow 1 at d = 1.008, ceiled to 2), so pair
+    /// 0 keeps its frequency, pair 1 takes the mean of kept and interpolated, pairs 2 and 3 are divided by 4; cos
+    /// and sin scale by 0.1 ln 4 + 1. Linear divides every pair by its factor.
+    @Test func ropeScalingFrequenciesAsWorkedOut() {
+        let plain = RoPE(theta: 10_000, headDim: 8).inverseFrequencies
+        let yarn = RoPE(theta: 10_000, headDim: 8, scaling: .yarn(factor: 4, originalContext: 64, betaFast: 32, betaSlow: 1,
+                                                                 attentionFactor: RoPEScaling.yarnAttentionFactor(factor: 4, mscale: nil, mscaleAllDim: nil),
+                                                                 truncate: true))
+        let want: [Float] = [plain[0], (plain[1] + plain[1] / 4) / 2, plain[2] / 4, plain[3] / 4]
+        for j in 0..<4 { #expect(abs(yarn.inverseFrequencies[j] - want[j]) <= 1e-6 * want[j]) }
+        #expect(abs(yarn.attentionScaling - Float(0.1 * Foundation.log(4.0) + 1)) < 1e-6)
+        let (cos, _) = yarn.table(positions: [0])
+        #expect(cos.allSatisfy { abs($0 - yarn.attentionScaling) < 1e-6 })
+        let linear = RoPE(theta: 10_000, headDim: 8, scaling: .linear(factor: 2)).inverseFrequencies
+        #expect(zip(linear, plain).allSatisfy { $0 == $1 / 2 })
+        #expect(RoPEScaling.yarnAttentionFactor(factor: 1, mscale: nil, mscaleAllDim: nil) == 1)
+    }
 }

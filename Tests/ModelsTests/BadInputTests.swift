@@ -61,6 +61,21 @@ import Testing
                                          toPath: dir.file("config.json"))
     }
 
+    @Test func ropeScalingItCannotComputeIsRefusedByName() throws {
+        let dir = try copyOfFixture()
+        func rope(_ parameters: [String: Any]) throws -> String {
+            try copyOfFixtureConfig(into: dir)
+            try editConfig(dir) { $0["rope_parameters"] = parameters.merging(["rope_theta": 10_000.0]) { a, _ in a } }
+            return loadError(dir.path)?.description ?? "loaded"
+        }
+        #expect(try rope(["rope_type": "dynamic", "factor": 2.0]).contains("rope_type 'dynamic' (supported: default, linear, yarn)"))
+        #expect(try rope(["rope_type": "linear"]).contains("rope_type 'linear': missing 'factor'"))
+        #expect(try rope(["rope_type": "linear", "factor": -2.0]).contains("'factor' must be a positive number, got -2.0"))
+        #expect(try rope(["rope_type": "yarn", "factor": 4.0, "beta_fast": 0.0]).contains("'beta_fast' must be a positive number"))
+        #expect(try rope(["rope_type": "yarn", "factor": 4.0, "partial_rotary_factor": 0.5]).contains("partial_rotary_factor 0.5"))
+        #expect(try rope(["rope_type": "linear", "factor": 2.0]) == "loaded")
+    }
+
     @Test func unknownModelType() throws {
         let dir = try copyOfFixture()
         try editConfig(dir) { $0["model_type"] = "llama4" }

@@ -62,6 +62,28 @@ import Testing
         #expect(config.expertCount == 8 && config.resolvedRopeTheta == 10_000 && config.declaredDType == "float32")
     }
 
+    /// RoPE scaling as older configs spell it: a top-level `rope_theta` with `rope_scaling` keyed `type` or
+    /// `rope_type`, and yarn's factor implied by `max_position_embeddings` over the original.
+    @Test(arguments: [("tiny-mixtral-rope-linear", "type"), ("tiny-mixtral-rope-linear", "rope_type"),
+                      ("tiny-qwen2moe-yarn", "type"), ("tiny-qwen2moe-yarn", "implied factor")])
+    func ropeScalingInOlderSpellingsDecodes(fixture: String, spelling: String) throws {
+        let dir = try TemporaryDirectory()
+        try rewriteCheckpoint(from: Fixtures.path(fixture), to: dir.path, config: { cfg in
+            var scaling = cfg.removeValue(forKey: "rope_parameters") as! [String: Any]
+            cfg["rope_theta"] = scaling.removeValue(forKey: "rope_theta")
+            if spelling == "implied factor" {
+                scaling.removeValue(forKey: "factor")
+            } else {
+                scaling[spelling] = scaling.removeValue(forKey: "rope_type")
+            }
+            cfg["rope_scaling"] = scaling
+        })
+        let (ids, logits) = try reference(fixture)
+        let model = try MoEDecoder.load(directory: dir.path)
+        #expect(model.spec.ropeScaling != .none)
+        #expect(maxDifference(try runForward(model, ids).logits, logits) < 1e-4)
+    }
+
     @Test func syntheticPresetRoundTripsThroughFiles() throws {
         let dir = try TemporaryDirectory()
         try SyntheticModel.write(.tiny, dtype: .f32, to: dir.path, shardBytes: 200_000)

@@ -7,7 +7,7 @@ import Kernels
 enum Fixtures {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent("Fixtures")
-    static let names = ["tiny-mixtral", "tiny-qwen2moe", "tiny-olmoe", "tiny-qwen3moe"]
+    static let names = ["tiny-mixtral", "tiny-qwen2moe", "tiny-olmoe", "tiny-qwen3moe", "tiny-mixtral-rope-linear", "tiny-qwen2moe-yarn"]
 
     static func path(_ name: String) -> String { root.appendingPathComponent(name).path }
 

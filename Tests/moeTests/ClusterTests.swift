@@ -21,7 +21,7 @@ struct Reference {
 
     static let all: [String: Reference] = {
         var out: [String: Reference] = [:]
-        for name in ["tiny-mixtral", "tiny-qwen2moe", "tiny-olmoe", "tiny-qwen3moe"] {
+        for name in ["tiny-mixtral", "tiny-qwen2moe", "tiny-olmoe", "tiny-qwen3moe", "tiny-mixtral-rope-linear", "tiny-qwen2moe-yarn"] {
             let model = try! MoEDecoder.load(directory: fixture(name))
             let prompt = Array(try! SafeTensorsFile(path: fixture(name) + "/expected.safetensors").ints("c.input_ids").prefix(9))
             var ids: [Int] = []
@@ -65,6 +65,8 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         for f in ["tiny-mixtral", "tiny-qwen2moe", "tiny-olmoe", "tiny-qwen3moe"] {
             for g in 1...4 { for m in ["ep2", "coherent"] { for s in [false, true] { out.append((f, g, m, s)) } } }
         }
+        // RoPE scaling is the same code on every rank: 3 ranks, both modes.
+        for f in ["tiny-mixtral-rope-linear", "tiny-qwen2moe-yarn"] { for m in ["ep2", "coherent"] { out.append((f, 3, m, true)) } }
         return out
     }()
 
