@@ -11,8 +11,8 @@ public enum KVReplication: String, Sendable, CaseIterable {
 }
 
 extension ClusterEngine {
-    /// Bytes of one decode K/V row on the wire: slot, layer, first position, count, then keys and values in the
-    /// cache's dtype.
+    /// Bytes of one decode K/V row on the wire: slot, layer (with the routed-attention decision), first position,
+    /// count, then keys and values in the cache's dtype.
     var kvRowBytes: Int { 16 + 2 * model.spec.kvDim * model.kvDType.byteSize }
 
     /// Queues or posts the K/V rows `sequences` wrote at `layer` in this decode step (one position each). Every
@@ -47,19 +47,29 @@ extension ClusterEngine {
         var r = reader
         let row = model.spec.kvDim * model.kvDType.byteSize
         while !r.atEnd {
-            let slot = r.int(), layer = r.int(), first = r.int(), count = r.int()
+            let slot = r.int(), (layer, route) = Self.layerAndRoute(r.int()), first = r.int(), count = r.int()
             guard let cache = sequences[slot]?.cache else { r.skip(bytes: 2 * count * row); continue }
+            if let route { cache.routedSparse[layer] = route }
             cache.reserve(first + count)
             r.bytes(count * row, into: cache.keyBytes(layer, first: first))
             r.bytes(count * row, into: cache.valueBytes(layer, first: first))
         }
     }
 
+    /// A record's layer field (a 32-bit int on the wire): the layer in the low 24 bits and the sequence's
+    /// routed-attention decision above them (0 none yet, 1 full, 2 sparse), so the decision travels with the K/V
+    /// and every rank applies it.
+    static func layerField(_ layer: Int, route: Bool?) -> Int { layer | (route.map { $0 ? 2 : 1 } ?? 0) << 24 }
+    static func layerAndRoute(_ field: Int) -> (layer: Int, route: Bool?) {
+        let code = field >> 24
+        return (field & 0xFF_FFFF, code == 0 ? nil : code == 2)
+    }
+
     /// Appends K/V rows `first ..< first + count` of `layer` of `s` to `out`.
     func writeKV(_ s: SequenceState, layer: Int, first: Int, count: Int, into out: inout ByteWriter) {
         guard let cache = s.cache else { return }
         out.int(s.slot)
-        out.int(layer)
+        out.int(Self.layerField(layer, route: cache.routedSparse[layer]))
         out.int(first)
         out.int(count)
         out.bytes(cache.keyBytes(layer, first: first), count: count * cache.rowBytes)

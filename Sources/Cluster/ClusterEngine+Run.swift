@@ -27,8 +27,12 @@ public struct ClusterResult: Sendable {
     /// Seconds from admission to the first token, and to the last.
     public var timeToFirstToken: Double
     public var latency: Double
+    /// The layers that ran sparse attention for it (`--attention sparse` or `routed`); nil when full.
+    public var sparseLayers: [Int]?
 
-    public init(id: String, tokens: [Int], promptTokens: Int, finishReason: FinishReason, timeToFirstToken: Double, latency: Double) {
+    public init(id: String, tokens: [Int], promptTokens: Int, finishReason: FinishReason, timeToFirstToken: Double, latency: Double,
+                sparseLayers: [Int]? = nil) {
+        self.sparseLayers = sparseLayers
         self.id = id
         self.tokens = tokens
         self.promptTokens = promptTokens
@@ -128,7 +132,8 @@ extension ClusterEngine {
                 for s in finished {
                     try onResult(ClusterResult(
                         id: s.id, tokens: s.tokens, promptTokens: s.request.promptIds.count, finishReason: s.finishReason,
-                        timeToFirstToken: Double(s.firstToken - s.admitted) / 1e9, latency: Double(s.finished - s.admitted) / 1e9))
+                        timeToFirstToken: Double(s.firstToken - s.admitted) / 1e9, latency: Double(s.finished - s.admitted) / 1e9,
+                        sparseLayers: s.sparseLayers))
                 }
             }
             for s in finished { sequences[s.slot] = nil }

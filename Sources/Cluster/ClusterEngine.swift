@@ -30,6 +30,8 @@ final class SequenceState {
     /// The KV cache, on the ranks that keep one (ep2: the owner; coherent: every rank).
     let cache: KVCache?
     var tokens: [Int] = []
+    /// The layers that ran sparse attention for it, as its first token's record tells every rank.
+    var sparseLayers: [Int]?
     var finishReason: FinishReason = .length
     var done = false
     let admitted: UInt64
@@ -146,7 +148,7 @@ public final class ClusterEngine {
     /// Adds a sequence on every rank (ids and owner chosen by the head).
     func admit(slot: Int, id: String, request: GenerationRequest, owner: Int) {
         let keepsCache = replicatesKV || owner == comm.rank
-        let cache = keepsCache ? model.makeCache(capacity: request.promptIds.count + request.maxNewTokens) : nil
+        let cache = keepsCache ? model.makeCache(capacity: request.promptIds.count + request.maxNewTokens, promptLength: request.promptIds.count) : nil
         sequences[slot] = SequenceState(slot: slot, id: id, request: request, owner: owner, cache: cache)
     }
 
@@ -180,7 +182,10 @@ public final class ClusterEngine {
             let tokenCount = r.int(), routed = r.int()
             for _ in 0..<tokenCount {
                 let slot = r.int(), token = r.int(), home = r.int()
+                let sparse = r.int()  // -1: full attention; else that many sparse layers follow
+                let sparseLayers = sparse < 0 ? nil : (0..<sparse).map { _ in r.int() }
                 guard let s = sequences[slot] else { continue }
+                if s.tokens.isEmpty { s.sparseLayers = sparseLayers }
                 if s.tokens.isEmpty { s.firstToken = Clock.now }
                 s.tokens.append(token)
                 s.home = home
@@ -230,10 +235,15 @@ public final class ClusterEngine {
         }
     }
 
+    /// Queues a sampled token for the step-end allgather: slot, token, the rank that sampled it, and with a
+    /// sequence's first token the layers its attention ran sparse (decided where it was prefilled).
     func emitToken(_ s: SequenceState, _ token: Int) {
         tokenOut.int(s.slot)
         tokenOut.int(token)
         tokenOut.int(comm.rank)
+        let sparse = s.tokens.isEmpty ? s.cache.flatMap(model.sparseLayers) : nil
+        tokenOut.int(sparse?.count ?? -1)
+        for l in sparse ?? [] { tokenOut.int(l) }
         tokenCount += 1
     }
 

@@ -33,6 +33,8 @@ public struct GenerationResult: Sendable {
     /// Seconds of the prefill forward pass (shared by the batch) and of the decode steps that followed.
     public var prefillSeconds: Double
     public var decodeSeconds: Double
+    /// The layers that ran sparse attention for this request (`--attention sparse` or `routed`); nil when full.
+    public var sparseLayers: [Int]?
 
     /// Prompt tokens over prefill time.
     public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(promptTokens) / prefillSeconds : 0 }
@@ -75,7 +77,7 @@ public final class Engine {
     public func generate(_ requests: [GenerationRequest], keepLogits: Bool = false) throws -> [GenerationResult] {
         for r in requests { try validate(r) }
         let vocab = model.spec.vocabSize
-        let caches = requests.map { model.makeCache(capacity: $0.promptIds.count + $0.maxNewTokens) }
+        let caches = requests.map { model.makeCache(capacity: $0.promptIds.count + $0.maxNewTokens, promptLength: $0.promptIds.count) }
         let samplers = requests.map { Sampler($0.sampling) }
         var results = requests.map {
             GenerationResult(tokens: [], promptTokens: $0.promptIds.count, finishReason: .length, stepLogits: [],
@@ -116,7 +118,10 @@ public final class Engine {
             accept(rows, rows: ending.map(\.element.0))
         }
         let prefillSeconds = Clock.since(start)
-        for i in results.indices { results[i].prefillSeconds = prefillSeconds }
+        for i in results.indices {
+            results[i].prefillSeconds = prefillSeconds
+            results[i].sparseLayers = model.sparseLayers(caches[i])
+        }
 
         let decodeStart = Clock.now
         while true {

@@ -8,6 +8,11 @@ public final class KVCache {
     /// Positions whose keys and values are stored (the next token's position).
     public private(set) var length = 0
     public private(set) var capacity = 0
+    /// Per layer, whether layer-routed attention sent this sequence to sparse attention (`--attention routed`):
+    /// nil until its first prefill pass decides; then kept for every later pass and decode step.
+    public var routedSparse: [Bool?]
+    /// The sequence's prompt length, as the router's `min-prompt` rule reads it; nil: its first pass's tokens.
+    public var promptLength: Int?
     private var keys: [UnsafeMutableRawPointer] = []
     private var values: [UnsafeMutableRawPointer] = []
 
@@ -15,6 +20,7 @@ public final class KVCache {
         self.layers = layers
         self.kvDim = kvDim
         self.dtype = dtype
+        routedSparse = Array(repeating: nil, count: layers)
         reserve(max(capacity, 1))
     }
 

@@ -38,6 +38,8 @@ public final class MoEDecoder {
     public var dispatcher: ExpertDispatcher
     /// Called once per MoE layer with the router's decision (for `moe forward` and routing traces).
     public var routingObserver: ((_ layer: Int, _ routing: RoutingDecision) -> Void)?
+    /// Called with each decision the layer router's weights make: the pooled queries it read and its choice.
+    public var routerObserver: ((_ layer: Int, _ pooled: [Float], _ sparse: Bool) -> Void)?
     var work = Workspace()
 
     public init(spec: DecoderSpec, layers: [Layer], embedding: WeightMatrix, finalNorm: [Float], lmHead: WeightMatrix,
@@ -58,20 +60,58 @@ public final class MoEDecoder {
     /// The most prompt tokens of one sequence a prefill pass takes (`--prefill-chunk`): longer prompts run as
     /// several passes, each attending to the chunks cached before it. Nil: the whole prompt at once.
     public var prefillChunk: Int?
-    /// Sparse attention for every layer (`--attention sparse`): masked, positions keep their RoPE positions.
-    /// Nil: full attention, with a config's `sliding_window` where it has one.
+    /// Sparse attention (`--attention sparse`, or `routed` where the router says so): masked, positions keep their
+    /// RoPE positions. Nil: full attention, with a config's `sliding_window` where it has one.
     public var sparse: Visibility?
+    /// `--attention routed`: picks full or sparse per request and layer. Nil with `sparse` set: every layer sparse.
+    public var router: LayerRouter?
+    /// Flux router weights found in the checkpoint, one per layer; nil when it has none.
+    public var routerWeights: [RouterMLP]?
+    /// Seconds spent in attention proper (writing K/V and attending, not the projections) since start: what the
+    /// context length and sparse attention change.
+    public var attentionSeconds = 0.0
     /// How new KV caches store keys and values (`--kv-dtype`).
     public var kvDType = KVDType.f32
 
-    /// The keys a query of `layer` sees.
-    public func visibility(layer l: Int) -> Visibility {
-        sparse ?? spec.slidingWindow[l].map { .slidingWindow($0) } ?? .causal
+    /// The keys a query of `layer` sees in the sequence of `cache`.
+    public func visibility(layer l: Int, cache: KVCache) -> Visibility {
+        let full = spec.slidingWindow[l].map { Visibility.slidingWindow($0) } ?? .causal
+        guard let sparse else { return full }
+        guard router != nil else { return sparse }
+        return cache.routedSparse[l] == true ? sparse : full
+    }
+
+    /// The layers that ran (or will run) sparse attention for the sequence of `cache`, or nil when attention is
+    /// full everywhere (`--attention full`).
+    public func sparseLayers(_ cache: KVCache) -> [Int]? {
+        guard sparse != nil else { return nil }
+        return (0..<spec.layers).filter { router == nil || cache.routedSparse[$0] == true }
+    }
+
+    /// With a router: decides, for every segment that starts its sequence (its first prefill pass, the whole
+    /// prompt or its first chunk), from its queries `[tokens, qDim]` (after any q-norm, before RoPE). Later passes
+    /// and decode steps keep the decision; a rank that did not prefill the sequence gets it with the K/V.
+    func routeAttention(layer l: Int, batch: Batch, queries q: UnsafePointer<Float>) {
+        guard let router, sparse != nil else { return }
+        var row = 0
+        for s in batch.segments {
+            if s.cache.length == 0 && s.cache.routedSparse[l] == nil {
+                let (sparse, pooled) = router.decide(
+                    layer: l, of: spec.layers, promptLength: s.cache.promptLength ?? (s.cache.length + s.count),
+                    queries: q + row * spec.qDim, tokens: s.count, heads: spec.heads, headDim: spec.headDim)
+                s.cache.routedSparse[l] = sparse
+                if let pooled { routerObserver?(l, pooled, sparse) }
+            }
+            row += s.count
+        }
     }
 
     /// A new, empty KV cache for one sequence of this model.
-    public func makeCache(capacity: Int = 64) -> KVCache {
-        KVCache(layers: spec.layers, kvDim: spec.kvDim, dtype: kvDType, capacity: capacity)
+    /// `promptLength`: the prompt it will hold, as the layer router's `min-prompt` rule reads it.
+    public func makeCache(capacity: Int = 64, promptLength: Int? = nil) -> KVCache {
+        let cache = KVCache(layers: spec.layers, kvDim: spec.kvDim, dtype: kvDType, capacity: capacity)
+        cache.promptLength = promptLength
+        return cache
     }
 
     /// Tokens of several sequences run through the model together; each sequence continues its own cache.
@@ -195,6 +235,7 @@ public final class MoEDecoder {
                 for i in 0..<n { p[i] = min(max(p[i], -c), c) }
             }
         }
+        routeAttention(layer: l, batch: batch, queries: q)
         rotary.cos.withUnsafeBufferPointer { cp in
             rotary.sin.withUnsafeBufferPointer { sp in
                 rope.apply(q, tokens: t, heads: spec.heads, cos: cp.baseAddress!, sin: sp.baseAddress!)
@@ -203,12 +244,14 @@ public final class MoEDecoder {
         }
         let out = work.attention.reserve(t * qDim)
         let shape = Attention.Shape(heads: spec.heads, kvHeads: spec.kvHeads, headDim: spec.headDim)
+        let started = Clock.now
+        defer { attentionSeconds += Clock.since(started) }
         var row = 0
         for s in batch.segments {
             let first = s.cache.length
             s.cache.write(layer: l, first: first, count: s.count, keys: k + row * kvDim, values: v + row * kvDim)
             Attention.causal(q: q + row * qDim, tokens: s.count, first: first, rows: s.cache.rows(l),
-                             shape: shape, visibility: visibility(layer: l), into: out + row * qDim)
+                             shape: shape, visibility: visibility(layer: l, cache: s.cache), into: out + row * qDim)
             row += s.count
         }
         GEMM.linear(out, tokens: t, weight: w.o, into: x, accumulate: true)

@@ -71,8 +71,25 @@ extension MoEDecoder {
                 postAttentionNorm: try store.vector(p + "post_attention_layernorm.weight", count: h),
                 attention: attention, feedForward: feedForward))
         }
-        return MoEDecoder(spec: spec, layers: layers, embedding: embedding, finalNorm: finalNorm, lmHead: lmHead,
-                          bank: ExpertBank(experts: experts, hiddenSize: h))
+        let model = MoEDecoder(spec: spec, layers: layers, embedding: embedding, finalNorm: finalNorm, lmHead: lmHead,
+                               bank: ExpertBank(experts: experts, hiddenSize: h))
+        model.routerWeights = try routerWeights(spec: spec, store: store)
+        return model
+    }
+
+    /// Flux router weights of every layer (`RouterMLP`'s tensor names), or nil when layer 0 has none; a
+    /// checkpoint that has them for some layers only is refused with the first missing tensor named.
+    static func routerWeights(spec: DecoderSpec, store: WeightStore) throws -> [RouterMLP]? {
+        func prefix(_ l: Int) -> String { "model.layers.\(l).self_attn.mask_allocator." }
+        guard store.contains(prefix(0) + RouterMLP.parts[0].name + ".weight") else { return nil }
+        let d = spec.headDim
+        return try (0..<spec.layers).map { l in
+            RouterMLP(linears: try RouterMLP.parts.enumerated().map { i, part in
+                let rows = RouterMLP.rows(part: i, d: d), name = prefix(l) + part.name
+                return RouterMLP.Linear(weight: try store.matrix(name + ".weight", rows: rows, cols: part.in * d),
+                                        bias: try store.vector(name + ".bias", count: rows))
+            })
+        }
     }
 
     static func attentionWeights(spec: DecoderSpec, store: WeightStore, prefix p: String) throws -> AttentionWeights {

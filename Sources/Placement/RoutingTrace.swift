@@ -8,7 +8,8 @@ import Foundation
 /// `problem_id`, `token_idx`, `layer`, `experts`, `gating_probs`). Tokens that lack a layer are skipped and
 /// counted; the rest keep their order as consecutive positions. Lines may lack the weights (MT-Bench's dump records
 /// expert ids only): such a choice is marked `weighted == false` and gets the default weights the reader is given
-/// (equal shares unless told otherwise), which is what the planner's statistics then use.
+/// (equal shares unless told otherwise), which is what the planner's statistics then use. Lines with an
+/// `attention` key (`moe trace`'s routed-attention decisions) are not routing and are skipped.
 ///
 /// Layers no line mentions are dense (a model's MLP-only layers, such as Qwen-MoE's `mlp_only_layers`): the trace
 /// keeps only the routed ones, in order, so a token's transitions go from one routed layer to the next, and
@@ -93,6 +94,7 @@ public struct RoutingTrace: Sendable {
         let line = raw.trimmingCharacters(in: .whitespaces)
         if line.isEmpty { return .blank }
         guard let o = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] else { return .failure("not a JSON object") }
+        if o["attention"] != nil { return .blank }  // `moe trace`'s routed-attention decisions: not routing
         let sequence: String, token: Int, weightsKey: String
         if let s = o["sequence"] {
             sequence = "\(s)"

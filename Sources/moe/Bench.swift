@@ -70,6 +70,10 @@ extension MoE {
                 let prefill = runs.map(\.prefillSeconds).sorted()[runs.count / 2]
                 let decode = runs.map(\.decodeSeconds).sorted()[runs.count / 2]
                 let bytesPerStep = runs[0].bytesPerStep
+                let median = { (f: (Measurement) -> Double) in runs.map(f).sorted()[runs.count / 2] }
+                let prefillShare = median { $0.prefillAttention / $0.prefillSeconds }
+                let decodeShare = median { $0.decodeAttention / $0.decodeSeconds }
+                let sparseFraction = runs[0].sparseFraction
 
                 let costs = CostModel(model: model)
                 let flops = Double(batch) * costs.flops(positions: 0..<promptLen, logitRows: 1)
@@ -84,16 +88,19 @@ extension MoE {
                     "prefill_gflops": gflops, "prefill_peak_fraction": gflops / (peakGflopsPerCore * Double(threads)),
                     "decode_gb_per_s": gbps, "decode_dram_fraction": gbps / dramGbps,
                     "decode_bytes_per_step": bytesPerStep,
+                    "prefill_attention_share": prefillShare, "decode_attention_share": decodeShare,
+                    "attention": modelOptions.attention, "sparse_fraction_per_layer": sparseFraction,
                 ]
                 if format == "json" {
                     emit(try jsonLine(report))
                 } else {
-                    emit("| model | weights | threads | batch | prompt | gen | prefill tok/s | GFLOP/s (of peak) | decode tok/s | GB/s (of DRAM) |")
-                    emit("|---|---|---|---|---|---|---|---|---|---|")
-                    emit(String(format: "| %@ | %@ | %d | %d | %d | %d | %.0f | %.0f (%.0f%%) | %.1f | %.1f (%.0f%%) |",
+                    emit("| model | weights | threads | batch | prompt | gen | prefill tok/s | GFLOP/s (of peak) | decode tok/s | GB/s (of DRAM) | attention share (prefill / decode) | sparse layers |")
+                    emit("|---|---|---|---|---|---|---|---|---|---|---|---|")
+                    emit(String(format: "| %@ | %@ | %d | %d | %d | %d | %.0f | %.0f (%.0f%%) | %.1f | %.1f (%.0f%%) | %.0f%% / %.0f%% | %@ |",
                                 modelOptions.label, model.embedding.type.rawValue, threads, batch, promptLen, genLen,
                                 Double(batch * promptLen) / prefill, gflops, 100 * gflops / (peakGflopsPerCore * Double(threads)),
-                                Double(batch * genLen) / decode, gbps, 100 * gbps / dramGbps))
+                                Double(batch * genLen) / decode, gbps, 100 * gbps / dramGbps, 100 * prefillShare, 100 * decodeShare,
+                                String(format: "%.1f of %d", sparseFraction.reduce(0, +), model.spec.layers)))
                 }
             }
         }
@@ -102,11 +109,15 @@ extension MoE {
             var prefillSeconds: Double
             var decodeSeconds: Double
             var bytesPerStep: Double
+            /// Seconds in attention proper during prefill and decode.
+            var prefillAttention = 0.0, decodeAttention = 0.0
+            /// Per layer, the fraction of the batch's sequences whose attention ran sparse.
+            var sparseFraction: [Double] = []
         }
 
         /// One prefill of every prompt, then `steps` greedy decode steps.
         func measure(_ model: MoEDecoder, prompts: [[Int]], steps: Int) throws -> Measurement {
-            let caches = prompts.map { model.makeCache(capacity: $0.count + steps + 1) }
+            let caches = prompts.map { model.makeCache(capacity: $0.count + steps + 1, promptLength: $0.count) }
             let vocab = model.spec.vocabSize
             func next(_ logits: [Float]) -> [Int] {
                 logits.withUnsafeBufferPointer { all in
@@ -114,10 +125,12 @@ extension MoE {
                 }
             }
             var start = Clock.now
+            let attention0 = model.attentionSeconds
             var tokens = next(try model.forward(
                 .init(tokens: prompts.flatMap { $0 }, segments: caches.map { .init(cache: $0, count: promptLen) }),
                 logits: .lastOfEachSegment))
             let prefill = Clock.since(start)
+            let attention1 = model.attentionSeconds
             let costs = CostModel(model: model)
             var bytes = 0.0
             start = Clock.now
@@ -128,7 +141,10 @@ extension MoE {
                 bytes += costs.decodeBytes(activeExperts: model.bank.activeExperts, contexts: contexts)
             }
             let decode = Clock.since(start)
-            return Measurement(prefillSeconds: prefill, decodeSeconds: decode, bytesPerStep: bytes / Double(steps))
+            let sparse = caches.map { Set(model.sparseLayers($0) ?? []) }
+            return Measurement(prefillSeconds: prefill, decodeSeconds: decode, bytesPerStep: bytes / Double(steps),
+                               prefillAttention: attention1 - attention0, decodeAttention: model.attentionSeconds - attention1,
+                               sparseFraction: (0..<model.spec.layers).map { l in Double(sparse.filter { $0.contains(l) }.count) / Double(caches.count) })
         }
     }
 }

@@ -129,7 +129,7 @@ extension ModelOptions {
         let options = LoadOptions(convertToF32: weightsDtype == "f32", holdsExpert: holding)
         let loaded = try model.map { try MoEDecoder.load(directory: $0, options: options) }
             ?? SyntheticModel.build(SyntheticModel.Preset(rawValue: preset)!, options: options)
-        configure(loaded)
+        try configure(loaded)
         return loaded
     }
 }

@@ -58,7 +58,8 @@ extension MoE {
             abstract: "Generate tokens from a prompt of token ids.",
             discussion: """
             With --json the last line of stdout is {"tokens", "prompt_tokens", "finish_reason", \
-            "prefill_tokens_per_second", "decode_tokens_per_second"}. The first new token comes from the \
+            "prefill_tokens_per_second", "decode_tokens_per_second"}, and "sparse_layers" (the layers whose \
+            attention ran sparse) with --attention sparse or routed. The first new token comes from the \
             prefill's logits; decode tokens/s counts the tokens made by decode steps over their time.
             """)
 
@@ -91,7 +92,7 @@ extension MoE {
                         "tokens": r.tokens, "prompt_tokens": r.promptTokens, "finish_reason": r.finishReason.rawValue,
                         "prefill_tokens_per_second": r.prefillTokensPerSecond,
                         "decode_tokens_per_second": r.decodeTokensPerSecond,
-                    ]))
+                    ].merging(sparseField(r.sparseLayers)) { a, _ in a }))
                 } else {
                     emit(r.tokens.map(String.init).joined(separator: " "))
                     emit(String(format: "%@: %d prompt tokens, %d generated (%@); prefill %.1f tok/s, decode %.1f tok/s",
@@ -110,7 +111,7 @@ extension MoE {
                 let result = try engine.generate([r.request])[0]
                 emit(try resultLine(ClusterResult(id: r.id, tokens: result.tokens, promptTokens: result.promptTokens,
                                                   finishReason: result.finishReason, timeToFirstToken: result.prefillSeconds,
-                                                  latency: Clock.since(start))))
+                                                  latency: Clock.since(start), sparseLayers: result.sparseLayers)))
             }
         }
 
@@ -131,7 +132,7 @@ extension MoE {
                         "tokens": result.tokens, "prompt_tokens": result.promptTokens, "finish_reason": result.finishReason.rawValue,
                         "prefill_tokens_per_second": Double(result.promptTokens) / max(result.timeToFirstToken, 1e-9),
                         "decode_tokens_per_second": result.tokens.count > 1 ? Double(result.tokens.count - 1) / max(decodeSeconds, 1e-9) : 0,
-                    ]))
+                    ].merging(sparseField(result.sparseLayers)) { a, _ in a }))
                 }
             }
         }
@@ -143,5 +144,10 @@ func resultLine(_ r: ClusterResult) throws -> String {
     try jsonLine([
         "id": r.id, "tokens": r.tokens, "finish_reason": r.finishReason.rawValue, "prompt_tokens": r.promptTokens,
         "time_to_first_token_s": r.timeToFirstToken, "latency_s": r.latency,
-    ])
+    ].merging(sparseField(r.sparseLayers)) { a, _ in a })
+}
+
+/// `"sparse_layers"`: the layers whose attention ran sparse for a request, when attention is not full.
+func sparseField(_ layers: [Int]?) -> [String: Any] {
+    layers.map { ["sparse_layers": $0] } ?? [:]
 }

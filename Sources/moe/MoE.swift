@@ -66,10 +66,16 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Prefill a prompt in passes of at most N tokens, each attending to those before (default: the whole prompt in one pass).")
     var prefillChunk: Int?
 
-    @Option(help: "Attention: full (default; a config's sliding_window still applies) or sparse (every layer, --sparse-kind).")
+    @Option(help: "Attention: full (default; a config's sliding_window still applies), sparse (every layer, --sparse-kind) or routed (full or sparse per request and layer: the checkpoint's Flux router, or --router-policy).")
     var attention: String = "full"
 
-    @Option(help: "With --attention sparse: window (sink + recent keys, block-aligned as Flux does it).")
+    @Option(help: "With --attention routed: a rule instead of router weights, clauses joined by ';': layers=I,J,... (these sparse), fraction=F (floor(F*L) layers, evenly spaced), min-prompt=N (shorter prompts run full).")
+    var routerPolicy: String?
+
+    @Option(help: "With --attention routed: prompt tokens pooled from each end for the router (all of them below twice this).")
+    var routerPool: Int = 100
+
+    @Option(help: "With --attention sparse or routed: window (sink + recent keys, block-aligned as Flux does it).")
     var sparseKind: String = "window"
 
     @Option(help: "Sparse window: sink tokens every query sees (a multiple of --sparse-block).")
@@ -92,9 +98,12 @@ struct ModelOptions: ParsableArguments {
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
         if let n = maxModelLen, n < 1 { throw ValidationError("--max-model-len must be at least 1") }
         if let n = prefillChunk, n < 1 { throw ValidationError("--prefill-chunk must be at least 1") }
-        guard attention == "full" || attention == "sparse" else {
-            throw ValidationError("--attention must be full or sparse, got '\(attention)' (routed is not built yet)")
+        guard ["full", "sparse", "routed"].contains(attention) else {
+            throw ValidationError("--attention must be full, sparse or routed, got '\(attention)'")
         }
+        if routerPolicy != nil && attention != "routed" { throw ValidationError("--router-policy needs --attention routed") }
+        do { _ = try routerPolicy.map(RouterPolicy.init(parsing:)) } catch { throw ValidationError("\(error)") }
+        guard routerPool >= 1 else { throw ValidationError("--router-pool must be at least 1") }
         guard sparseKind == "window" else { throw ValidationError("--sparse-kind must be window, got '\(sparseKind)' (topk is not built yet)") }
         guard sparseBlock >= 1 else { throw ValidationError("--sparse-block must be at least 1") }
         guard sparseSink >= 0, sparseSink % sparseBlock == 0 else {
@@ -111,16 +120,27 @@ struct ModelOptions: ParsableArguments {
         Parallel.configure(workers: threads ?? System.coreCount)
         let loaded = try model.map { try MoEDecoder.load(directory: $0, options: LoadOptions(convertToF32: weightsDtype == "f32")) }
             ?? SyntheticModel.build(SyntheticModel.Preset(rawValue: preset)!)
-        configure(loaded)
+        try configure(loaded)
         return loaded
     }
 
-    /// The run's KV dtype and length limit on a loaded model.
-    func configure(_ model: MoEDecoder) {
+    /// The run's KV dtype, length limit and attention on a loaded model; refuses a router policy that names
+    /// layers the model lacks, and `routed` with neither router weights nor a layer rule.
+    func configure(_ model: MoEDecoder) throws {
         model.kvDType = KVDType(rawValue: kvDtype)!
         model.maxModelLen = maxModelLen ?? configuredLength ?? .max
         model.prefillChunk = prefillChunk
-        model.sparse = attention == "sparse" ? .sinkWindow(sink: sparseSink, window: sparseWindow, block: sparseBlock) : nil
+        model.sparse = attention == "full" ? nil : .sinkWindow(sink: sparseSink, window: sparseWindow, block: sparseBlock)
+        model.router = nil
+        guard attention == "routed" else { return }
+        let policy = try routerPolicy.map(RouterPolicy.init(parsing:)) ?? RouterPolicy()
+        if case .list(let set) = policy.layers, let bad = set.first(where: { $0 >= model.spec.layers }) {
+            throw ModelError.invalidArgument("--router-policy: layer \(bad) is past the model's \(model.spec.layers) layers")
+        }
+        guard policy.layers != nil || model.routerWeights != nil else {
+            throw ModelError.invalidArgument("--attention routed: \(label) has no router weights (self_attn.mask_allocator.*); give --router-policy with layers= or fraction=")
+        }
+        model.router = LayerRouter(weights: model.routerWeights, policy: policy, pool: routerPool)
     }
 
     /// The config's `max_position_embeddings`.

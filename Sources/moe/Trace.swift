@@ -11,7 +11,8 @@ extension MoE {
             discussion: """
             Sequences are numbered from 0 in the order they are admitted (by arrival_step, then as given); lines \
             are ordered by sequence, token, layer. Under mpirun every rank records the decisions it makes and rank \
-            0 writes the file.
+            0 writes the file. With --attention sparse or routed, each sequence's lines begin with one \
+            {"sequence", "layer", "attention": "full" | "sparse"} line per layer (moe plan skips them).
             """)
 
         @OptionGroup var modelOptions: ModelOptions
@@ -53,12 +54,22 @@ extension MoE {
                         records += RoutingRecord.of(routing, layer: layer, sequence: sequence, positions: position..<(position + routing.tokens))
                         if layer == model.spec.moeLayers.lastIndex(of: true) { position += routing.tokens }
                     }
-                    _ = try engine.generate([r.request])
+                    let result = try engine.generate([r.request])[0]
                     model.routingObserver = nil
                     records.sort { ($0.token, $0.layer) < ($1.token, $1.layer) }
-                    try file.write(contentsOf: Data(records.map { $0.jsonLine + "\n" }.joined().utf8))
+                    let lines = try attentionLines(sequence: sequence, sparse: result.sparseLayers, layers: model.spec.layers)
+                        + records.map(\.jsonLine)
+                    try file.write(contentsOf: Data(lines.map { $0 + "\n" }.joined().utf8))
                 }
                 emit("wrote routing of \(work.count) sequence\(work.count == 1 ? "" : "s") to \(output)")
+            }
+        }
+
+        /// One line per layer with the sequence's attention decision, when attention is not full.
+        func attentionLines(sequence: Int, sparse: [Int]?, layers: Int) throws -> [String] {
+            guard let sparse else { return [] }
+            return try (0..<layers).map { l in
+                try jsonLine(["sequence": sequence, "layer": l, "attention": sparse.contains(l) ? "sparse" : "full"])
             }
         }
 
@@ -75,12 +86,21 @@ extension MoE {
             defer { run.finish() }
             let log = RoutingLog()
             run.engine.routingLog = log
-            _ = try run.engine.run(requests: queue) { _ in }
+            var sparse: [String: [Int]] = [:]
+            _ = try run.engine.run(requests: queue) { result in sparse[result.id] = result.sparseLayers }
             let records = try log.gather(run.comm, topK: run.engine.model.spec.topK)
             guard let file else { return }
             defer { try? file.close() }
             try reportingErrors {
-                try file.write(contentsOf: Data(records.map { $0.jsonLine + "\n" }.joined().utf8))
+                let layers = run.engine.model.spec.layers
+                var lines: [String] = []
+                var bySequence = Dictionary(grouping: records, by: \.sequence)
+                for (sequence, r) in queue.enumerated() {
+                    lines += try attentionLines(sequence: sequence, sparse: sparse[r.id], layers: layers)
+                    lines += (bySequence.removeValue(forKey: sequence) ?? []).map(\.jsonLine)
+                }
+                lines += bySequence.keys.sorted().flatMap { bySequence[$0]!.map(\.jsonLine) }
+                try file.write(contentsOf: Data(lines.map { $0 + "\n" }.joined().utf8))
                 emit("wrote routing of \(queue.count) sequence\(queue.count == 1 ? "" : "s") to \(output) (\(run.comm.size) ranks)")
             }
         }

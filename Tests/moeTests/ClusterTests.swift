@@ -107,6 +107,41 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         #expect(tokens(single) != nil && tokens(cluster) == tokens(single))
     }
 
+    /// `--attention routed` under mpirun, with the checkpoint's Flux router (`tiny-mixtral-router`) and with a
+    /// policy: each request's decisions (`sparse_layers`) and tokens equal the single process's, in both modes
+    /// (in coherent, ranks that did not prefill a request apply the decisions that came with its K/V).
+    @Test(arguments: [("ep2", nil), ("coherent", nil), ("coherent", "fraction=0.5;min-prompt=6")] as [(String, String?)])
+    func routedAttentionDecidesAsTheSingleProcess(mode: String, policy: String?) throws {
+        let requests = TemporaryPath(".jsonl")
+        var rng = SplitMix64(seed: 17)
+        let prompts = [2, 5, 7, 9, 12, 30].map { n in (0..<n).map { _ in Int.random(in: 3..<300, using: &rng) } }
+        try prompts.enumerated().map { i, p in
+            #"{"id": "r\#(i)", "prompt_ids": \#(p), "max_new_tokens": 6, "temperature": 0, "arrival_step": \#(i % 3)}"#
+        }.joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let args = ["generate", "--model", fixture("tiny-mixtral-router"), "--requests", requests.path, "--attention", "routed",
+                    "--sparse-sink", "0", "--sparse-window", "4", "--sparse-block", "1", "--router-pool", "3"]
+            + (policy.map { ["--router-policy", $0] } ?? [])
+        let single = try MoEBinary.run(args), cluster = try MPIRun.run(3, args + ["--dispatch", mode])
+        #expect(single.status == 0 && cluster.status == 0, "\(single.stderr) \(cluster.stderr)")
+        func results(_ r: MoEBinary.Result) -> [String: [String: Any]] {
+            var out: [String: [String: Any]] = [:]
+            for line in r.stdout.split(separator: "\n") {
+                if let j = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], let id = j["id"] as? String { out[id] = j }
+            }
+            return out
+        }
+        let a = results(single), b = results(cluster)
+        #expect(a.count == prompts.count && b.count == prompts.count)
+        var decisions = Set<[Int]>()
+        for (id, r) in a {
+            let layers = r["sparse_layers"] as? [Int]
+            #expect(layers != nil && b[id]?["sparse_layers"] as? [Int] == layers, "\(id)")
+            #expect(r["tokens"] as? [Int] != nil && b[id]?["tokens"] as? [Int] == r["tokens"] as? [Int], "\(id)")
+            decisions.insert(layers ?? [])
+        }
+        #expect(decisions.count > 1, "the prompts should not all get the same decisions: \(decisions)")
+    }
+
     /// Prefill in passes of 4 tokens under mpirun: the forward logits within 1e-4 of one pass in one process.
     @Test(arguments: ["ep2", "coherent"])
     func chunkedPrefillMatchesOnePass(mode: String) throws {

@@ -125,6 +125,19 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
             #expect((json[key] as? Double ?? 0) > 0, "\(key)")
         }
         #expect(json["batch"] as? Int == 2)
+        for key in ["prefill_attention_share", "decode_attention_share"] {
+            #expect((json[key] as? Double).map { $0 > 0 && $0 < 1 } == true, "\(key)")
+        }
+        #expect(json["sparse_fraction_per_layer"] as? [Double] == [0, 0])
+        // Routed by a policy: every other layer sparse for both sequences, and min-prompt above the prompt: none.
+        let routed = ["bench", "--preset", "tiny", "--batch", "2", "--prompt-len", "8", "--gen-len", "2", "--repetitions", "1",
+                      "--format", "json", "--attention", "routed", "--sparse-sink", "0", "--sparse-window", "4", "--sparse-block", "1"]
+        for (policy, want) in [("fraction=0.5", [0.0, 1.0]), ("fraction=0.5;min-prompt=9", [0.0, 0.0])] {
+            let r = try MoEBinary.run(routed + ["--router-policy", policy])
+            #expect(r.status == 0, "\(r.stderr)")
+            let j = try JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as! [String: Any]
+            #expect(j["sparse_fraction_per_layer"] as? [Double] == want, "\(policy)")
+        }
     }
 
     /// Bad input: one line on stderr naming the problem, exit 1; bad flags: exit 64.
@@ -143,6 +156,10 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
         (["generate", "--model", fixture("tiny-olmoe"), "--prompt-ids", "1", "--max-new-tokens", "300"],
          "need 301 positions, beyond the model's 256 (--max-model-len)"),
         (["bench", "--preset", "tiny", "--prompt-len", "40000", "--gen-len", "2"], "need 40002 positions, beyond the model's 32768"),
+        (["generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", "1", "--attention", "routed"],
+         "has no router weights (self_attn.mask_allocator.*); give --router-policy with layers= or fraction="),
+        (["generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", "1", "--attention", "routed", "--router-policy", "layers=1,3"],
+         "--router-policy: layer 3 is past the model's 3 layers"),
     ] as [([String], String)])
     func badInputFailsWithOneLine(args: [String], message: String) throws {
         let r = try MoEBinary.run(args)
@@ -176,6 +193,10 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
         ["generate", "--prompt-ids", "1", "--attention", "sparse", "--sparse-window", "0"],
         ["generate", "--prompt-ids", "1", "--attention", "sparse", "--sparse-kind", "topk"],
         ["generate", "--prompt-ids", "1", "--attention", "dense"],
+        ["generate", "--prompt-ids", "1", "--attention", "routed", "--router-policy", "fraction=2"],
+        ["generate", "--prompt-ids", "1", "--attention", "routed", "--router-policy", "every-other"],
+        ["generate", "--prompt-ids", "1", "--attention", "sparse", "--router-policy", "fraction=0.5"],
+        ["generate", "--prompt-ids", "1", "--attention", "routed", "--router-pool", "0"],
         ["no-such-command"],
     ])
     func badFlagsExitWithUsageCode(args: [String]) throws {

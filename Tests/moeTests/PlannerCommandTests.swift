@@ -19,6 +19,40 @@ import Testing
         for l in 0..<3 { for p in 0..<3 { #expect(t.sequences[0].tokens[p][l].experts == ids[l * 3 + p]) } }
     }
 
+    /// With `--attention routed` the trace begins each sequence with its decisions, one line per layer, the same
+    /// under mpirun as in one process and the same as `moe generate` reports; the planner skips them.
+    @Test func traceRecordsRoutedAttentionDecisionsThatThePlannerSkips() throws {
+        let requests = TemporaryPath(".jsonl"), single = TemporaryPath(".jsonl"), cluster = TemporaryPath(".jsonl")
+        try """
+        {"id": "a", "prompt_ids": [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], "max_new_tokens": 3, "temperature": 0}
+        {"id": "b", "prompt_ids": [200, 17, 3], "max_new_tokens": 3, "temperature": 0, "arrival_step": 1}
+        """.write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let flags = ["--model", fixture("tiny-mixtral-router"), "--requests", requests.path, "--attention", "routed",
+                     "--sparse-sink", "0", "--sparse-window", "4", "--sparse-block", "1", "--router-pool", "3"]
+        let s = try MoEBinary.run(["trace"] + flags + ["--output", single.path])
+        let c = try MPIRun.run(3, ["trace"] + flags + ["--output", cluster.path, "--dispatch", "coherent"])
+        let g = try MoEBinary.run(["generate"] + flags)
+        #expect(s.status == 0 && c.status == 0 && g.status == 0, "\(s.stderr) \(c.stderr) \(g.stderr)")
+        func decisions(_ path: String) throws -> [[String: Any]] {
+            try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+                .map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }.filter { $0["attention"] != nil }
+        }
+        let a = try decisions(single.path), b = try decisions(cluster.path)
+        #expect(a.count == 2 * 3 && b.count == a.count)
+        for (x, y) in zip(a, b) {
+            #expect(x["sequence"] as? Int == y["sequence"] as? Int && x["layer"] as? Int == y["layer"] as? Int)
+            #expect(x["attention"] as? String == y["attention"] as? String)
+        }
+        let reported = g.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        for (sequence, id) in ["a", "b"].enumerated() {
+            let sparse = reported.first { $0["id"] as? String == id }?["sparse_layers"] as? [Int]
+            let traced = a.filter { $0["sequence"] as? Int == sequence && $0["attention"] as? String == "sparse" }.compactMap { $0["layer"] as? Int }
+            #expect(sparse != nil && traced == sparse, "\(id)")
+        }
+        let t = try RoutingTrace.load(paths: [single.path])
+        #expect(t.sequences.count == 2 && t.sequences[0].tokens.count == 12 + 2 && t.layers == 3)
+    }
+
     /// Qwen3-MoE's fixture has a dense layer 1: trace, plan, evaluate and the cluster all take it.
     @Test func aModelWithADenseLayerIsTracedPlannedAndRun() throws {
         let trace = TemporaryPath(".jsonl"), plan = TemporaryPath(".json")
