@@ -50,9 +50,9 @@ extension ClusterEngine {
             let slot = r.int(), (layer, route) = Self.layerAndRoute(r.int()), first = r.int(), count = r.int()
             guard let cache = sequences[slot]?.cache else { r.skip(bytes: 2 * count * row); continue }
             if let route { cache.routedSparse[layer] = route }
-            cache.reserve(first + count)
-            r.bytes(count * row, into: cache.keyBytes(layer, first: first))
-            r.bytes(count * row, into: cache.valueBytes(layer, first: first))
+            // Admission took pages for the prompt and every new token, so the rows always have room.
+            cache.forEachRun(layer: layer, first: first, count: count) { _, n, keys, _ in r.bytes(n * row, into: keys) }
+            cache.forEachRun(layer: layer, first: first, count: count) { _, n, _, values in r.bytes(n * row, into: values) }
         }
     }
 
@@ -72,7 +72,8 @@ extension ClusterEngine {
         out.int(Self.layerField(layer, route: cache.routedSparse[layer]))
         out.int(first)
         out.int(count)
-        out.bytes(cache.keyBytes(layer, first: first), count: count * cache.rowBytes)
-        out.bytes(cache.valueBytes(layer, first: first), count: count * cache.rowBytes)
+        let row = cache.rowBytes
+        cache.forEachRun(layer: layer, first: first, count: count) { _, n, keys, _ in out.bytes(keys, count: n * row) }
+        cache.forEachRun(layer: layer, first: first, count: count) { _, n, _, values in out.bytes(values, count: n * row) }
     }
 }

@@ -59,6 +59,22 @@ public struct ClusterRunStats: Sendable {
 }
 
 extension ClusterEngine {
+    /// The head's admission by KV pages: the owner of a request that fits where its pages go (every rank in
+    /// `coherent` and `auto`, the owner in `ep2`: round-robin, else the rank with the most free pages), taking
+    /// them from the head's view; nil when they are not free yet (it waits, and those behind it with it).
+    func placeCache(_ request: GenerationRequest, slot: Int) -> Int? {
+        let need = model.kvPool?.pages(for: request.promptIds.count + request.maxNewTokens) ?? 0
+        if replicatesKV {
+            guard freePages.min()! >= need else { return nil }
+            for r in freePages.indices { freePages[r] -= need }
+            return slot % comm.size
+        }
+        let preferred = slot % comm.size
+        let owner = freePages[preferred] >= need ? preferred : freePages.indices.filter { freePages[$0] >= need }.max { freePages[$0] < freePages[$1] }
+        if let owner { freePages[owner] -= need }
+        return owner
+    }
+
     /// The step loop on every rank. Rank 0 is the head: it holds `requests` (ignored elsewhere), admits each at
     /// its arrival step (continuous batching: a sequence joins at the next step and leaves when done) and
     /// broadcasts each step's plan; every rank then runs the same prefill and decode collectives. Rank 0 calls
@@ -68,19 +84,27 @@ extension ClusterEngine {
         var stats = ClusterRunStats()
         var step = 0
         var nextSlot = 0
+        // The pool every rank agreed on may be smaller than the one the head validated the requests against.
+        let refusal = comm.rank == 0 ? pending.lazy.compactMap { r in
+            Engine.poolProblem(prompt: r.request.promptIds.count, maxNewTokens: r.request.maxNewTokens, pool: self.model.kvPool)
+                .map { "request '\(r.id)': \($0)" }
+        }.first : nil
         while true {
             var plan = Moe_Control_StepPlan()
-            if comm.rank == 0 {
+            if let refusal {
+                plan.shutdown = true
+                plan.error = refusal
+            } else if comm.rank == 0 {
                 if pending.isEmpty && active.isEmpty {
                     plan.shutdown = true
                 } else {
                     if active.isEmpty, let next = pending.first, next.arrivalStep > step { step = next.arrivalStep }
                     plan.step = Int64(step)
-                    while let next = pending.first, next.arrivalStep <= step {
+                    while let next = pending.first, next.arrivalStep <= step, let owner = placeCache(next.request, slot: nextSlot) {
                         pending.removeFirst()
                         var admission = Moe_Control_Admission()
                         admission.sequence = Int32(nextSlot)
-                        admission.owner = Int32(nextSlot % comm.size)
+                        admission.owner = Int32(owner)
                         admission.request = Self.message(next)
                         plan.admit.append(admission)
                         nextSlot += 1
@@ -91,6 +115,7 @@ extension ClusterEngine {
             let bytes = try comm.broadcast(try plan.serializedBytes() as [UInt8], root: 0)
             plan = try Moe_Control_StepPlan(serializedBytes: bytes)
             if plan.shutdown {
+                if !plan.error.isEmpty { throw ClusterError.refused(plan.error) }
                 try completeAllReplication()
                 break
             }
@@ -98,7 +123,7 @@ extension ClusterEngine {
 
             let decoding = active
             for a in plan.admit {
-                admit(slot: Int(a.sequence), id: a.request.id, request: Self.request(a.request), owner: Int(a.owner))
+                try admit(slot: Int(a.sequence), id: a.request.id, request: Self.request(a.request), owner: Int(a.owner))
             }
             let admitted = plan.admit.map { sequences[Int($0.sequence)]! }
             if !admitted.isEmpty {
@@ -159,7 +184,7 @@ extension ClusterEngine {
     /// One forward pass over `tokens` as one sequence owned by rank 0 (every rank takes part); on rank 0 the
     /// logits `[tokens, vocab]` of every position, elsewhere an empty array.
     public func forward(tokens: [Int]) throws -> [Float] {
-        admit(slot: 0, id: "forward", request: GenerationRequest(promptIds: tokens, maxNewTokens: 1), owner: 0)
+        try admit(slot: 0, id: "forward", request: GenerationRequest(promptIds: tokens, maxNewTokens: 1), owner: 0)
         defer { sequences[0] = nil }
         let logits = try prefill([sequences[0]!], logits: .all)
         tokenOut = ByteWriter()
@@ -201,12 +226,13 @@ extension ClusterEngine {
 /// Every rank's status before any data moves: all go on, or all stop with the first failure's message.
 public enum Agreement {
     /// Gathers each rank's status; throws `ClusterError.agreement` on every rank if any rank failed.
-    public static func agree(_ comm: Communicator, error: String?, expertBytes: Int) throws -> [Moe_Control_RankStatus] {
+    public static func agree(_ comm: Communicator, error: String?, expertBytes: Int, kvPages: Int = 0) throws -> [Moe_Control_RankStatus] {
         var status = Moe_Control_RankStatus()
         status.rank = Int32(comm.rank)
         status.ok = error == nil
         status.error = error ?? ""
         status.expertBytes = Int64(expertBytes)
+        status.kvPages = Int64(kvPages)
         let all = try comm.allgatherv(try status.serializedBytes() as [UInt8]).map { try Moe_Control_RankStatus(serializedBytes: $0) }
         if let failed = all.first(where: { !$0.ok }) {
             let others = all.filter { !$0.ok }.count - 1
@@ -219,11 +245,15 @@ public enum Agreement {
 /// Why a cluster run stopped.
 public enum ClusterError: Error, CustomStringConvertible {
     case agreement(rank: Int, message: String, otherFailures: Int)
+    /// The head refused the run before its first step.
+    case refused(String)
 
     public var description: String {
         switch self {
         case .agreement(let rank, let message, let others):
             return "rank \(rank): \(message)" + (others > 0 ? " (and \(others) more rank\(others == 1 ? "" : "s") failed)" : "")
+        case .refused(let message):
+            return message
         }
     }
 }

@@ -83,6 +83,8 @@ public final class ClusterEngine {
     var sequences: [Int: SequenceState] = [:]
     /// Step-end payload this rank contributes: sampled tokens, and (coherent) K/V rows it computed.
     var tokenOut = ByteWriter(), kvOut = ByteWriter()
+    /// Free KV pages of every rank as of the last step-end allgather (the head admits by them).
+    lazy var freePages = Array(repeating: model.kvPool?.pageCount ?? Int(Int32.max), count: comm.size)
     var tokenCount = 0
     let h: Int
     var x = GrowableBuffer<Float>(), y = GrowableBuffer<Float>(), rows = GrowableBuffer<Float>()
@@ -145,10 +147,19 @@ public final class ClusterEngine {
 
     // MARK: Admission and the step-end synchronisation
 
-    /// Adds a sequence on every rank (ids and owner chosen by the head).
-    func admit(slot: Int, id: String, request: GenerationRequest, owner: Int) {
+    /// Adds a sequence on every rank (ids and owner chosen by the head, which admitted it only where its pages
+    /// were free).
+    func admit(slot: Int, id: String, request: GenerationRequest, owner: Int) throws {
         let keepsCache = replicatesKV || owner == comm.rank
-        let cache = keepsCache ? model.makeCache(capacity: request.promptIds.count + request.maxNewTokens, promptLength: request.promptIds.count) : nil
+        var cache: KVCache?
+        do {
+            if keepsCache { cache = try model.makeCache(capacity: request.promptIds.count + request.maxNewTokens, promptLength: request.promptIds.count) }
+        } catch {
+            // The head admits only where pages are free, so this is a bug; the other ranks would wait for this one
+            // in the next collective: end the job instead.
+            FileHandle.standardError.write(Data("moe: error: rank \(comm.rank): admitting '\(id)': \(error)\n".utf8))
+            comm.abort(code: 1)
+        }
         sequences[slot] = SequenceState(slot: slot, id: id, request: request, owner: owner, cache: cache)
     }
 
@@ -162,6 +173,7 @@ public final class ClusterEngine {
         header.int(tokenCount)
         var routes = ByteWriter()
         header.int(routingThisStep.count)
+        header.int(model.kvPool?.freePages ?? Int(Int32.max))
         for (slot, layers) in routingThisStep.sorted(by: { $0.key < $1.key }) {
             routes.int(slot)
             routes.int(layers.count)
@@ -177,9 +189,10 @@ public final class ClusterEngine {
         routingThisStep = [:]
         let k = model.spec.topK, layers = model.spec.layers
         var finished: [SequenceState] = []
-        for bytes in all {
+        for (src, bytes) in all.enumerated() {
             var r = ByteReader(bytes)
             let tokenCount = r.int(), routed = r.int()
+            freePages[src] = r.int()
             for _ in 0..<tokenCount {
                 let slot = r.int(), token = r.int(), home = r.int()
                 let sparse = r.int()  // -1: full attention; else that many sparse layers follow
@@ -211,6 +224,7 @@ public final class ClusterEngine {
         }
         for s in prefilled where s.owner != comm.rank { s.cache?.commit(s.request.promptIds.count) }  // owners did as they ran it
         for s in decoded { s.cache?.commit(1) }
+        for s in prefilled + decoded { if let c = s.cache { model.releaseUnread(c) } }
         return finished.sorted { $0.slot < $1.slot }
     }
 

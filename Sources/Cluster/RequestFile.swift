@@ -15,7 +15,8 @@ public enum RequestFile {
 
     /// Parses the file; `vocabulary` bounds the token ids, `maxModelLen` a request's prompt and generated tokens.
     /// The first bad line throws, naming its number.
-    public static func parse(path: String, vocabulary: Int, maxModelLen: Int = .max) throws -> [ClusterRequest] {
+    /// `pool`: where a request's KV pages go (one that can never fit is refused).
+    public static func parse(path: String, vocabulary: Int, maxModelLen: Int = .max, pool: KVPool? = nil) throws -> [ClusterRequest] {
         guard let data = FileManager.default.contents(atPath: path) else { throw ModelError.missingFile(path: path) }
         var out: [ClusterRequest] = []
         var ids = Set<String>()
@@ -48,7 +49,8 @@ public enum RequestFile {
                 temperature: Float(try number("temperature", 1)), topP: Float(try number("top_p", 1)),
                 topK: Int(try number("top_k", 0)), seed: UInt64(max(0, try number("seed", 0))))
             do { try sampling.validate() } catch let e as ModelError { throw bad(e.description) }
-            if let reason = Engine.lengthProblem(prompt: prompt.count, maxNewTokens: maxNew, limit: maxModelLen) {
+            if let reason = Engine.lengthProblem(prompt: prompt.count, maxNewTokens: maxNew, limit: maxModelLen)
+                ?? Engine.poolProblem(prompt: prompt.count, maxNewTokens: maxNew, pool: pool) {
                 throw bad("request '\(id)': \(reason)")
             }
             let arrival = Int(try number("arrival_step", 0))

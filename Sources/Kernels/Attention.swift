@@ -30,6 +30,13 @@ public enum Visibility: Sendable, Equatable {
         }
     }
 
+    /// Keys no position from `next` on sees: between the sink and the window of `next` (windows only move
+    /// forward). Empty for full causal attention.
+    public func unread(from next: Int) -> Range<Int> {
+        let (sink, recent) = ranges(next)
+        return sink.upperBound < recent.lowerBound ? sink.upperBound..<recent.lowerBound : 0..<0
+    }
+
     /// Keys some position of `positions` sees, as at most two ascending, disjoint ranges.
     func ranges(covering positions: ClosedRange<Int>) -> [Range<Int>] {
         let sink = ranges(positions.upperBound).sink, lowest = ranges(positions.lowerBound).recent.lowerBound
@@ -70,16 +77,36 @@ public enum Attention {
         public var group: Int { heads / kvHeads }
     }
 
-    /// One layer's cached keys and values, `[positions, kvHeads * headDim]` each.
+    /// One layer's cached keys and values, `[positions, kvHeads * headDim]` each: contiguous, or in pages of
+    /// `pageSize` rows, position j at physical row `pages[j / pageSize] · pageSize + j % pageSize`.
     public struct Rows {
         public let keys: UnsafeRawPointer
         public let values: UnsafeRawPointer
         public let dtype: KVDType
+        public let pages: UnsafePointer<Int32>?
+        public let pageSize: Int
 
-        public init(keys: UnsafeRawPointer, values: UnsafeRawPointer, dtype: KVDType) {
+        public init(keys: UnsafeRawPointer, values: UnsafeRawPointer, dtype: KVDType, pages: UnsafePointer<Int32>? = nil,
+                    pageSize: Int = 1) {
             self.keys = keys
             self.values = values
             self.dtype = dtype
+            self.pages = pages
+            self.pageSize = pageSize
+        }
+
+        /// The physical row of position j.
+        @inline(__always)
+        public func row(_ j: Int) -> Int {
+            guard let pages else { return j }
+            return Int(pages[j / pageSize]) * pageSize + j % pageSize
+        }
+
+        /// Positions from j to the end of j's page (or to `end`): rows that are adjacent in memory.
+        @inline(__always)
+        func run(from j: Int, end: Int) -> Int {
+            guard pages != nil else { return end - j }
+            return min(end, (j / pageSize + 1) * pageSize) - j
         }
     }
 
@@ -215,7 +242,7 @@ public enum Attention {
         let scores = scratch, row = scores + heads * n, qs = row + kvDim
         for i in 0..<(heads * d) { qs[i] = q[i] * shape.scale }
         for (i, j) in positions.enumerated() {
-            let k = rowAt(kv.keys, kv.dtype, j, kvDim: kvDim, into: row)
+            let k = rowAt(kv.keys, kv.dtype, kv.row(j), kvDim: kvDim, into: row)
             for h in 0..<heads { scores[h * n + i] = Elementwise.dot(qs + h * d, k + (h / g) * d, d) }
         }
         for h in 0..<heads {
@@ -224,12 +251,12 @@ public enum Attention {
         }
         acc.update(repeating: 0, count: heads * d)
         for (i, j) in positions.enumerated() {
-            let v = rowAt(kv.values, kv.dtype, j, kvDim: kvDim, into: row)
+            let v = rowAt(kv.values, kv.dtype, kv.row(j), kvDim: kvDim, into: row)
             for h in 0..<heads { Elementwise.axpy(scores[h * n + i], v + (h / g) * d, acc + h * d, d) }
         }
     }
 
-    /// Position j's row (every KV head) as f32: in place, or widened from bf16 into `scratch`.
+    /// Physical row j (every KV head) as f32: in place, or widened from bf16 into `scratch`.
     @inline(__always)
     static func rowAt(_ base: UnsafeRawPointer, _ dtype: KVDType, _ j: Int, kvDim: Int,
                       into scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
@@ -268,7 +295,7 @@ public enum Attention {
           var j0 = range.lowerBound
           while j0 < range.upperBound {
             let j1 = min(range.upperBound, j0 + tile), width = j1 - j0
-            let (k, ldk) = tileRows(kv.keys, kv.dtype, j0..<j1, kvHead: kvHead, shape: shape, into: kTile)
+            let (k, ldk) = tileRows(kv, kv.keys, j0..<j1, kvHead: kvHead, shape: shape, into: kTile)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(n), blasint(width), blasint(d),
                         1, qs, blasint(d), k, blasint(ldk), 0, scores, blasint(tile))
             for r in 0..<n {
@@ -298,7 +325,7 @@ public enum Attention {
                 if alpha != 1 { scale(acc + r * d, by: alpha, d) }
                 maxima[r] = m
             }
-            let (v, ldv) = tileRows(kv.values, kv.dtype, j0..<j1, kvHead: kvHead, shape: shape, into: vTile)
+            let (v, ldv) = tileRows(kv, kv.values, j0..<j1, kvHead: kvHead, shape: shape, into: vTile)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(n), blasint(d), blasint(width),
                         1, scores, blasint(tile), v, blasint(ldv), 1, acc, blasint(d))
             j0 = j1
@@ -313,18 +340,24 @@ public enum Attention {
         return lo < hi ? (lo - j0)..<(hi - j0) : 0..<0
     }
 
-    /// Rows `range` of KV head `kvHead` as f32: a pointer into f32 storage (row stride kvDim), or widened from
-    /// bf16 into `scratch` (stride headDim).
+    /// Positions `range` of KV head `kvHead` (keys or values at `base`) as f32: a pointer into f32 storage (row
+    /// stride kvDim) when they are adjacent there, else gathered, or widened from bf16, into `scratch` (stride
+    /// headDim).
     @inline(__always)
-    static func tileRows(_ base: UnsafeRawPointer, _ dtype: KVDType, _ range: Range<Int>, kvHead: Int, shape: Shape,
+    static func tileRows(_ kv: Rows, _ base: UnsafeRawPointer, _ range: Range<Int>, kvHead: Int, shape: Shape,
                          into scratch: UnsafeMutablePointer<Float>) -> (UnsafePointer<Float>, Int) {
         let d = shape.headDim, kvDim = shape.kvDim
-        switch dtype {
+        switch kv.dtype {
         case .f32:
-            return (base.assumingMemoryBound(to: Float.self) + range.lowerBound * kvDim + kvHead * d, kvDim)
+            let src = base.assumingMemoryBound(to: Float.self) + kvHead * d
+            if kv.run(from: range.lowerBound, end: range.upperBound) == range.count {
+                return (src + kv.row(range.lowerBound) * kvDim, kvDim)
+            }
+            for (i, j) in range.enumerated() { (scratch + i * d).update(from: src + kv.row(j) * kvDim, count: d) }
+            return (UnsafePointer(scratch), d)
         case .bf16:
             let src = base.assumingMemoryBound(to: UInt16.self) + kvHead * d
-            for (i, j) in range.enumerated() { Widen.bf16(src + j * kvDim, into: scratch + i * d, count: d) }
+            for (i, j) in range.enumerated() { Widen.bf16(src + kv.row(j) * kvDim, into: scratch + i * d, count: d) }
             return (UnsafePointer(scratch), d)
         }
     }

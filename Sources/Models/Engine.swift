@@ -60,10 +60,18 @@ public final class Engine {
         guard r.maxNewTokens >= 1 else {
             throw ModelError.invalidArgument("max_new_tokens must be >= 1, got \(r.maxNewTokens)")
         }
-        if let reason = Self.lengthProblem(prompt: r.promptIds.count, maxNewTokens: r.maxNewTokens, limit: model.maxModelLen) {
+        if let reason = Self.lengthProblem(prompt: r.promptIds.count, maxNewTokens: r.maxNewTokens, limit: model.maxModelLen)
+            ?? Self.poolProblem(prompt: r.promptIds.count, maxNewTokens: r.maxNewTokens, pool: model.kvPool) {
             throw ModelError.invalidArgument(reason)
         }
         try r.sampling.validate()
+    }
+
+    /// Why a prompt of `prompt` tokens with `maxNewTokens` more can never have its pages in `pool`, or nil.
+    public static func poolProblem(prompt: Int, maxNewTokens: Int, pool: KVPool?) -> String? {
+        guard let pool, pool.pages(for: prompt + maxNewTokens) > pool.pageCount else { return nil }
+        return "the prompt (\(prompt) tokens) and max_new_tokens (\(maxNewTokens)) need \(pool.pages(for: prompt + maxNewTokens)) KV pages "
+            + "of \(pool.pageSize) tokens, beyond the pool's \(pool.pageCount) (--kv-memory, --page-size)"
     }
 
     /// Why a prompt of `prompt` tokens with `maxNewTokens` more does not fit in `limit` positions, or nil.
@@ -77,7 +85,7 @@ public final class Engine {
     public func generate(_ requests: [GenerationRequest], keepLogits: Bool = false) throws -> [GenerationResult] {
         for r in requests { try validate(r) }
         let vocab = model.spec.vocabSize
-        let caches = requests.map { model.makeCache(capacity: $0.promptIds.count + $0.maxNewTokens, promptLength: $0.promptIds.count) }
+        let caches = try requests.map { try model.makeCache(capacity: $0.promptIds.count + $0.maxNewTokens, promptLength: $0.promptIds.count) }
         let samplers = requests.map { Sampler($0.sampling) }
         var results = requests.map {
             GenerationResult(tokens: [], promptTokens: $0.promptIds.count, finishReason: .length, stepLogits: [],

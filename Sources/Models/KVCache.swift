@@ -1,27 +1,34 @@
 import Kernels
 
-/// One sequence's keys and values for every layer, `[capacity, kvDim]` per layer, in f32 or bf16.
-public final class KVCache {
+/// Fixed-size pages of keys and values for every layer (PagedAttention's layout): page p of layer l holds
+/// `pageSize` positions' keys at `keys[l] + p · pageSize · rowBytes`, and as many values. A sequence's page table
+/// names one page per `pageSize` positions, the same page in every layer.
+///
+/// The storage is reserved at once and touched as pages are first written, so a large pool costs address space,
+/// not memory, until it is used.
+public final class KVPool {
     public let layers: Int
     public let kvDim: Int
     public let dtype: KVDType
-    /// Positions whose keys and values are stored (the next token's position).
-    public private(set) var length = 0
-    public private(set) var capacity = 0
-    /// Per layer, whether layer-routed attention sent this sequence to sparse attention (`--attention routed`):
-    /// nil until its first prefill pass decides; then kept for every later pass and decode step.
-    public var routedSparse: [Bool?]
-    /// The sequence's prompt length, as the router's `min-prompt` rule reads it; nil: its first pass's tokens.
-    public var promptLength: Int?
-    private var keys: [UnsafeMutableRawPointer] = []
-    private var values: [UnsafeMutableRawPointer] = []
+    public let pageSize: Int
+    public let pageCount: Int
+    private let keys: [UnsafeMutableRawPointer]
+    private let values: [UnsafeMutableRawPointer]
+    private var free: [Int32]
+    /// The fewest free pages there have been (for reports).
+    public private(set) var lowestFree: Int
 
-    public init(layers: Int, kvDim: Int, dtype: KVDType = .f32, capacity: Int = 64) {
+    public init(layers: Int, kvDim: Int, dtype: KVDType, pageSize: Int, pageCount: Int) {
         self.layers = layers
         self.kvDim = kvDim
         self.dtype = dtype
-        routedSparse = Array(repeating: nil, count: layers)
-        reserve(max(capacity, 1))
+        self.pageSize = pageSize
+        self.pageCount = pageCount
+        let bytes = max(pageCount * pageSize * kvDim * dtype.byteSize, 1)
+        keys = (0..<layers).map { _ in UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64) }
+        values = (0..<layers).map { _ in UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64) }
+        free = (0..<Int32(pageCount)).reversed()  // page 0 first
+        lowestFree = pageCount
     }
 
     deinit {
@@ -31,49 +38,142 @@ public final class KVCache {
 
     /// Bytes of one position's keys (or values) at one layer.
     public var rowBytes: Int { kvDim * dtype.byteSize }
+    /// Bytes one page takes in all layers, keys and values.
+    public var pageBytes: Int { 2 * layers * pageSize * rowBytes }
+    public var freePages: Int { free.count }
+    public var usedPages: Int { pageCount - free.count }
 
-    /// Makes room for `positions` positions in total, keeping what is stored.
-    public func reserve(_ positions: Int) {
-        guard positions > capacity else { return }
-        let grown = max(positions, capacity * 2), row = rowBytes
-        func grow(_ old: [UnsafeMutableRawPointer]) -> [UnsafeMutableRawPointer] {
-            (0..<layers).map { l in
-                let p = UnsafeMutableRawPointer.allocate(byteCount: grown * row, alignment: 64)
-                if l < old.count {
-                    p.copyMemory(from: old[l], byteCount: length * row)
-                    old[l].deallocate()
-                }
-                return p
-            }
-        }
-        keys = grow(keys)
-        values = grow(values)
-        capacity = grown
+    /// Pages that `positions` positions need.
+    public func pages(for positions: Int) -> Int { (positions + pageSize - 1) / pageSize }
+
+    /// Pages for a `--kv-memory` of `bytes`.
+    public static func pageCount(memory bytes: Int, layers: Int, kvDim: Int, dtype: KVDType, pageSize: Int) -> Int {
+        bytes / max(2 * layers * pageSize * kvDim * dtype.byteSize, 1)
     }
 
-    /// The keys and values of `layer`, as attention reads them.
-    public func rows(_ layer: Int) -> Attention.Rows { Attention.Rows(keys: keys[layer], values: values[layer], dtype: dtype) }
+    /// `n` pages, or nil (and nothing taken) when fewer are free.
+    func take(_ n: Int) -> [Int32]? {
+        guard n <= free.count else { return nil }
+        let taken = Array(free.suffix(n).reversed())
+        free.removeLast(n)
+        lowestFree = min(lowestFree, free.count)
+        return taken
+    }
 
-    /// Raw bytes of positions `first ..< first + count` of `layer` (keys, then the same span of values), as they
-    /// travel between ranks.
-    public func keyBytes(_ layer: Int, first: Int) -> UnsafeMutableRawPointer { keys[layer] + first * rowBytes }
-    public func valueBytes(_ layer: Int, first: Int) -> UnsafeMutableRawPointer { values[layer] + first * rowBytes }
+    func give(_ pages: [Int32]) { free.append(contentsOf: pages.reversed()) }
+
+    func keyBase(_ layer: Int) -> UnsafeMutableRawPointer { keys[layer] }
+    func valueBase(_ layer: Int) -> UnsafeMutableRawPointer { values[layer] }
+}
+
+/// The pool has too few free pages for a sequence.
+public struct KVPoolExhausted: Error, CustomStringConvertible {
+    public let needed: Int
+    public let free: Int
+    public let pool: Int
+    public let pageSize: Int
+    public var description: String {
+        "the KV cache needs \(needed) pages of \(pageSize) tokens and \(free) of the pool's \(pool) are free (--kv-memory, --page-size)"
+    }
+}
+
+/// One sequence's keys and values for every layer, in pages of a `KVPool`, in f32 or bf16.
+public final class KVCache {
+    public let pool: KVPool
+    public var layers: Int { pool.layers }
+    public var kvDim: Int { pool.kvDim }
+    public var dtype: KVDType { pool.dtype }
+    /// Positions whose keys and values are stored (the next token's position).
+    public private(set) var length = 0
+    /// Positions its pages hold.
+    public var capacity: Int { pageCount * pool.pageSize }
+    /// Per layer, whether layer-routed attention sent this sequence to sparse attention (`--attention routed`):
+    /// nil until its first prefill pass decides; then kept for every later pass and decode step.
+    public var routedSparse: [Bool?]
+    /// The sequence's prompt length, as the router's `min-prompt` rule reads it; nil: its first pass's tokens.
+    public var promptLength: Int?
+    /// The page table, one entry per `pageSize` positions; -1 where a page went back to the pool.
+    private var table: UnsafeMutablePointer<Int32>
+    private var tableCapacity: Int
+    private var pageCount = 0
+    /// Pages that went back to the pool (none is read again).
+    public private(set) var releasedPages = 0
+
+    /// A cache with pages for `capacity` positions taken from `pool`.
+    public init(pool: KVPool, capacity: Int) throws {
+        self.pool = pool
+        routedSparse = Array(repeating: nil, count: pool.layers)
+        tableCapacity = max(pool.pages(for: capacity), 4)
+        table = .allocate(capacity: tableCapacity)
+        try reserve(max(capacity, 1))
+    }
+
+    deinit {
+        var held: [Int32] = []
+        for i in 0..<pageCount where table[i] >= 0 { held.append(table[i]) }
+        pool.give(held)
+        table.deallocate()
+    }
+
+    /// Bytes of one position's keys (or values) at one layer.
+    public var rowBytes: Int { pool.rowBytes }
+    /// Pages this sequence holds now.
+    public var heldPages: Int { pageCount - releasedPages }
+
+    /// Takes pages until `positions` positions fit; throws `KVPoolExhausted` (taking none) when the pool is short.
+    public func reserve(_ positions: Int) throws {
+        let needed = pool.pages(for: positions)
+        guard needed > pageCount else { return }
+        guard let pages = pool.take(needed - pageCount) else {
+            throw KVPoolExhausted(needed: needed - pageCount, free: pool.freePages, pool: pool.pageCount, pageSize: pool.pageSize)
+        }
+        if needed > tableCapacity {
+            let grown = UnsafeMutablePointer<Int32>.allocate(capacity: max(needed, 2 * tableCapacity))
+            grown.update(from: table, count: pageCount)
+            table.deallocate()
+            table = grown
+            tableCapacity = max(needed, 2 * tableCapacity)
+        }
+        for (i, p) in pages.enumerated() { table[pageCount + i] = p }
+        pageCount = needed
+    }
+
+    /// The keys and values of `layer`, as attention reads them (through the page table).
+    public func rows(_ layer: Int) -> Attention.Rows {
+        Attention.Rows(keys: pool.keyBase(layer), values: pool.valueBase(layer), dtype: dtype, pages: table, pageSize: pool.pageSize)
+    }
+
+    /// Positions `first ..< first + count` of `layer` as runs adjacent in memory: `body(position, rows, keys,
+    /// values)` for each, in order (the raw bytes of keys and values, as they travel between ranks).
+    public func forEachRun(layer: Int, first: Int, count: Int,
+                           _ body: (_ position: Int, _ rows: Int, _ keys: UnsafeMutableRawPointer, _ values: UnsafeMutableRawPointer) -> Void) {
+        let p = pool.pageSize, row = rowBytes
+        var j = first
+        while j < first + count {
+            let n = min(first + count, (j / p + 1) * p) - j
+            let physical = Int(table[j / p]) * p + j % p
+            body(j, n, pool.keyBase(layer) + physical * row, pool.valueBase(layer) + physical * row)
+            j += n
+        }
+    }
 
     /// Stores `count` positions' keys and values (f32 `[count, kvDim]`) at `first ..< first + count` of `layer`,
     /// rounded to bf16 when the cache holds bf16.
     public func write(layer: Int, first: Int, count: Int, keys k: UnsafePointer<Float>, values v: UnsafePointer<Float>) {
         precondition(first + count <= capacity)
-        let n = count * kvDim
-        switch dtype {
-        case .f32:
-            (keys[layer] + first * rowBytes).assumingMemoryBound(to: Float.self).update(from: k, count: n)
-            (values[layer] + first * rowBytes).assumingMemoryBound(to: Float.self).update(from: v, count: n)
-        case .bf16:
-            let kd = (keys[layer] + first * rowBytes).assumingMemoryBound(to: UInt16.self)
-            let vd = (values[layer] + first * rowBytes).assumingMemoryBound(to: UInt16.self)
-            for i in 0..<n {
-                kd[i] = Widen.toBF16(k[i])
-                vd[i] = Widen.toBF16(v[i])
+        let d = kvDim
+        forEachRun(layer: layer, first: first, count: count) { j, rows, kd, vd in
+            let src = (j - first) * d, n = rows * d
+            switch dtype {
+            case .f32:
+                kd.assumingMemoryBound(to: Float.self).update(from: k + src, count: n)
+                vd.assumingMemoryBound(to: Float.self).update(from: v + src, count: n)
+            case .bf16:
+                let kb = kd.assumingMemoryBound(to: UInt16.self), vb = vd.assumingMemoryBound(to: UInt16.self)
+                for i in 0..<n {
+                    kb[i] = Widen.toBF16(k[src + i])
+                    vb[i] = Widen.toBF16(v[src + i])
+                }
             }
         }
     }
@@ -82,5 +182,22 @@ public final class KVCache {
     public func commit(_ count: Int) {
         precondition(length + count <= capacity)
         length += count
+    }
+
+    /// Gives back the pages that hold only positions in `unread` (positions no later query of any layer reads):
+    /// their table entries become -1. Returns how many went back.
+    @discardableResult
+    public func release(unread: Range<Int>) -> Int {
+        let p = pool.pageSize
+        let lo = (unread.lowerBound + p - 1) / p, hi = min(unread.upperBound / p, pageCount)
+        guard lo < hi else { return 0 }
+        var back: [Int32] = []
+        for i in lo..<hi where table[i] >= 0 {
+            back.append(table[i])
+            table[i] = -1
+        }
+        pool.give(back)
+        releasedPages += back.count
+        return back.count
     }
 }

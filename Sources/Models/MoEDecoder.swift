@@ -70,6 +70,8 @@ public final class MoEDecoder {
     /// Seconds spent in attention proper (writing K/V and attending, not the projections) since start: what the
     /// context length and sparse attention change.
     public var attentionSeconds = 0.0
+    /// The pages every sequence's KV cache takes (`--kv-memory`, `--page-size`); nil: each cache a pool of its own.
+    public var kvPool: KVPool?
     /// How new KV caches store keys and values (`--kv-dtype`).
     public var kvDType = KVDType.f32
 
@@ -107,11 +109,28 @@ public final class MoEDecoder {
     }
 
     /// A new, empty KV cache for one sequence of this model.
+    /// Pages of `kvPool` for `capacity` positions (admission reserves prompt and max_new_tokens, so a running
+    /// sequence never runs out); throws `KVPoolExhausted` when too few are free. Without a pool (a library user
+    /// that set none), the cache gets a pool of its own for `max(capacity, 256)` positions.
     /// `promptLength`: the prompt it will hold, as the layer router's `min-prompt` rule reads it.
-    public func makeCache(capacity: Int = 64, promptLength: Int? = nil) -> KVCache {
-        let cache = KVCache(layers: spec.layers, kvDim: spec.kvDim, dtype: kvDType, capacity: capacity)
+    public func makeCache(capacity: Int = 64, promptLength: Int? = nil) throws -> KVCache {
+        let pool = kvPool ?? KVPool(layers: spec.layers, kvDim: spec.kvDim, dtype: kvDType, pageSize: 16,
+                                    pageCount: (max(capacity, 256) + 15) / 16)
+        let cache = try KVCache(pool: pool, capacity: capacity)
         cache.promptLength = promptLength
         return cache
+    }
+
+    /// Pages that no layer of `cache`'s sequence reads again go back to the pool: where every layer's attention
+    /// is windowed (sparse, or a config's sliding window), the keys between the sink and the oldest window.
+    public func releaseUnread(_ cache: KVCache) {
+        var unread: Range<Int>?
+        for l in 0..<spec.layers {
+            let u = visibility(layer: l, cache: cache).unread(from: cache.length)
+            unread = unread.map { max($0.lowerBound, u.lowerBound)..<max(max($0.lowerBound, u.lowerBound), min($0.upperBound, u.upperBound)) } ?? u
+            if unread!.isEmpty { return }
+        }
+        if let unread { cache.release(unread: unread) }
     }
 
     /// Tokens of several sequences run through the model together; each sequence continues its own cache.
@@ -155,6 +174,7 @@ public final class MoEDecoder {
         for id in batch.tokens where id < 0 || id >= spec.vocabSize {
             throw ModelError.tokenOutOfRange(id: id, vocabulary: spec.vocabSize)
         }
+        for s in batch.segments { try s.cache.reserve(s.cache.length + s.count) }
         let h = spec.hiddenSize
         let x = work.x.reserve(t * h)
         embed(batch.tokens, into: x)
@@ -163,7 +183,10 @@ public final class MoEDecoder {
             attention(layer: l, batch: batch, x: x, rotary: table)
             feedForward(layer: l, tokens: t, x: x)
         }
-        for s in batch.segments { s.cache.commit(s.count) }
+        for s in batch.segments {
+            s.cache.commit(s.count)
+            releaseUnread(s.cache)
+        }
 
         var selected: [Int]
         switch rows {
@@ -186,7 +209,6 @@ public final class MoEDecoder {
         var positions: [Int] = []
         positions.reserveCapacity(batch.tokens.count)
         for s in batch.segments {
-            s.cache.reserve(s.cache.length + s.count)
             positions.append(contentsOf: s.cache.length..<(s.cache.length + s.count))
         }
         let (cos, sin) = rope.table(positions: positions)

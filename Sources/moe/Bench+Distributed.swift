@@ -30,10 +30,10 @@ extension MoE.Bench {
         func requests(_ steps: Int) -> [ClusterRequest] {
             prompts.enumerated().map { ClusterRequest(id: "\($0)", request: GenerationRequest(promptIds: $1, maxNewTokens: steps + 1)) }
         }
-        _ = try engine.run(requests: requests(min(genLen, 2))) { _ in }  // warm-up: page weights in
+        _ = try run.run(requests: requests(min(genLen, 2))) { _ in }  // warm-up: page weights in
         var runs: [ClusterRunStats] = []
         let rowsBefore = engine.expertRows
-        for _ in 0..<repetitions { runs.append(try engine.run(requests: requests(genLen)) { _ in }) }
+        for _ in 0..<repetitions { runs.append(try run.run(requests: requests(genLen)) { _ in }) }
         let stats = runs.sorted { $0.decodeSeconds < $1.decodeSeconds }[runs.count / 2]
         let prefill = runs.map { $0.prefillSeconds }.sorted()[runs.count / 2]
 

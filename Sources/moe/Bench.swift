@@ -90,6 +90,8 @@ extension MoE {
                     "decode_bytes_per_step": bytesPerStep,
                     "prefill_attention_share": prefillShare, "decode_attention_share": decodeShare,
                     "attention": modelOptions.attention, "sparse_fraction_per_layer": sparseFraction,
+                    "kv_page_size": model.kvPool?.pageSize ?? 0, "kv_pages": model.kvPool?.pageCount ?? 0,
+                    "kv_pages_peak": model.kvPool.map { $0.pageCount - $0.lowestFree } ?? 0,
                 ]
                 if format == "json" {
                     emit(try jsonLine(report))
@@ -117,7 +119,7 @@ extension MoE {
 
         /// One prefill of every prompt, then `steps` greedy decode steps.
         func measure(_ model: MoEDecoder, prompts: [[Int]], steps: Int) throws -> Measurement {
-            let caches = prompts.map { model.makeCache(capacity: $0.count + steps + 1, promptLength: $0.count) }
+            let caches = try prompts.map { try model.makeCache(capacity: $0.count + steps + 1, promptLength: $0.count) }
             let vocab = model.spec.vocabSize
             func next(_ logits: [Float]) -> [Int] {
                 logits.withUnsafeBufferPointer { all in

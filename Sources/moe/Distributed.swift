@@ -89,7 +89,12 @@ struct DistributedRun {
         }
         let statuses: [Int]
         do {
-            statuses = try Agreement.agree(comm, error: failure, expertBytes: engine?.model.bank.byteCount ?? 0).map { Int($0.expertBytes) }
+            let all = try Agreement.agree(comm, error: failure, expertBytes: engine?.model.bank.byteCount ?? 0,
+                                          kvPages: engine?.model.kvPool?.pageCount ?? 0)
+            statuses = all.map { Int($0.expertBytes) }
+            // Every rank holds the same pool: the smallest (in coherent every rank keeps every sequence).
+            let pages = all.map { Int($0.kvPages) }.min()!
+            if let model = engine?.model, model.kvPool?.pageCount != pages { model.kvPool = options.kvPool(model.spec, pageCount: pages) }
         } catch let error as ClusterError {
             if comm.rank == 0 { FileHandle.standardError.write(Data("moe: error: \(error)\n".utf8)) }
             comm.finalize()
@@ -106,6 +111,17 @@ struct DistributedRun {
             run.engine.stepModel?.combineRows = run.engine.combineRows
         }
         return run
+    }
+
+    /// Runs `requests` through the cluster; a run the head refuses (a request that can never fit every rank's KV
+    /// pool) exits 1 on every rank, rank 0 printing why.
+    func run(requests: [ClusterRequest], onResult: (ClusterResult) throws -> Void) throws -> ClusterRunStats {
+        do {
+            return try engine.run(requests: requests, onResult: onResult)
+        } catch let error as ClusterError {
+            if comm.rank == 0 { FileHandle.standardError.write(Data("moe: error: \(error)\n".utf8)) }
+            throw ExitCode(1)
+        }
     }
 
     /// Ends MPI.

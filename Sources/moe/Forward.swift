@@ -33,7 +33,7 @@ extension MoE {
                 if let reason = Engine.lengthProblem(prompt: ids.count, maxNewTokens: 0, limit: model.maxModelLen) {
                     throw ModelError.invalidArgument(reason)
                 }
-                let cache = model.makeCache(capacity: ids.count, promptLength: ids.count)
+                let cache = try model.makeCache(capacity: ids.count, promptLength: ids.count)
                 var logits: [Float] = []
                 let chunk = model.prefillChunk ?? ids.count  // passes of --prefill-chunk
                 for lo in stride(from: 0, to: ids.count, by: chunk) {

@@ -44,7 +44,7 @@ struct InputOptions: ParsableArguments {
 
     /// The requests of the file, or `single` (the prompt with the command's other flags) checked against `model`.
     func queue(_ model: MoEDecoder, single: GenerationRequest) throws -> [ClusterRequest] {
-        if let requests { return try RequestFile.parse(path: requests, vocabulary: model.spec.vocabSize, maxModelLen: model.maxModelLen) }
+        if let requests { return try RequestFile.parse(path: requests, vocabulary: model.spec.vocabSize, maxModelLen: model.maxModelLen, pool: model.kvPool) }
         guard !single.promptIds.isEmpty else { throw ModelError.emptyPrompt }
         try Engine(model: model).validate(single)
         return [ClusterRequest(id: "0", request: single)]
@@ -106,7 +106,7 @@ extension MoE {
         func runRequests(path: String) throws {
             let model = try modelOptions.load()
             let engine = Engine(model: model)
-            for r in try RequestFile.parse(path: path, vocabulary: model.spec.vocabSize, maxModelLen: model.maxModelLen) {
+            for r in try RequestFile.parse(path: path, vocabulary: model.spec.vocabSize, maxModelLen: model.maxModelLen, pool: model.kvPool) {
                 let start = Clock.now
                 let result = try engine.generate([r.request])[0]
                 emit(try resultLine(ClusterResult(id: r.id, tokens: result.tokens, promptTokens: result.promptTokens,
@@ -123,7 +123,7 @@ extension MoE {
                 queue = try input.queue(model, single: request)
             }
             defer { run.finish() }
-            _ = try run.engine.run(requests: queue) { result in
+            _ = try run.run(requests: queue) { result in
                 if input.requests != nil || !json {
                     emit(try resultLine(result))
                 } else {

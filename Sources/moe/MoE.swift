@@ -60,6 +60,12 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "How the KV cache stores keys and values: f32 (default) or bf16 (half the memory and K/V traffic; rounded when written).")
     var kvDtype: String = KVDType.f32.rawValue
 
+    @Option(help: "Bytes of KV cache pages (suffix K, M, G or T for powers of 1024; default: available memory after loading, divided among the ranks on the host).")
+    var kvMemory: String?
+
+    @Option(help: "Tokens per KV cache page.")
+    var pageSize: Int = 16
+
     @Option(help: "Positions a sequence may use, prompt and generated tokens together (default: the config's max_position_embeddings).")
     var maxModelLen: Int?
 
@@ -113,6 +119,8 @@ struct ModelOptions: ParsableArguments {
             throw ValidationError("--sparse-window must be a positive multiple of --sparse-block (\(sparseBlock)), got \(sparseWindow)")
         }
         guard KVDType(rawValue: kvDtype) != nil else { throw ValidationError("--kv-dtype must be f32 or bf16, got '\(kvDtype)'") }
+        guard pageSize >= 1 else { throw ValidationError("--page-size must be at least 1") }
+        if let m = kvMemory, Self.bytes(m) == nil { throw ValidationError("--kv-memory takes bytes with an optional K, M, G or T suffix, got '\(m)'") }
     }
 
     /// Loads the model (or builds the preset) and sets the kernel threads.
@@ -128,6 +136,7 @@ struct ModelOptions: ParsableArguments {
     /// layers the model lacks, and `routed` with neither router weights nor a layer rule.
     func configure(_ model: MoEDecoder) throws {
         model.kvDType = KVDType(rawValue: kvDtype)!
+        model.kvPool = kvPool(model.spec, pageCount: nil)
         model.maxModelLen = maxModelLen ?? configuredLength ?? .max
         model.prefillChunk = prefillChunk
         model.sparse = attention == "full" ? nil : .sinkWindow(sink: sparseSink, window: sparseWindow, block: sparseBlock)
@@ -141,6 +150,33 @@ struct ModelOptions: ParsableArguments {
             throw ModelError.invalidArgument("--attention routed: \(label) has no router weights (self_attn.mask_allocator.*); give --router-policy with layers= or fraction=")
         }
         model.router = LayerRouter(weights: model.routerWeights, policy: policy, pool: routerPool)
+    }
+
+    /// `--kv-memory` in bytes: digits with an optional K, M, G or T (powers of 1024, `iB` or `B` allowed after).
+    static func bytes(_ text: String) -> Int? {
+        var s = text.trimmingCharacters(in: .whitespaces).uppercased()
+        for tail in ["IB", "B"] where s.hasSuffix(tail) && s.count > tail.count { s.removeLast(tail.count); break }
+        var scale = 1
+        if let last = s.last, let i = "KMGT".firstIndex(of: last) {
+            scale = 1 << (10 * ("KMGT".distance(from: "KMGT".startIndex, to: i) + 1))
+            s.removeLast()
+        }
+        guard let n = Int(s), n > 0 else { return nil }
+        return n.multipliedReportingOverflow(by: scale).overflow ? nil : n * scale
+    }
+
+    /// This process's KV memory: `--kv-memory`, else MemAvailable divided among the ranks on this host.
+    var kvMemoryBytes: Int {
+        if let m = kvMemory { return Self.bytes(m)! }
+        let local = Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "1") ?? 1
+        return (MemoryBudget.availableBytes ?? 1 << 30) / max(local, 1)
+    }
+
+    /// The KV pool for `spec`: `pageCount` pages (agreed by the ranks), or as many as this process's memory holds.
+    func kvPool(_ spec: DecoderSpec, pageCount: Int?) -> KVPool {
+        let dtype = KVDType(rawValue: kvDtype)!
+        let pages = pageCount ?? KVPool.pageCount(memory: kvMemoryBytes, layers: spec.layers, kvDim: spec.kvDim, dtype: dtype, pageSize: pageSize)
+        return KVPool(layers: spec.layers, kvDim: spec.kvDim, dtype: dtype, pageSize: pageSize, pageCount: pages)
     }
 
     /// The config's `max_position_embeddings`.

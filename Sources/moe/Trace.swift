@@ -87,7 +87,7 @@ extension MoE {
             let log = RoutingLog()
             run.engine.routingLog = log
             var sparse: [String: [Int]] = [:]
-            _ = try run.engine.run(requests: queue) { result in sparse[result.id] = result.sparseLayers }
+            _ = try run.run(requests: queue) { result in sparse[result.id] = result.sparseLayers }
             let records = try log.gather(run.comm, topK: run.engine.model.spec.topK)
             guard let file else { return }
             defer { try? file.close() }

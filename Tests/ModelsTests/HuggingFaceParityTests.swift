@@ -71,7 +71,7 @@ import Testing
         let expected = try Fixtures.expected(fixture)
         let model = try MoEDecoder.load(directory: Fixtures.path(fixture))
         model.kvDType = .bf16
-        #expect(model.makeCache().dtype == .bf16)
+        #expect(try model.makeCache().dtype == .bf16)
         let out = try runForward(model, expected.ints("a.input_ids"))
         #expect(maxDifference(out.logits, expected.floats("a.logits")) < tolerance)
         let want = expected.ints("gen.tokens"), wantLogits = expected.floats("gen.step_logits")

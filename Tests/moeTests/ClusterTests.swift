@@ -142,6 +142,27 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         #expect(decisions.count > 1, "the prompts should not all get the same decisions: \(decisions)")
     }
 
+    /// A KV pool of 4 pages of 4 tokens per rank (`--kv-memory 12K` on tiny-mixtral) holds one or two of these
+    /// requests at a time: the head admits each only when its pages are free on the ranks that keep it (every rank
+    /// in coherent, the owner in ep2), and every request gets the tokens it gets alone.
+    @Test(arguments: ["ep2", "coherent"])
+    func admissionWaitsForFreePages(mode: String) throws {
+        let model = try MoEDecoder.load(directory: fixture("tiny-mixtral"))
+        let prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [15, 16, 17], [25, 26, 27, 28, 29, 30, 31], [1, 2], [40, 41, 42, 43]]
+        let requests = TemporaryPath(".jsonl")
+        try prompts.enumerated().map { i, p in #"{"id": "r\#(i)", "prompt_ids": \#(p), "max_new_tokens": 6, "temperature": 0}"# }
+            .joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let r = try MPIRun.run(3, ["generate", "--model", fixture("tiny-mixtral"), "--requests", requests.path, "--dispatch", mode,
+                                   "--page-size", "4", "--kv-memory", "12K"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let results = r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(results.count == prompts.count)
+        for (i, p) in prompts.enumerated() {
+            let alone = try Engine(model: model).generate([GenerationRequest(promptIds: p, maxNewTokens: 6)])[0].tokens
+            #expect(results.first { $0["id"] as? String == "r\(i)" }?["tokens"] as? [Int] == alone, "r\(i)")
+        }
+    }
+
     /// Prefill in passes of 4 tokens under mpirun: the forward logits within 1e-4 of one pass in one process.
     @Test(arguments: ["ep2", "coherent"])
     func chunkedPrefillMatchesOnePass(mode: String) throws {
@@ -348,6 +369,16 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         let r = try MPIRun.run(2, ["generate", "--model", fixture("tiny-mixtral"), "--requests", requests.path, "--max-model-len", "8"])
         expectStops(r, seconds: Date().timeIntervalSince(start),
                     saying: "\(requests.path):2: request 'long': the prompt (3 tokens) and max_new_tokens (6) need 9 positions, beyond the model's 8")
+    }
+
+    @Test func requestBeyondTheKVPoolStopsEveryRank() throws {
+        let requests = TemporaryPath(".jsonl")
+        try #"{"id": "fits", "prompt_ids": [1, 2], "max_new_tokens": 3}"#.appending("\n" + #"{"id": "big", "prompt_ids": [1, 2, 3], "max_new_tokens": 20}"#)
+            .write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let start = Date()
+        let r = try MPIRun.run(2, ["generate", "--model", fixture("tiny-mixtral"), "--requests", requests.path, "--page-size", "4", "--kv-memory", "12K"])
+        expectStops(r, seconds: Date().timeIntervalSince(start),
+                    saying: "\(requests.path):2: request 'big': the prompt (3 tokens) and max_new_tokens (20) need 6 KV pages of 4 tokens, beyond the pool's 4")
     }
 
     @Test func killedRankEndsTheJobAndKeepsFinishedResults() throws {

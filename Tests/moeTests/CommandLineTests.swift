@@ -129,6 +129,8 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
             #expect((json[key] as? Double).map { $0 > 0 && $0 < 1 } == true, "\(key)")
         }
         #expect(json["sparse_fraction_per_layer"] as? [Double] == [0, 0])
+        // Two sequences of 8 + 4 + 1 positions (the warm-up's are shorter): one page of 16 each, at the peak.
+        #expect(json["kv_page_size"] as? Int == 16 && json["kv_pages_peak"] as? Int == 2, "\(json)")
         // Routed by a policy: every other layer sparse for both sequences, and min-prompt above the prompt: none.
         let routed = ["bench", "--preset", "tiny", "--batch", "2", "--prompt-len", "8", "--gen-len", "2", "--repetitions", "1",
                       "--format", "json", "--attention", "routed", "--sparse-sink", "0", "--sparse-window", "4", "--sparse-block", "1"]
@@ -160,6 +162,8 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
          "has no router weights (self_attn.mask_allocator.*); give --router-policy with layers= or fraction="),
         (["generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", "1", "--attention", "routed", "--router-policy", "layers=1,3"],
          "--router-policy: layer 3 is past the model's 3 layers"),
+        (["generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", "1,2,3", "--max-new-tokens", "20", "--page-size", "4", "--kv-memory", "12K"],
+         "the prompt (3 tokens) and max_new_tokens (20) need 6 KV pages of 4 tokens, beyond the pool's 4 (--kv-memory, --page-size)"),
     ] as [([String], String)])
     func badInputFailsWithOneLine(args: [String], message: String) throws {
         let r = try MoEBinary.run(args)
@@ -197,6 +201,9 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
         ["generate", "--prompt-ids", "1", "--attention", "routed", "--router-policy", "every-other"],
         ["generate", "--prompt-ids", "1", "--attention", "sparse", "--router-policy", "fraction=0.5"],
         ["generate", "--prompt-ids", "1", "--attention", "routed", "--router-pool", "0"],
+        ["generate", "--prompt-ids", "1", "--page-size", "0"],
+        ["generate", "--prompt-ids", "1", "--kv-memory", "12Q"],
+        ["generate", "--prompt-ids", "1", "--kv-memory", "-5"],
         ["no-such-command"],
     ])
     func badFlagsExitWithUsageCode(args: [String]) throws {

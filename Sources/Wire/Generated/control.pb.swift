@@ -116,6 +116,9 @@ public nonisolated struct Moe_Control_StepPlan: Sendable {
   /// With --dispatch auto: how this step's decode runs, "ep2" or "coherent" (empty: the engine's own mode).
   public var decodeMode: String = String()
 
+  /// With shutdown: why the head stops the run before it starts (a request that can never fit); every rank fails.
+  public var error: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -135,6 +138,9 @@ public nonisolated struct Moe_Control_RankStatus: Sendable {
 
   /// Bytes of routed-expert weights this rank holds.
   public var expertBytes: Int64 = 0
+
+  /// KV cache pages this rank's memory holds (every rank then uses the smallest).
+  public var kvPages: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -295,7 +301,7 @@ nonisolated extension Moe_Control_Admission: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StepPlan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}step\0\u{1}admit\0\u{1}shutdown\0\u{3}decode_mode\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}step\0\u{1}admit\0\u{1}shutdown\0\u{3}decode_mode\0\u{1}error\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -307,6 +313,7 @@ nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.admit) }()
       case 3: try { try decoder.decodeSingularBoolField(value: &self.shutdown) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.decodeMode) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.error) }()
       default: break
       }
     }
@@ -325,6 +332,9 @@ nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf
     if !self.decodeMode.isEmpty {
       try visitor.visitSingularStringField(value: self.decodeMode, fieldNumber: 4)
     }
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -333,6 +343,7 @@ nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.admit != rhs.admit {return false}
     if lhs.shutdown != rhs.shutdown {return false}
     if lhs.decodeMode != rhs.decodeMode {return false}
+    if lhs.error != rhs.error {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -340,7 +351,7 @@ nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Moe_Control_RankStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RankStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}rank\0\u{1}ok\0\u{1}error\0\u{3}expert_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}rank\0\u{1}ok\0\u{1}error\0\u{3}expert_bytes\0\u{3}kv_pages\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -352,6 +363,7 @@ nonisolated extension Moe_Control_RankStatus: SwiftProtobuf.Message, SwiftProtob
       case 2: try { try decoder.decodeSingularBoolField(value: &self.ok) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.error) }()
       case 4: try { try decoder.decodeSingularInt64Field(value: &self.expertBytes) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self.kvPages) }()
       default: break
       }
     }
@@ -370,6 +382,9 @@ nonisolated extension Moe_Control_RankStatus: SwiftProtobuf.Message, SwiftProtob
     if self.expertBytes != 0 {
       try visitor.visitSingularInt64Field(value: self.expertBytes, fieldNumber: 4)
     }
+    if self.kvPages != 0 {
+      try visitor.visitSingularInt64Field(value: self.kvPages, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -378,6 +393,7 @@ nonisolated extension Moe_Control_RankStatus: SwiftProtobuf.Message, SwiftProtob
     if lhs.ok != rhs.ok {return false}
     if lhs.error != rhs.error {return false}
     if lhs.expertBytes != rhs.expertBytes {return false}
+    if lhs.kvPages != rhs.kvPages {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,78 @@
+import Foundation
+import Kernels
+@testable import Models
+import Testing
+
+/// The paged KV cache: transformers' numbers whatever the page size, admission by pages, and pages of windowed
+/// attention going back to the pool.
+@Suite struct PagedKVTests {
+    static func pool(_ model: MoEDecoder, pageSize: Int, pages: Int, dtype: KVDType = .f32) -> KVPool {
+        KVPool(layers: model.spec.layers, kvDim: model.spec.kvDim, dtype: dtype, pageSize: pageSize, pageCount: pages)
+    }
+
+    /// Pages of 1, 16 and 64 tokens from one shared pool, two prompts prefilled together in passes of 7 tokens:
+    /// transformers' greedy tokens and step logits (1e-4), and every page back in the pool afterwards.
+    @Test(arguments: Fixtures.names, [1, 16, 64])
+    func pagesOfAnySizeMatchTransformers(fixture: String, pageSize: Int) throws {
+        let expected = try Fixtures.expected(fixture)
+        let model = try MoEDecoder.load(directory: Fixtures.path(fixture))
+        model.kvPool = Self.pool(model, pageSize: pageSize, pages: 2 * (64 / pageSize + 2))
+        model.prefillChunk = 7
+        let want = expected.ints("gen.tokens")
+        let results = try Engine(model: model).generate([GenerationRequest(promptIds: expected.ints("gen.prompt"), maxNewTokens: want.count),
+                                                         GenerationRequest(promptIds: expected.ints("c.input_ids"), maxNewTokens: 1)],
+                                                        keepLogits: true)
+        #expect(results[0].tokens == want)
+        #expect(maxDifference(results[0].stepLogits, expected.floats("gen.step_logits")) < 1e-4)
+        let lastRow = Array(expected.floats("c.logits").suffix(model.spec.vocabSize))
+        #expect(maxDifference(results[1].stepLogits, lastRow) < 1e-4)
+        #expect(model.kvPool!.freePages == model.kvPool!.pageCount)
+    }
+
+    /// A batch whose pages the pool cannot hold fails before any forward pass and leaves every page free; a
+    /// request that could never fit is refused by validation, naming the pages.
+    @Test func admissionIsByPages() throws {
+        let model = try MoEDecoder.load(directory: Fixtures.path("tiny-mixtral"))
+        model.kvPool = Self.pool(model, pageSize: 4, pages: 6)
+        let engine = Engine(model: model)
+        let request = GenerationRequest(promptIds: [5, 6, 7, 8, 9], maxNewTokens: 6)  // 11 positions: 3 pages
+        #expect(try engine.generate([request, request])[1].tokens.count == 6)
+        do {
+            _ = try engine.generate([request, request, request])
+            Issue.record("three requests of three pages fitted in six")
+        } catch let e as KVPoolExhausted {
+            #expect(e.needed == 3 && e.free == 0 && e.pool == 6, "\(e)")
+        }
+        #expect(model.kvPool!.freePages == 6)
+        let huge = GenerationRequest(promptIds: [5, 6, 7], maxNewTokens: 22)  // 25 positions: 7 pages
+        #expect(throws: ModelError.invalidArgument("the prompt (3 tokens) and max_new_tokens (22) need 7 KV pages of 4 tokens, beyond the pool's 6 (--kv-memory, --page-size)")) {
+            try engine.validate(huge)
+        }
+    }
+
+    /// Sink + window on every layer: pages between the sink and the window go back as the sequence grows (pages
+    /// of 2 tokens, sink 2, window 4, blocks of 2), and the logits equal those with pages of 64, which keep all.
+    @Test func windowedAttentionGivesBackPagesNoLayerReads() throws {
+        let expected = try Fixtures.expected("tiny-qwen2moe")
+        let ids = expected.ints("c.input_ids")
+        func run(pageSize: Int) throws -> (logits: [Float], released: Int, held: Int, free: Int, pool: KVPool) {
+            let model = try MoEDecoder.load(directory: Fixtures.path("tiny-qwen2moe"))
+            model.sparse = .sinkWindow(sink: 2, window: 4, block: 2)
+            let pool = Self.pool(model, pageSize: pageSize, pages: 64 / pageSize + 1)
+            model.kvPool = pool
+            let cache = try model.makeCache(capacity: ids.count)
+            var logits: [Float] = []
+            for lo in stride(from: 0, to: ids.count, by: 5) {
+                logits += try model.forward(.init(tokens: Array(ids[lo..<min(ids.count, lo + 5)]), cache: cache), logits: .all)
+            }
+            return (logits, cache.releasedPages, cache.heldPages, pool.freePages, pool)
+        }
+        let small = try run(pageSize: 2), large = try run(pageSize: 64)
+        #expect(maxDifference(small.logits, large.logits) < 1e-5)
+        // 40 positions: the next query (40, block 20) sees the sink 0-1 and blocks 19 on (positions 38-39), so pages
+        // 1-18 (positions 2-37) are unread; the sink page and page 19 stay.
+        #expect(small.released == 18 && small.held == 2, "released \(small.released), held \(small.held)")
+        #expect(small.free == small.pool.pageCount - 2 && small.pool.freePages == small.pool.pageCount)  // and all once it ends
+        #expect(large.released == 0)
+    }
+}
