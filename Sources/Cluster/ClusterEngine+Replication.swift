@@ -53,6 +53,7 @@ extension ClusterEngine {
             // Admission took pages for the prompt and every new token, so the rows always have room.
             cache.forEachRun(layer: layer, first: first, count: count) { _, n, keys, _ in r.bytes(n * row, into: keys) }
             cache.forEachRun(layer: layer, first: first, count: count) { _, n, _, values in r.bytes(n * row, into: values) }
+            cache.noteKeys(layer: layer, first: first, count: count)  // the pages' key bounds (--sparse-kind topk)
         }
     }
 

@@ -14,11 +14,15 @@ public final class KVPool {
     public let pageCount: Int
     private let keys: [UnsafeMutableRawPointer]
     private let values: [UnsafeMutableRawPointer]
+    /// Per layer, each page's per-dimension key minima and maxima `[pageCount, kvDim]` (`--sparse-kind topk`).
+    private let keyMinima: [UnsafeMutablePointer<Float>]
+    private let keyMaxima: [UnsafeMutablePointer<Float>]
     private var free: [Int32]
     /// The fewest free pages there have been (for reports).
     public private(set) var lowestFree: Int
 
-    public init(layers: Int, kvDim: Int, dtype: KVDType, pageSize: Int, pageCount: Int) {
+    /// `keyBounds`: keep each page's key minima and maxima, for Quest's page selection.
+    public init(layers: Int, kvDim: Int, dtype: KVDType, pageSize: Int, pageCount: Int, keyBounds: Bool = false) {
         self.layers = layers
         self.kvDim = kvDim
         self.dtype = dtype
@@ -27,6 +31,9 @@ public final class KVPool {
         let bytes = max(pageCount * pageSize * kvDim * dtype.byteSize, 1)
         keys = (0..<layers).map { _ in UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64) }
         values = (0..<layers).map { _ in UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64) }
+        let boundCount = keyBounds ? max(pageCount * kvDim, 1) : 0
+        keyMinima = (0..<(keyBounds ? layers : 0)).map { _ in .allocate(capacity: boundCount) }
+        keyMaxima = (0..<(keyBounds ? layers : 0)).map { _ in .allocate(capacity: boundCount) }
         free = (0..<Int32(pageCount)).reversed()  // page 0 first
         lowestFree = pageCount
     }
@@ -34,6 +41,39 @@ public final class KVPool {
     deinit {
         for p in keys { p.deallocate() }
         for p in values { p.deallocate() }
+        for p in keyMinima + keyMaxima { p.deallocate() }
+    }
+
+    /// Whether pages keep their key bounds.
+    public var keepsKeyBounds: Bool { !keyMinima.isEmpty }
+
+    /// The key bounds of `layer`'s pages (only when `keepsKeyBounds`).
+    public func keyBounds(_ layer: Int) -> Attention.KeyBounds {
+        Attention.KeyBounds(minima: keyMinima[layer], maxima: keyMaxima[layer])
+    }
+
+    /// Folds stored key rows into their pages' bounds: row `offset` of physical `page`; offset 0 starts the page.
+    func noteKeys(layer: Int, page: Int, offset: Int, rows: Int, keys: UnsafeRawPointer) {
+        guard keepsKeyBounds else { return }
+        let lo = keyMinima[layer] + page * kvDim, hi = keyMaxima[layer] + page * kvDim
+        var row = [Float](repeating: 0, count: kvDim)
+        for r in 0..<rows {
+            row.withUnsafeMutableBufferPointer { b in
+                switch dtype {
+                case .f32: b.baseAddress!.update(from: (keys + r * rowBytes).assumingMemoryBound(to: Float.self), count: kvDim)
+                case .bf16: Widen.bf16((keys + r * rowBytes).assumingMemoryBound(to: UInt16.self), into: b.baseAddress!, count: kvDim)
+                }
+            }
+            if offset + r == 0 {
+                lo.update(from: row, count: kvDim)
+                hi.update(from: row, count: kvDim)
+            } else {
+                for i in 0..<kvDim {
+                    lo[i] = min(lo[i], row[i])
+                    hi[i] = max(hi[i], row[i])
+                }
+            }
+        }
     }
 
     /// Bytes of one position's keys (or values) at one layer.
@@ -46,9 +86,9 @@ public final class KVPool {
     /// Pages that `positions` positions need.
     public func pages(for positions: Int) -> Int { (positions + pageSize - 1) / pageSize }
 
-    /// Pages for a `--kv-memory` of `bytes`.
-    public static func pageCount(memory bytes: Int, layers: Int, kvDim: Int, dtype: KVDType, pageSize: Int) -> Int {
-        bytes / max(2 * layers * pageSize * kvDim * dtype.byteSize, 1)
+    /// Pages for a `--kv-memory` of `bytes` (each page's key bounds counted when it keeps them).
+    public static func pageCount(memory bytes: Int, layers: Int, kvDim: Int, dtype: KVDType, pageSize: Int, keyBounds: Bool = false) -> Int {
+        bytes / max(2 * layers * pageSize * kvDim * dtype.byteSize + (keyBounds ? 2 * layers * kvDim * 4 : 0), 1)
     }
 
     /// `n` pages, or nil (and nothing taken) when fewer are free.
@@ -143,6 +183,16 @@ public final class KVCache {
         Attention.Rows(keys: pool.keyBase(layer), values: pool.valueBase(layer), dtype: dtype, pages: table, pageSize: pool.pageSize)
     }
 
+    /// Folds the stored keys of positions `first ..< first + count` of `layer` into their pages' bounds (after they
+    /// were copied in as raw bytes; `write` does it itself).
+    public func noteKeys(layer: Int, first: Int, count: Int) {
+        guard pool.keepsKeyBounds else { return }
+        let p = pool.pageSize
+        forEachRun(layer: layer, first: first, count: count) { j, rows, keys, _ in
+            pool.noteKeys(layer: layer, page: Int(table[j / p]), offset: j % p, rows: rows, keys: keys)
+        }
+    }
+
     /// Positions `first ..< first + count` of `layer` as runs adjacent in memory: `body(position, rows, keys,
     /// values)` for each, in order (the raw bytes of keys and values, as they travel between ranks).
     public func forEachRun(layer: Int, first: Int, count: Int,
@@ -176,7 +226,11 @@ public final class KVCache {
                 }
             }
         }
+        noteKeys(layer: layer, first: first, count: count)
     }
+
+    /// The logical-to-physical page table (for key bounds).
+    public var pageTable: UnsafePointer<Int32> { UnsafePointer(table) }
 
     /// Marks `count` more positions as stored, once every layer has written them.
     public func commit(_ count: Int) {

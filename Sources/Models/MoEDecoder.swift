@@ -63,7 +63,14 @@ public final class MoEDecoder {
     /// Sparse attention (`--attention sparse`, or `routed` where the router says so): masked, positions keep their
     /// RoPE positions. Nil: full attention, with a config's `sliding_window` where it has one.
     public var sparse: Visibility?
-    /// `--attention routed`: picks full or sparse per request and layer. Nil with `sparse` set: every layer sparse.
+    /// Quest's top-k pages (`--sparse-kind topk`) for the layers that run sparse: decode reads the sink pages, the
+    /// query's page and the best-bounded others within the budget; prefill runs full. Needs a pool that keeps
+    /// key bounds.
+    public var topK: TopKPages?
+    /// Pages the top-k decode read (summed over layers and KV heads) since start.
+    public var topKPagesRead = 0
+    /// `--attention routed`: picks full or sparse per request and layer. Nil with `sparse` or `topK` set: every
+    /// layer sparse.
     public var router: LayerRouter?
     /// Flux router weights found in the checkpoint, one per layer; nil when it has none.
     public var routerWeights: [RouterMLP]?
@@ -75,26 +82,31 @@ public final class MoEDecoder {
     /// How new KV caches store keys and values (`--kv-dtype`).
     public var kvDType = KVDType.f32
 
-    /// The keys a query of `layer` sees in the sequence of `cache`.
+    /// Whether `layer` runs sparse attention (window or top-k) for the sequence of `cache`.
+    public func isSparse(layer l: Int, cache: KVCache) -> Bool {
+        guard sparse != nil || topK != nil else { return false }
+        return router == nil || cache.routedSparse[l] == true
+    }
+
+    /// The keys a query of `layer` sees in the sequence of `cache` (top-k layers: all, as their prefill runs full).
     public func visibility(layer l: Int, cache: KVCache) -> Visibility {
         let full = spec.slidingWindow[l].map { Visibility.slidingWindow($0) } ?? .causal
-        guard let sparse else { return full }
-        guard router != nil else { return sparse }
-        return cache.routedSparse[l] == true ? sparse : full
+        guard let sparse, isSparse(layer: l, cache: cache) else { return full }
+        return sparse
     }
 
     /// The layers that ran (or will run) sparse attention for the sequence of `cache`, or nil when attention is
     /// full everywhere (`--attention full`).
     public func sparseLayers(_ cache: KVCache) -> [Int]? {
-        guard sparse != nil else { return nil }
-        return (0..<spec.layers).filter { router == nil || cache.routedSparse[$0] == true }
+        guard sparse != nil || topK != nil else { return nil }
+        return (0..<spec.layers).filter { isSparse(layer: $0, cache: cache) }
     }
 
     /// With a router: decides, for every segment that starts its sequence (its first prefill pass, the whole
     /// prompt or its first chunk), from its queries `[tokens, qDim]` (after any q-norm, before RoPE). Later passes
     /// and decode steps keep the decision; a rank that did not prefill the sequence gets it with the K/V.
     func routeAttention(layer l: Int, batch: Batch, queries q: UnsafePointer<Float>) {
-        guard let router, sparse != nil else { return }
+        guard let router, sparse != nil || topK != nil else { return }
         var row = 0
         for s in batch.segments {
             if s.cache.length == 0 && s.cache.routedSparse[l] == nil {
@@ -115,7 +127,7 @@ public final class MoEDecoder {
     /// `promptLength`: the prompt it will hold, as the layer router's `min-prompt` rule reads it.
     public func makeCache(capacity: Int = 64, promptLength: Int? = nil) throws -> KVCache {
         let pool = kvPool ?? KVPool(layers: spec.layers, kvDim: spec.kvDim, dtype: kvDType, pageSize: 16,
-                                    pageCount: (max(capacity, 256) + 15) / 16)
+                                    pageCount: (max(capacity, 256) + 15) / 16, keyBounds: topK != nil)
         let cache = try KVCache(pool: pool, capacity: capacity)
         cache.promptLength = promptLength
         return cache
@@ -272,6 +284,15 @@ public final class MoEDecoder {
         for s in batch.segments {
             let first = s.cache.length
             s.cache.write(layer: l, first: first, count: s.count, keys: k + row * kvDim, values: v + row * kvDim)
+            // Decode steps only (past the prompt): prefill runs full, even a pass of one token.
+            if let topK, s.count == 1, first >= (s.cache.promptLength ?? 0), s.cache.pool.keepsKeyBounds, isSparse(layer: l, cache: s.cache) {
+                let pages = s.cache.pool.pages(for: topK.budget)
+                topKPagesRead += Attention.topKDecode(
+                    q: q + row * qDim, position: first, rows: s.cache.rows(l), bounds: s.cache.pool.keyBounds(l), shape: shape,
+                    budgetPages: pages, sinkPages: s.cache.pool.pages(for: topK.sink), into: out + row * qDim)
+                row += s.count
+                continue
+            }
             Attention.causal(q: q + row * qDim, tokens: s.count, first: first, rows: s.cache.rows(l),
                              shape: shape, visibility: visibility(layer: l, cache: s.cache), into: out + row * qDim)
             row += s.count
@@ -367,6 +388,16 @@ public final class MoEDecoder {
             }
         }
         return (total, experts)
+    }
+}
+
+/// Quest's decode budget: `budget` tokens of pages per KV head, always with the pages of the first `sink` tokens.
+public struct TopKPages: Sendable, Equatable {
+    public var budget: Int
+    public var sink: Int
+    public init(budget: Int, sink: Int) {
+        self.budget = budget
+        self.sink = sink
     }
 }
 

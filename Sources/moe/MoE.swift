@@ -81,8 +81,11 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "With --attention routed: prompt tokens pooled from each end for the router (all of them below twice this).")
     var routerPool: Int = 100
 
-    @Option(help: "With --attention sparse or routed: window (sink + recent keys, block-aligned as Flux does it).")
+    @Option(help: "With --attention sparse or routed: window (sink + recent keys, block-aligned as Flux does it) or topk (Quest: decode reads the pages whose key bounds score best, within --decode-budget; prefill runs full).")
     var sparseKind: String = "window"
+
+    @Option(help: "With --sparse-kind topk: tokens of KV pages each decode query reads per KV head, the sink's and its own page included.")
+    var decodeBudget: Int = 2048
 
     @Option(help: "Sparse window: sink tokens every query sees (a multiple of --sparse-block).")
     var sparseSink: Int = 128
@@ -110,16 +113,26 @@ struct ModelOptions: ParsableArguments {
         if routerPolicy != nil && attention != "routed" { throw ValidationError("--router-policy needs --attention routed") }
         do { _ = try routerPolicy.map(RouterPolicy.init(parsing:)) } catch { throw ValidationError("\(error)") }
         guard routerPool >= 1 else { throw ValidationError("--router-pool must be at least 1") }
-        guard sparseKind == "window" else { throw ValidationError("--sparse-kind must be window, got '\(sparseKind)' (topk is not built yet)") }
-        guard sparseBlock >= 1 else { throw ValidationError("--sparse-block must be at least 1") }
-        guard sparseSink >= 0, sparseSink % sparseBlock == 0 else {
-            throw ValidationError("--sparse-sink must be a multiple of --sparse-block (\(sparseBlock)), got \(sparseSink)")
+        guard pageSize >= 1 else { throw ValidationError("--page-size must be at least 1") }
+        guard sparseKind == "window" || sparseKind == "topk" else { throw ValidationError("--sparse-kind must be window or topk, got '\(sparseKind)'") }
+        if sparseKind == "topk" {
+            let sinkPages = (sparseSink + pageSize - 1) / pageSize
+            guard decodeBudget >= (sinkPages + 1) * pageSize else {
+                throw ValidationError("--decode-budget \(decodeBudget) is below the sink's pages and the last page: at least \((sinkPages + 1) * pageSize) tokens with --sparse-sink \(sparseSink) and --page-size \(pageSize)")
+            }
         }
-        guard sparseWindow >= sparseBlock, sparseWindow % sparseBlock == 0 else {
-            throw ValidationError("--sparse-window must be a positive multiple of --sparse-block (\(sparseBlock)), got \(sparseWindow)")
+        if sparseKind == "window" {
+            guard sparseBlock >= 1 else { throw ValidationError("--sparse-block must be at least 1") }
+            guard sparseSink >= 0, sparseSink % sparseBlock == 0 else {
+                throw ValidationError("--sparse-sink must be a multiple of --sparse-block (\(sparseBlock)), got \(sparseSink)")
+            }
+            guard sparseWindow >= sparseBlock, sparseWindow % sparseBlock == 0 else {
+                throw ValidationError("--sparse-window must be a positive multiple of --sparse-block (\(sparseBlock)), got \(sparseWindow)")
+            }
+        } else if sparseSink < 0 {
+            throw ValidationError("--sparse-sink must be at least 0")
         }
         guard KVDType(rawValue: kvDtype) != nil else { throw ValidationError("--kv-dtype must be f32 or bf16, got '\(kvDtype)'") }
-        guard pageSize >= 1 else { throw ValidationError("--page-size must be at least 1") }
         if let m = kvMemory, Self.bytes(m) == nil { throw ValidationError("--kv-memory takes bytes with an optional K, M, G or T suffix, got '\(m)'") }
     }
 
@@ -139,7 +152,9 @@ struct ModelOptions: ParsableArguments {
         model.kvPool = kvPool(model.spec, pageCount: nil)
         model.maxModelLen = maxModelLen ?? configuredLength ?? .max
         model.prefillChunk = prefillChunk
-        model.sparse = attention == "full" ? nil : .sinkWindow(sink: sparseSink, window: sparseWindow, block: sparseBlock)
+        let window = sparseKind == "window" && attention != "full"
+        model.sparse = window ? .sinkWindow(sink: sparseSink, window: sparseWindow, block: sparseBlock) : nil
+        model.topK = sparseKind == "topk" && attention != "full" ? TopKPages(budget: decodeBudget, sink: sparseSink) : nil
         model.router = nil
         guard attention == "routed" else { return }
         let policy = try routerPolicy.map(RouterPolicy.init(parsing:)) ?? RouterPolicy()
@@ -175,8 +190,10 @@ struct ModelOptions: ParsableArguments {
     /// The KV pool for `spec`: `pageCount` pages (agreed by the ranks), or as many as this process's memory holds.
     func kvPool(_ spec: DecoderSpec, pageCount: Int?) -> KVPool {
         let dtype = KVDType(rawValue: kvDtype)!
-        let pages = pageCount ?? KVPool.pageCount(memory: kvMemoryBytes, layers: spec.layers, kvDim: spec.kvDim, dtype: dtype, pageSize: pageSize)
-        return KVPool(layers: spec.layers, kvDim: spec.kvDim, dtype: dtype, pageSize: pageSize, pageCount: pages)
+        let bounds = sparseKind == "topk" && attention != "full"
+        let pages = pageCount ?? KVPool.pageCount(memory: kvMemoryBytes, layers: spec.layers, kvDim: spec.kvDim, dtype: dtype,
+                                                  pageSize: pageSize, keyBounds: bounds)
+        return KVPool(layers: spec.layers, kvDim: spec.kvDim, dtype: dtype, pageSize: pageSize, pageCount: pages, keyBounds: bounds)
     }
 
     /// The config's `max_position_embeddings`.

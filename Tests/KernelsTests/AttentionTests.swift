@@ -209,3 +209,110 @@ func referenceMasked(q: [Float], tokens: Int, first: Int, keys: [Float], values:
         #expect(RoPEScaling.yarnAttentionFactor(factor: 1, mscale: nil, mscaleAllDim: nil) == 1)
     }
 }
+
+/// Quest's page selection and the top-k decode over paged rows (a shuffled page table), against definitions.
+@Suite struct TopKAttentionTests {
+    /// Rows of `context` positions in pages of 4, stored out of order, with each page's key bounds.
+    struct Paged {
+        let shape = Attention.Shape(heads: 4, kvHeads: 2, headDim: 8)
+        let pageSize = 4, context: Int
+        let keys: [Float], values: [Float]  // logical positions
+        let table: [Int32]
+        var physicalKeys: [Float], physicalValues: [Float], minima: [Float], maxima: [Float]
+
+        init(context: Int, seed: UInt64) {
+            self.context = context
+            let kvDim = shape.kvDim, pages = (context + pageSize - 1) / pageSize
+            keys = randomFloats(context * kvDim, seed: seed)
+            values = randomFloats(context * kvDim, seed: seed + 1)
+            // Pages stored out of order: odd logical pages from the top of the pool down, even ones after.
+            let order = Array(stride(from: pages - 1, through: 0, by: -2)) + Array(stride(from: pages - 2, through: 0, by: -2))
+            table = order.map(Int32.init)
+            physicalKeys = [Float](repeating: .nan, count: pages * pageSize * kvDim)
+            physicalValues = physicalKeys
+            minima = [Float](repeating: .infinity, count: pages * kvDim)
+            maxima = [Float](repeating: -.infinity, count: pages * kvDim)
+            for j in 0..<context {
+                let page = Int(table[j / pageSize]), row = page * pageSize + j % pageSize
+                for i in 0..<kvDim {
+                    physicalKeys[row * kvDim + i] = keys[j * kvDim + i]
+                    physicalValues[row * kvDim + i] = values[j * kvDim + i]
+                    minima[page * kvDim + i] = min(minima[page * kvDim + i], keys[j * kvDim + i])
+                    maxima[page * kvDim + i] = max(maxima[page * kvDim + i], keys[j * kvDim + i])
+                }
+            }
+        }
+
+        /// The pages KV head `kvHead` should read, by the definition (bounds in Double).
+        func expectedPages(q: [Float], kvHead: Int, budget: Int, sinkPages: Int) -> [Int] {
+            let pages = (context - 1) / pageSize + 1, d = shape.headDim, g = shape.group
+            guard budget < pages else { return Array(0..<pages) }
+            var chosen = Set(0..<min(sinkPages, pages)).union([pages - 1])
+            let scored = (0..<pages).filter { !chosen.contains($0) }.map { k -> (Double, Int) in
+                let base = Int(table[k]) * shape.kvDim + kvHead * d
+                var s = 0.0
+                for hh in 0..<g {
+                    for i in 0..<d {
+                        let qi: Double = Double(q[(kvHead * g + hh) * d + i])
+                        let low: Double = qi * Double(minima[base + i]), high: Double = qi * Double(maxima[base + i])
+                        s += Swift.max(low, high)
+                    }
+                }
+                return (s, k)
+            }.sorted { (a: (Double, Int), b: (Double, Int)) -> Bool in a.0 != b.0 ? a.0 > b.0 : a.1 > b.1 }
+            for (_, k) in scored.prefix(budget - chosen.count) { chosen.insert(k) }
+            return chosen.sorted()
+        }
+
+        func run(q: [Float], budget: Int, sinkPages: Int) -> (out: [Float], read: Int) {
+            var out = [Float](repeating: .nan, count: shape.qDim)
+            var read = 0
+            physicalKeys.withUnsafeBytes { kr in
+                physicalValues.withUnsafeBytes { vr in
+                    table.withUnsafeBufferPointer { t in
+                        minima.withUnsafeBufferPointer { lo in
+                            maxima.withUnsafeBufferPointer { hi in
+                                read = Attention.topKDecode(
+                                    q: q, position: context - 1,
+                                    rows: .init(keys: kr.baseAddress!, values: vr.baseAddress!, dtype: .f32, pages: t.baseAddress!, pageSize: pageSize),
+                                    bounds: .init(minima: lo.baseAddress!, maxima: hi.baseAddress!), shape: shape,
+                                    budgetPages: budget, sinkPages: sinkPages, into: &out)
+                            }
+                        }
+                    }
+                }
+            }
+            return (out, read)
+        }
+    }
+
+    /// A budget covering every page is full attention; a smaller one reads per KV head exactly the pages the
+    /// definition picks (the sink's, the last, the best bounds), and attends over just their positions.
+    @Test(arguments: [(37, 100, 1), (37, 4, 1), (64, 5, 2), (9, 2, 1), (61, 3, 0)])
+    func topKReadsThePagesTheDefinitionPicks(context: Int, budget: Int, sinkPages: Int) {
+        let paged = Paged(context: context, seed: UInt64(context * 7 + budget))
+        let shape = paged.shape, p = paged.pageSize
+        let q = randomFloats(shape.qDim, seed: UInt64(budget))
+        let (out, read) = paged.run(q: q, budget: budget, sinkPages: sinkPages)
+        let pages = (0..<shape.kvHeads).map { paged.expectedPages(q: q, kvHead: $0, budget: budget, sinkPages: sinkPages) }
+        #expect(read == pages.map(\.count).reduce(0, +))
+        let all = (context - 1) / p + 1
+        for kvPages in pages {
+            #expect(kvPages.count == min(budget, all))
+            #expect(kvPages.contains(all - 1) && (0..<min(sinkPages, all)).allSatisfy(kvPages.contains))
+        }
+        // Each query head against the positions of its KV head's pages.
+        let want = referenceMasked(q: q, tokens: 1, first: context - 1, keys: paged.keys, values: paged.values, shape: shape) { _, _ in true }
+        var masked = [Double](repeating: 0, count: shape.qDim)
+        for h in 0..<shape.heads {
+            let kvHead = h / shape.group
+            let one = referenceMasked(q: q, tokens: 1, first: context - 1, keys: paged.keys, values: paged.values, shape: shape) { _, j in
+                pages[kvHead].contains(j / p)
+            }
+            for x in 0..<shape.headDim { masked[h * shape.headDim + x] = one[h * shape.headDim + x] }
+        }
+        let worst = zip(out, masked).map { abs(Double($0) - $1) }.max()!
+        #expect(worst < 1e-5, "largest difference \(worst)")
+        if budget >= all { #expect(zip(out, want).map { abs(Double($0) - $1) }.max()! < 1e-5) }
+    }
+}

@@ -75,4 +75,28 @@ import Testing
         #expect(small.free == small.pool.pageCount - 2 && small.pool.freePages == small.pool.pageCount)  // and all once it ends
         #expect(large.released == 0)
     }
+
+    /// Quest top-k decode (`--sparse-kind topk`): a budget covering every page is full attention; a budget of two
+    /// pages reads exactly two pages per KV head, layer and decode step, and changes the numbers.
+    @Test(arguments: ["tiny-mixtral", "tiny-qwen3moe"])
+    func topKDecodeReadsItsBudget(fixture: String) throws {
+        let expected = try Fixtures.expected(fixture)
+        let model = try MoEDecoder.load(directory: Fixtures.path(fixture))
+        let request = GenerationRequest(promptIds: expected.ints("c.input_ids"), maxNewTokens: 5)
+        let full = try Engine(model: model).generate([request], keepLogits: true)[0]
+        func topK(budget: Int) throws -> GenerationResult {
+            model.topK = TopKPages(budget: budget, sink: 4)
+            model.kvPool = KVPool(layers: model.spec.layers, kvDim: model.spec.kvDim, dtype: .f32, pageSize: 4, pageCount: 40, keyBounds: true)
+            model.topKPagesRead = 0
+            defer { model.topK = nil; model.kvPool = nil }
+            return try Engine(model: model).generate([request], keepLogits: true)[0]
+        }
+        let covering = try topK(budget: 1000)
+        #expect(covering.tokens == full.tokens && maxDifference(covering.stepLogits, full.stepLogits) < 1e-5)
+        let small = try topK(budget: 8)
+        // 4 decode steps (the first token comes from the prefill), every layer, every KV head, 2 pages each.
+        #expect(model.topKPagesRead == 4 * model.spec.layers * model.spec.kvHeads * 2)
+        #expect(maxDifference(small.stepLogits, full.stepLogits) > 1e-3)
+        #expect(Array(small.stepLogits.prefix(model.spec.vocabSize)) == Array(full.stepLogits.prefix(model.spec.vocabSize)), "prefill runs full")
+    }
 }

@@ -142,6 +142,22 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         #expect(decisions.count > 1, "the prompts should not all get the same decisions: \(decisions)")
     }
 
+    /// Quest top-k under mpirun with a budget of four pages (two chosen by their bounds): in coherent, ranks that did not prefill a sequence keep
+    /// its pages' key bounds from the replicated rows, so every rank picks the pages one process picks.
+    @Test(arguments: ["ep2", "coherent"])
+    func topKDecodeGivesTheSingleProcessTokens(mode: String) throws {
+        let prompt = try SafeTensorsFile(path: fixture("tiny-qwen2moe") + "/expected.safetensors").ints("c.input_ids")
+        let args = ["generate", "--model", fixture("tiny-qwen2moe"), "--prompt-ids", prompt.map(String.init).joined(separator: ","),
+                    "--max-new-tokens", "8", "--temperature", "0", "--json", "--attention", "sparse", "--sparse-kind", "topk",
+                    "--page-size", "4", "--sparse-sink", "4", "--decode-budget", "16"]
+        let single = try MoEBinary.run(args), cluster = try MPIRun.run(3, args + ["--dispatch", mode])
+        #expect(single.status == 0 && cluster.status == 0, "\(single.stderr) \(cluster.stderr)")
+        func tokens(_ r: MoEBinary.Result) -> [Int]? {
+            (try? JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as? [String: Any])?["tokens"] as? [Int]
+        }
+        #expect(tokens(single) != nil && tokens(cluster) == tokens(single))
+    }
+
     /// A KV pool of 4 pages of 4 tokens per rank (`--kv-memory 12K` on tiny-mixtral) holds one or two of these
     /// requests at a time: the head admits each only when its pages are free on the ranks that keep it (every rank
     /// in coherent, the owner in ep2), and every request gets the tokens it gets alone.
