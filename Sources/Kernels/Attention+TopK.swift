@@ -20,22 +20,39 @@ extension Attention {
         let pages = position / kv.pageSize + 1
         guard budgetPages < pages else { return Array(0..<pages) }
         let g = shape.group, d = shape.headDim, kvDim = shape.kvDim
-        var chosen = Set(0..<min(sinkPages, pages))
-        chosen.insert(pages - 1)
+        var chosen = [Bool](repeating: false, count: pages)
+        for k in 0..<min(sinkPages, pages) { chosen[k] = true }
+        chosen[pages - 1] = true
+        var taken = chosen.lazy.filter { $0 }.count
+        // Each query head's bound, summed over the group (summing the heads' q first would mix their signs).
         var scored: [(score: Float, page: Int)] = []
-        for k in 0..<pages where !chosen.contains(k) {
+        scored.reserveCapacity(pages)
+        for k in 0..<pages where !chosen[k] {
             let base = (kv.pages.map { Int($0[k]) } ?? k) * kvDim + kvHead * d
-            var score: Float = 0
+            let lo = bounds.minima + base, hi = bounds.maxima + base
+            var acc = SIMD16<Float>()
             for hh in 0..<g {
                 let qh = q + (kvHead * g + hh) * d
-                for i in 0..<d { score += max(qh[i] * bounds.minima[base + i], qh[i] * bounds.maxima[base + i]) }
+                var i = 0
+                while i + 16 <= d {
+                    let qv = Elementwise.load(qh + i)
+                    acc += pointwiseMax(qv * Elementwise.load(lo + i), qv * Elementwise.load(hi + i))
+                    i += 16
+                }
+                while i < d {
+                    acc[0] += max(qh[i] * lo[i], qh[i] * hi[i])
+                    i += 1
+                }
             }
-            scored.append((score, k))
+            scored.append((acc.sum(), k))
         }
         // Highest bound first; equal bounds to the later page (the more recent context).
         scored.sort { $0.score != $1.score ? $0.score > $1.score : $0.page > $1.page }
-        for s in scored.prefix(max(0, budgetPages - chosen.count)) { chosen.insert(s.page) }
-        return chosen.sorted()
+        for s in scored where taken < budgetPages {
+            chosen[s.page] = true
+            taken += 1
+        }
+        return (0..<pages).filter { chosen[$0] }
     }
 
     /// One decode query at `position` against the pages `selectPages` picks for each KV head (position's own page
@@ -46,7 +63,8 @@ extension Attention {
         let g = shape.group, d = shape.headDim, kvDim = shape.kvDim, p = kv.pageSize
         let parts = min(Parallel.workers, shape.kvHeads)
         nonisolated(unsafe) let (qp, op) = (q, out)
-        nonisolated(unsafe) var read = [Int](repeating: 0, count: shape.kvHeads)
+        let read = UnsafeMutablePointer<Int>.allocate(capacity: shape.kvHeads)  // each thread writes its heads' counts
+        defer { read.deallocate() }
         Parallel.run(parts) { part in
             var kvHead = part
             while kvHead < shape.kvHeads {
@@ -79,6 +97,6 @@ extension Attention {
                 kvHead += parts
             }
         }
-        return read.reduce(0, +)
+        return (0..<shape.kvHeads).reduce(0) { $0 + read[$1] }
     }
 }

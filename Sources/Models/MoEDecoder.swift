@@ -120,10 +120,10 @@ public final class MoEDecoder {
         }
     }
 
-    /// A new, empty KV cache for one sequence of this model.
-    /// Pages of `kvPool` for `capacity` positions (admission reserves prompt and max_new_tokens, so a running
-    /// sequence never runs out); throws `KVPoolExhausted` when too few are free. Without a pool (a library user
-    /// that set none), the cache gets a pool of its own for `max(capacity, 256)` positions.
+    /// A new, empty KV cache for one sequence of this model, with pages of `kvPool` for `capacity` positions
+    /// (admission reserves prompt and max_new_tokens, so a running sequence never runs out); throws
+    /// `KVPoolExhausted` when too few are free. Without a pool (a library user that set none), the cache gets a
+    /// pool of its own for `max(capacity, 256)` positions.
     /// `promptLength`: the prompt it will hold, as the layer router's `min-prompt` rule reads it.
     public func makeCache(capacity: Int = 64, promptLength: Int? = nil) throws -> KVCache {
         let pool = kvPool ?? KVPool(layers: spec.layers, kvDim: spec.kvDim, dtype: kvDType, pageSize: 16,
@@ -136,13 +136,14 @@ public final class MoEDecoder {
     /// Pages that no layer of `cache`'s sequence reads again go back to the pool: where every layer's attention
     /// is windowed (sparse, or a config's sliding window), the keys between the sink and the oldest window.
     public func releaseUnread(_ cache: KVCache) {
-        var unread: Range<Int>?
+        var lo = 0, hi = Int.max  // the keys no layer reads: the intersection of every layer's
         for l in 0..<spec.layers {
             let u = visibility(layer: l, cache: cache).unread(from: cache.length)
-            unread = unread.map { max($0.lowerBound, u.lowerBound)..<max(max($0.lowerBound, u.lowerBound), min($0.upperBound, u.upperBound)) } ?? u
-            if unread!.isEmpty { return }
+            lo = max(lo, u.lowerBound)
+            hi = min(hi, u.upperBound)
+            if lo >= hi { return }
         }
-        if let unread { cache.release(unread: unread) }
+        cache.release(unread: lo..<hi)
     }
 
     /// Tokens of several sequences run through the model together; each sequence continues its own cache.
