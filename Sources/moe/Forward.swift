@@ -30,7 +30,8 @@ extension MoE {
                 var routing = ForwardRouting()
                 model.routingObserver = { routing.record($1) }
                 let ids = inputIds.ids
-                if let reason = Engine.lengthProblem(prompt: ids.count, maxNewTokens: 0, limit: model.maxModelLen) {
+                if let reason = Engine.lengthProblem(prompt: ids.count, maxNewTokens: 0, limit: model.maxModelLen)
+                    ?? Engine.poolProblem(prompt: ids.count, maxNewTokens: 0, pool: model.kvPool) {
                     throw ModelError.invalidArgument(reason)
                 }
                 let cache = try model.makeCache(capacity: ids.count, promptLength: ids.count)
@@ -51,7 +52,9 @@ extension MoE {
                 for id in inputIds.ids where id < 0 || id >= model.spec.vocabSize {
                     throw ModelError.tokenOutOfRange(id: id, vocabulary: model.spec.vocabSize)
                 }
-                if let reason = Engine.lengthProblem(prompt: inputIds.ids.count, maxNewTokens: 0, limit: model.maxModelLen) {
+                // The cluster's pass holds the prompt and one more position.
+                if let reason = Engine.lengthProblem(prompt: inputIds.ids.count, maxNewTokens: 0, limit: model.maxModelLen)
+                    ?? Engine.poolProblem(prompt: inputIds.ids.count, maxNewTokens: 1, pool: model.kvPool) {
                     throw ModelError.invalidArgument(reason)
                 }
             }

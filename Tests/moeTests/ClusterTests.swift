@@ -397,6 +397,14 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
                     saying: "\(requests.path):2: request 'big': the prompt (3 tokens) and max_new_tokens (20) need 6 KV pages of 4 tokens, beyond the pool's 4")
     }
 
+    @Test func forwardBeyondTheKVPoolStopsEveryRank() throws {
+        let start = Date()
+        let r = try MPIRun.run(2, ["forward", "--model", fixture("tiny-mixtral"), "--input-ids", Array(1...16).map(String.init).joined(separator: ","),
+                                   "--output", "/tmp/unused.safetensors", "--page-size", "4", "--kv-memory", "12K"])
+        expectStops(r, seconds: Date().timeIntervalSince(start),
+                    saying: "the prompt (16 tokens) and max_new_tokens (1) need 5 KV pages of 4 tokens, beyond the pool's 4")
+    }
+
     @Test func killedRankEndsTheJobAndKeepsFinishedResults() throws {
         let k = try killRankOneMidRun { requests, pids in
             try MPIRun.start(["-np", "3", MoEBinary.url.path, "generate", "--preset", "tiny", "--requests", requests, "--max-model-len", "200000"],

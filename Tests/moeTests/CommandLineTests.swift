@@ -51,11 +51,32 @@ enum MoEBinary {
         group.enter(); DispatchQueue.global().async { e = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
         let deadline = Date().addingTimeInterval(timeout)
         while p.isRunning && Date() < deadline { usleep(10_000) }
-        if p.isRunning { p.terminate() }
+        if p.isRunning {
+            p.terminate()
+            let grace = Date().addingTimeInterval(5)
+            while p.isRunning && Date() < grace { usleep(10_000) }
+            // An mpirun whose ranks hang (one stuck in MPI_Finalize, say) may outlive SIGTERM, and the ranks hold
+            // the output pipes open: kill them and it, so that the test fails instead of waiting for ever.
+            if p.isRunning { killTree(p.processIdentifier) }
+        }
         p.waitUntilExit()
         group.wait()
         return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
     }
+}
+
+/// SIGKILL to `pid` and every process below it (found through /proc's parent ids), children first.
+func killTree(_ pid: Int32) {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    for entry in entries {
+        guard let child = Int32(entry),
+              let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { continue }
+        // Fields after the command's closing parenthesis: state, then the parent's pid.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        if fields.count > 1, Int32(fields[1]) == pid { killTree(child) }
+    }
+    kill(pid, SIGKILL)
 }
 
 func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathComponent(name).path }
@@ -164,12 +185,27 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
          "--router-policy: layer 3 is past the model's 3 layers"),
         (["generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", "1,2,3", "--max-new-tokens", "20", "--page-size", "4", "--kv-memory", "12K"],
          "the prompt (3 tokens) and max_new_tokens (20) need 6 KV pages of 4 tokens, beyond the pool's 4 (--kv-memory, --page-size)"),
+        (["forward", "--model", fixture("tiny-mixtral"), "--input-ids", Array(1...17).map(String.init).joined(separator: ","), "--output",
+          "/tmp/unused.safetensors", "--page-size", "4", "--kv-memory", "12K"],
+         "the prompt (17 tokens) and max_new_tokens (0) need 5 KV pages of 4 tokens, beyond the pool's 4"),
     ] as [([String], String)])
     func badInputFailsWithOneLine(args: [String], message: String) throws {
         let r = try MoEBinary.run(args)
         #expect(r.status == 1)
         #expect(r.stderr.contains(message), "\(r.stderr)")
         #expect(r.stderr.split(separator: "\n").count == 1)
+    }
+
+    /// The harness itself: a launch that ignores SIGTERM and leaves a child holding its output open still ends
+    /// soon after its timeout (as an mpirun whose ranks hang would), so a hang fails a test instead of CI.
+    @Test func aLaunchThatIgnoresSIGTERMIsKilledWithItsChildren() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = ["-c", "trap '' TERM; sleep 300 & wait"]
+        let start = Date()
+        let r = try MoEBinary.wait(p, timeout: 1)
+        #expect(Date().timeIntervalSince(start) < 20)
+        #expect(r.status != 0)
     }
 
     @Test func modelTooLargeForMemoryIsRefused() throws {
