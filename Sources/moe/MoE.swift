@@ -154,7 +154,7 @@ struct ModelOptions: ParsableArguments {
         model.prefillChunk = prefillChunk
         let window = sparseKind == "window" && attention != "full"
         model.sparse = window ? .sinkWindow(sink: sparseSink, window: sparseWindow, block: sparseBlock) : nil
-        model.topK = sparseKind == "topk" && attention != "full" ? TopKPages(budget: decodeBudget, sink: sparseSink) : nil
+        model.topK = usesTopK ? TopKPages(budget: decodeBudget, sink: sparseSink) : nil
         model.router = nil
         guard attention == "routed" else { return }
         let policy = try routerPolicy.map(RouterPolicy.init(parsing:)) ?? RouterPolicy()
@@ -166,6 +166,9 @@ struct ModelOptions: ParsableArguments {
         }
         model.router = LayerRouter(weights: model.routerWeights, policy: policy, pool: routerPool)
     }
+
+    /// Whether sparse layers decode by Quest's top-k pages (and the pool keeps key bounds).
+    var usesTopK: Bool { sparseKind == "topk" && attention != "full" }
 
     /// `--kv-memory` in bytes: digits with an optional K, M, G or T (powers of 1024, `iB` or `B` allowed after).
     static func bytes(_ text: String) -> Int? {
@@ -190,10 +193,9 @@ struct ModelOptions: ParsableArguments {
     /// The KV pool for `spec`: `pageCount` pages (agreed by the ranks), or as many as this process's memory holds.
     func kvPool(_ spec: DecoderSpec, pageCount: Int?) -> KVPool {
         let dtype = KVDType(rawValue: kvDtype)!
-        let bounds = sparseKind == "topk" && attention != "full"
         let pages = pageCount ?? KVPool.pageCount(memory: kvMemoryBytes, layers: spec.layers, kvDim: spec.kvDim, dtype: dtype,
-                                                  pageSize: pageSize, keyBounds: bounds)
-        return KVPool(layers: spec.layers, kvDim: spec.kvDim, dtype: dtype, pageSize: pageSize, pageCount: pages, keyBounds: bounds)
+                                                  pageSize: pageSize, keyBounds: usesTopK)
+        return KVPool(layers: spec.layers, kvDim: spec.kvDim, dtype: dtype, pageSize: pageSize, pageCount: pages, keyBounds: usesTopK)
     }
 
     /// The config's `max_position_embeddings`.
