@@ -16,12 +16,14 @@ let package = Package(
         .executable(name: "moe", targets: ["moe"]),
         .library(name: "Models", targets: ["Models"]),
         .library(name: "Kernels", targets: ["Kernels"]),
+        .library(name: "Tokenizers", targets: ["Tokenizers"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
     ],
     targets: [
         .systemLibrary(
@@ -50,6 +52,13 @@ let package = Package(
             providers: [.apt(["coinor-libcbc-dev"])]
         ),
         .target(name: "Comm", dependencies: ["CMPI"]),
+        .target(
+            name: "Tokenizers",
+            dependencies: [
+                .product(name: "HeapModule", package: "swift-collections"),
+                .product(name: "OrderedCollections", package: "swift-collections"),
+            ]
+        ),
         .target(
             name: "Wire",
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
@@ -86,6 +95,10 @@ let package = Package(
         ),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "Wire"]),
         .testTarget(name: "CommTests", dependencies: ["Comm"]),
+        .testTarget(
+            name: "TokenizersTests",
+            dependencies: ["Tokenizers", .product(name: "OrderedCollections", package: "swift-collections")]
+        ),
         .testTarget(
             name: "moeTests",
             dependencies: ["moe", "Models", "Placement", "Cluster", .product(name: "Yams", package: "Yams")],
