@@ -82,9 +82,11 @@ let package = Package(
                 "Comm",
                 "Placement",
                 "Wire",
+                "Tokenizers",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            resources: [.copy("Resources/mixtral-tokenizer")],
             swiftSettings: simdFlags
         ),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: simdFlags),

@@ -3,10 +3,12 @@
 # `medium` model (Mixtral-shaped, 354 M parameters, made in memory: no download) with `moe trace` on the cluster
 # (contiguous placement), plan an expert placement from it with `moe plan`, and run the cluster with mpirun on that
 # placement: RANKS ranks (default 2),
-# coherent (ExFlow) dispatch, 64 generated tokens. The synthetic model routes at random, so the plan here is a
-# demonstration; real gains come from real traces (README, "Placement").
+# coherent (ExFlow) dispatch, 64 generated tokens from a text prompt. The prompt is encoded, and the result decoded,
+# with the Mixtral tokenizer moe ships (the preset has Mixtral's 32,000-token vocabulary); the synthetic weights are
+# random, so the text is noise. The model routes at random too, so the plan here is a demonstration; real gains come
+# from real traces (README, "Placement").
 # Every mpirun goes through Scripts/mpirun.sh (its own OpenMPI session folder, no inherited MPI variables).
-# Environment: RANKS, DISPATCH (coherent or ep2). Extra arguments go to `moe generate`.
+# Environment: RANKS, DISPATCH (coherent or ep2), PROMPT. Extra arguments go to `moe generate`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 Scripts/setup.sh
@@ -15,9 +17,9 @@ moe=.build/release/moe
 ranks=${RANKS:-2}
 out=.build/run
 mkdir -p "$out"
-prompt=1,415,2936,9060,285,1142
-Scripts/mpirun.sh -np "$ranks" "$moe" trace --preset medium --prompt-ids "$prompt" --max-new-tokens 64 \
+prompt=${PROMPT:-"The quick brown fox jumps over"}
+Scripts/mpirun.sh -np "$ranks" "$moe" trace --preset medium --prompt "$prompt" --max-new-tokens 64 \
     --output "$out/trace.jsonl"
 "$moe" plan --trace "$out/trace.jsonl" --ranks "$ranks" --experts 8 --output "$out/plan.json"
 Scripts/mpirun.sh -np "$ranks" "$moe" generate --preset medium --placement "$out/plan.json" \
-    --dispatch "${DISPATCH:-coherent}" --prompt-ids "$prompt" --max-new-tokens 64 --temperature 0 --json "$@"
+    --dispatch "${DISPATCH:-coherent}" --prompt "$prompt" --max-new-tokens 64 --temperature 0 --json "$@"

@@ -1,7 +1,8 @@
 import Foundation
 import Models
 
-/// `--requests FILE.jsonl`: one JSON object per line with `id`, `prompt_ids`, `max_new_tokens`, and optionally
+/// `--requests FILE.jsonl`: one JSON object per line with `id`, `prompt_ids` (or `prompt` text, given `encode`),
+/// `max_new_tokens`, and optionally
 /// `temperature`, `top_p`, `top_k`, `seed`, `stop_ids`, `arrival_step`. Blank lines are skipped.
 public enum RequestFile {
     /// A line that cannot be a request.
@@ -15,8 +16,10 @@ public enum RequestFile {
 
     /// Parses the file; `vocabulary` bounds the token ids, `maxModelLen` a request's prompt and generated tokens.
     /// The first bad line throws, naming its number.
-    /// `pool`: where a request's KV pages go (one that can never fit is refused).
-    public static func parse(path: String, vocabulary: Int, maxModelLen: Int = .max, pool: KVPool? = nil) throws -> [ClusterRequest] {
+    /// `pool`: where a request's KV pages go (one that can never fit is refused). `encode`: the tokenizer, for lines
+    /// with `prompt` text.
+    public static func parse(path: String, vocabulary: Int, maxModelLen: Int = .max, pool: KVPool? = nil,
+                             encode: ((String) throws -> [Int])? = nil) throws -> [ClusterRequest] {
         guard let data = FileManager.default.contents(atPath: path) else { throw ModelError.missingFile(path: path) }
         var out: [ClusterRequest] = []
         var ids = Set<String>()
@@ -32,7 +35,18 @@ public enum RequestFile {
                 throw bad("'id' is missing or not a string")
             }
             guard ids.insert(id).inserted else { throw bad("id '\(id)' appears twice") }
-            guard let prompt = object["prompt_ids"] as? [Int], !prompt.isEmpty else { throw bad("'prompt_ids' must be a non-empty list of integers") }
+            let prompt: [Int]
+            if let text = object["prompt"] {
+                guard object["prompt_ids"] == nil else { throw bad("give 'prompt' or 'prompt_ids', not both") }
+                guard let text = text as? String, !text.isEmpty else { throw bad("'prompt' must be a non-empty string") }
+                guard let encode else { throw bad("'prompt' text needs a tokenizer (--tokenizer DIR)") }
+                do { prompt = try encode(text) } catch { throw bad("'prompt' cannot be encoded: \(error)") }
+            } else {
+                guard let ids = object["prompt_ids"] as? [Int], !ids.isEmpty else {
+                    throw bad("'prompt_ids' must be a non-empty list of integers (or give 'prompt' text)")
+                }
+                prompt = ids
+            }
             guard let maxNew = object["max_new_tokens"] as? Int, maxNew >= 1 else { throw bad("'max_new_tokens' must be an integer >= 1") }
             let stop = object["stop_ids"].map { $0 as? [Int] } ?? []
             guard let stop else { throw bad("'stop_ids' must be a list of integers") }

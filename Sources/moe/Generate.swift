@@ -2,6 +2,7 @@ import ArgumentParser
 import Cluster
 import Foundation
 import Models
+import Tokenizers
 
 /// Sampling flags shared by the commands that generate.
 struct SamplingOptions: ParsableArguments {
@@ -31,20 +32,49 @@ struct InputOptions: ParsableArguments {
     @Option(help: "Comma-separated prompt token ids.")
     var promptIds: TokenIds?
 
-    @Option(help: "Requests, one JSON object per line (id, prompt_ids, max_new_tokens, optional temperature, top_p, top_k, seed, stop_ids, arrival_step).")
+    @Option(help: "Prompt text, encoded with the tokenizer (BOS added as the tokenizer's post-processor does).")
+    var prompt: String?
+
+    @Option(help: "Requests, one JSON object per line (id, prompt_ids or prompt text, max_new_tokens, optional temperature, top_p, top_k, seed, stop_ids, arrival_step).")
     var requests: String?
+
+    @Option(help: "Hugging Face tokenizer folder (tokenizer.json). Default: the model folder's; for the built-in presets, the Mixtral tokenizer moe ships.")
+    var tokenizer: String?
 
     @Option(help: "Tokens to generate at most (with --prompt-ids).")
     var maxNewTokens: Int = 16
 
     func validate() throws {
         if maxNewTokens < 1 { throw ValidationError("--max-new-tokens must be at least 1") }
-        if (promptIds == nil) == (requests == nil) { throw ValidationError("give either --prompt-ids or --requests") }
+        if [promptIds != nil, prompt != nil, requests != nil].filter({ $0 }).count != 1 {
+            throw ValidationError("give one of --prompt-ids, --prompt or --requests")
+        }
+        if prompt?.isEmpty == true { throw ValidationError("--prompt is empty") }
+    }
+
+    /// The run's tokenizer, when one is known (see `TokenizerLocator`); required by `--prompt`.
+    func loadTokenizer(_ options: ModelOptions, vocabulary: Int) throws -> Tokenizers.Tokenizer? {
+        let t = try TokenizerLocator.load(explicit: tokenizer, model: options.model, vocabulary: vocabulary)
+        if prompt != nil, t == nil {
+            let why = options.model == nil ? "the built-in preset '\(options.preset)' has a \(vocabulary)-token vocabulary and no tokenizer"
+                : "the model folder has no tokenizer.json"
+            throw ValidationError("--prompt needs a tokenizer: \(why); give --tokenizer DIR or use --prompt-ids")
+        }
+        return t
+    }
+
+    /// The prompt's ids: `--prompt-ids`, or `--prompt` encoded.
+    func promptTokens(_ tokenizer: Tokenizers.Tokenizer?) throws -> [Int] {
+        if let prompt, let tokenizer { return try tokenizer.encode(prompt) }
+        return promptIds?.ids ?? []
     }
 
     /// The requests of the file, or `single` (the prompt with the command's other flags) checked against `model`.
-    func queue(_ model: MoEDecoder, single: GenerationRequest) throws -> [ClusterRequest] {
-        if let requests { return try RequestFile.parse(path: requests, vocabulary: model.spec.vocabSize, maxModelLen: model.maxModelLen, pool: model.kvPool) }
+    func queue(_ model: MoEDecoder, single: GenerationRequest, tokenizer: Tokenizers.Tokenizer?) throws -> [ClusterRequest] {
+        if let requests {
+            return try RequestFile.parse(path: requests, vocabulary: model.spec.vocabSize, maxModelLen: model.maxModelLen, pool: model.kvPool,
+                                         encode: tokenizer.map { t in { text in try t.encode(text) } })
+        }
         guard !single.promptIds.isEmpty else { throw ModelError.emptyPrompt }
         try Engine(model: model).validate(single)
         return [ClusterRequest(id: "0", request: single)]
@@ -74,17 +104,19 @@ extension MoE {
         @Flag(help: "Print the result as one JSON object on the last line.")
         var json = false
 
-        var request: GenerationRequest {
-            GenerationRequest(promptIds: input.promptIds?.ids ?? [], maxNewTokens: input.maxNewTokens, sampling: sampling.parameters,
+        func request(_ tokenizer: Tokenizers.Tokenizer?) throws -> GenerationRequest {
+            GenerationRequest(promptIds: try input.promptTokens(tokenizer), maxNewTokens: input.maxNewTokens, sampling: sampling.parameters,
                               stopIds: Set(stopIds?.ids ?? []))
         }
 
         func run() throws {
             if DistributedRun.active { return try runDistributed() }
             try reportingErrors {
-                if let requests = input.requests { return try runRequests(path: requests) }
-                guard !request.promptIds.isEmpty else { throw ModelError.emptyPrompt }
                 let model = try modelOptions.load()
+                let tokenizer = try input.loadTokenizer(modelOptions, vocabulary: model.spec.vocabSize)
+                if let requests = input.requests { return try runRequests(path: requests, model: model, tokenizer: tokenizer) }
+                let request = try request(tokenizer)
+                guard !request.promptIds.isEmpty else { throw ModelError.emptyPrompt }
                 let engine = Engine(model: model)
                 let r = try engine.generate([request])[0]
                 if json {
@@ -92,9 +124,9 @@ extension MoE {
                         "tokens": r.tokens, "prompt_tokens": r.promptTokens, "finish_reason": r.finishReason.rawValue,
                         "prefill_tokens_per_second": r.prefillTokensPerSecond,
                         "decode_tokens_per_second": r.decodeTokensPerSecond,
-                    ].merging(sparseField(r.sparseLayers)) { a, _ in a }))
+                    ].merging(sparseField(r.sparseLayers)) { a, _ in a }.merging(textField(tokenizer, r.tokens)) { a, _ in a }))
                 } else {
-                    emit(r.tokens.map(String.init).joined(separator: " "))
+                    emit(tokenizer.map { $0.text(of: r.tokens) } ?? r.tokens.map(String.init).joined(separator: " "))
                     emit(String(format: "%@: %d prompt tokens, %d generated (%@); prefill %.1f tok/s, decode %.1f tok/s",
                                 modelOptions.label, r.promptTokens, r.tokens.count, r.finishReason.rawValue,
                                 r.prefillTokensPerSecond, r.decodeTokensPerSecond))
@@ -103,48 +135,55 @@ extension MoE {
         }
 
         /// Many requests in one process: each in its own batch, in arrival order, one JSON line as each finishes.
-        func runRequests(path: String) throws {
-            let model = try modelOptions.load()
+        func runRequests(path: String, model: MoEDecoder, tokenizer: Tokenizers.Tokenizer?) throws {
             let engine = Engine(model: model)
-            for r in try RequestFile.parse(path: path, vocabulary: model.spec.vocabSize, maxModelLen: model.maxModelLen, pool: model.kvPool) {
+            for r in try RequestFile.parse(path: path, vocabulary: model.spec.vocabSize, maxModelLen: model.maxModelLen, pool: model.kvPool,
+                                           encode: tokenizer.map { t in { text in try t.encode(text) } }) {
                 let start = Clock.now
                 let result = try engine.generate([r.request])[0]
                 emit(try resultLine(ClusterResult(id: r.id, tokens: result.tokens, promptTokens: result.promptTokens,
                                                   finishReason: result.finishReason, timeToFirstToken: result.prefillSeconds,
-                                                  latency: Clock.since(start), sparseLayers: result.sparseLayers)))
+                                                  latency: Clock.since(start), sparseLayers: result.sparseLayers), tokenizer: tokenizer))
             }
         }
 
         /// Under mpirun: rank 0 takes the requests and every rank serves them.
         func runDistributed() throws {
             var queue: [ClusterRequest] = []
+            var tokenizer: Tokenizers.Tokenizer? = nil
             let run = try DistributedRun.start(model: modelOptions, cluster: cluster) { model, rank in
                 guard rank == 0 else { return }
-                queue = try input.queue(model, single: request)
+                tokenizer = try input.loadTokenizer(modelOptions, vocabulary: model.spec.vocabSize)
+                queue = try input.queue(model, single: try request(tokenizer), tokenizer: tokenizer)
             }
             defer { run.finish() }
             _ = try run.run(requests: queue) { result in
                 if input.requests != nil || !json {
-                    emit(try resultLine(result))
+                    emit(try resultLine(result, tokenizer: tokenizer))
                 } else {
                     let decodeSeconds = result.latency - result.timeToFirstToken
                     emit(try jsonLine([
                         "tokens": result.tokens, "prompt_tokens": result.promptTokens, "finish_reason": result.finishReason.rawValue,
                         "prefill_tokens_per_second": Double(result.promptTokens) / max(result.timeToFirstToken, 1e-9),
                         "decode_tokens_per_second": result.tokens.count > 1 ? Double(result.tokens.count - 1) / max(decodeSeconds, 1e-9) : 0,
-                    ].merging(sparseField(result.sparseLayers)) { a, _ in a }))
+                    ].merging(sparseField(result.sparseLayers)) { a, _ in a }.merging(textField(tokenizer, result.tokens)) { a, _ in a }))
                 }
             }
         }
     }
 }
 
-/// One finished request as a JSON line.
-func resultLine(_ r: ClusterResult) throws -> String {
+/// One finished request as a JSON line, with `"text"` when a tokenizer is known.
+func resultLine(_ r: ClusterResult, tokenizer: Tokenizers.Tokenizer? = nil) throws -> String {
     try jsonLine([
         "id": r.id, "tokens": r.tokens, "finish_reason": r.finishReason.rawValue, "prompt_tokens": r.promptTokens,
         "time_to_first_token_s": r.timeToFirstToken, "latency_s": r.latency,
-    ].merging(sparseField(r.sparseLayers)) { a, _ in a })
+    ].merging(sparseField(r.sparseLayers)) { a, _ in a }.merging(textField(tokenizer, r.tokens)) { a, _ in a })
+}
+
+/// `"text"`: the generated tokens decoded, when a tokenizer is known.
+func textField(_ tokenizer: Tokenizers.Tokenizer?, _ tokens: [Int]) -> [String: Any] {
+    tokenizer.map { ["text": $0.text(of: tokens)] } ?? [:]
 }
 
 /// `"sparse_layers"`: the layers whose attention ran sparse for a request, when attention is not full.

@@ -25,8 +25,9 @@ extension MoE {
 
         /// The sequences to run (each request is one), in admission order.
         func work(_ model: MoEDecoder) throws -> [ClusterRequest] {
-            let single = GenerationRequest(promptIds: input.promptIds?.ids ?? [], maxNewTokens: input.maxNewTokens, sampling: sampling.parameters)
-            let all = try input.queue(model, single: single)
+            let tokenizer = try input.loadTokenizer(modelOptions, vocabulary: model.spec.vocabSize)
+            let single = GenerationRequest(promptIds: try input.promptTokens(tokenizer), maxNewTokens: input.maxNewTokens, sampling: sampling.parameters)
+            let all = try input.queue(model, single: single, tokenizer: tokenizer)
             if input.requests != nil {  // the single prompt was checked by queue
                 let engine = Engine(model: model)
                 for r in all { try engine.validate(r.request) }
