@@ -2,7 +2,7 @@
 # Installs the Debian packages the engine builds against, only those missing; safe to run again.
 set -euo pipefail
 
-packages=(pkg-config libopenblas-dev libopenmpi-dev openmpi-bin coinor-libcbc-dev protobuf-compiler)
+packages=(pkg-config libopenblas-dev libopenmpi-dev openmpi-bin coinor-libcbc-dev protobuf-compiler curl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

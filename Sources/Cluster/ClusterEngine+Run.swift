@@ -58,6 +58,30 @@ public struct ClusterRunStats: Sendable {
     public var kvWaitSeconds = 0.0
 }
 
+/// Where the head's requests come from while the cluster runs, and where it reports their progress (`moe serve`'s
+/// queue; a fixed list for `moe generate --requests`). Called on rank 0's step-loop thread only.
+public protocol RequestSource: AnyObject {
+    /// Requests that arrived since the last call. With `wait` (nothing runs or waits), blocks until one arrives or
+    /// the source closes. `nil`: closed, and nothing more will come.
+    func next(wait: Bool) -> [ClusterRequest]?
+    /// Ids of requests to drop: waiting ones are removed, running ones end at the next step without a result.
+    func takeCancellations() -> [String]
+    /// After each step: the tokens so far of a sequence that made one, with its finish reason once done.
+    func progress(id: String, tokens: [Int], finished: FinishReason?)
+    /// A request that arrived but can never run here (it does not fit the KV pool every rank agreed on).
+    func refuse(id: String, reason: String)
+}
+
+/// The requests of a file, all known at the start.
+final class FixedRequests: RequestSource {
+    private var requests: [ClusterRequest]?
+    init(_ requests: [ClusterRequest]) { self.requests = requests }
+    func next(wait: Bool) -> [ClusterRequest]? { defer { requests = nil }; return requests }
+    func takeCancellations() -> [String] { [] }
+    func progress(id: String, tokens: [Int], finished: FinishReason?) {}
+    func refuse(id: String, reason: String) {}
+}
+
 extension ClusterEngine {
     /// The head's admission by KV pages: the owner of a request that fits where its pages go (every rank in
     /// `coherent` and `auto`, the owner in `ep2`: round-robin, else the rank with the most free pages), taking
@@ -80,7 +104,19 @@ extension ClusterEngine {
     /// broadcasts each step's plan; every rank then runs the same prefill and decode collectives. Rank 0 calls
     /// `onResult` as soon as a request finishes.
     public func run(requests: [ClusterRequest], onResult: (ClusterResult) throws -> Void) throws -> ClusterRunStats {
-        var pending = Self.admissionOrder(requests).map { requests[$0] }
+        try run(source: FixedRequests(requests), onResult: onResult)
+    }
+
+    /// The step loop with requests from `source` (read on rank 0 between steps; a request joins at the next step).
+    /// While nothing runs the head blocks in `source.next(wait: true)` and the other ranks wait for its next plan
+    /// sleeping between polls (`broadcastPatiently`), so an idle cluster leaves the cores to others.
+    public func run(source: any RequestSource, onResult: (ClusterResult) throws -> Void) throws -> ClusterRunStats {
+        var pending: [ClusterRequest] = []
+        var sourceOpen = comm.rank == 0
+        if comm.rank == 0 {
+            if let first = source.next(wait: false) { pending = Self.admissionOrder(first).map { first[$0] } } else { sourceOpen = false }
+        }
+        var firstStep = true
         var stats = ClusterRunStats()
         var step = 0
         var nextSlot = 0
@@ -95,12 +131,37 @@ extension ClusterEngine {
                 plan.shutdown = true
                 plan.error = refusal
             } else if comm.rank == 0 {
-                if pending.isEmpty && active.isEmpty {
+                if sourceOpen, !firstStep {
+                    if let arrived = source.next(wait: pending.isEmpty && active.isEmpty) {
+                        for var r in arrived {
+                            if let reason = Engine.poolProblem(prompt: r.request.promptIds.count, maxNewTokens: r.request.maxNewTokens, pool: model.kvPool) {
+                                source.refuse(id: r.id, reason: reason)
+                                continue
+                            }
+                            r.arrivalStep = max(r.arrivalStep, step)
+                            pending.append(r)
+                        }
+                    } else {
+                        sourceOpen = false
+                    }
+                }
+                firstStep = false
+                let cancelled = Set(source.takeCancellations())
+                if !cancelled.isEmpty {
+                    pending.removeAll { cancelled.contains($0.id) }
+                    plan.cancel = active.filter { cancelled.contains($0.id) }.map { Int32($0.slot) }
+                }
+                if pending.isEmpty && active.isEmpty && !sourceOpen {
                     plan.shutdown = true
                 } else {
                     if active.isEmpty, let next = pending.first, next.arrivalStep > step { step = next.arrivalStep }
                     plan.step = Int64(step)
-                    while let next = pending.first, next.arrivalStep <= step, let owner = placeCache(next.request, slot: nextSlot) {
+                    var running = active.count - plan.cancel.count, stepTokens = 0
+                    while let next = pending.first, next.arrivalStep <= step, running < maxBatch,
+                          stepTokens == 0 || stepTokens + next.request.promptIds.count <= maxStepTokens,
+                          let owner = placeCache(next.request, slot: nextSlot) {
+                        running += 1
+                        stepTokens += next.request.promptIds.count
                         pending.removeFirst()
                         var admission = Moe_Control_Admission()
                         admission.sequence = Int32(nextSlot)
@@ -112,8 +173,9 @@ extension ClusterEngine {
                     if mode == .auto { plan.decodeMode = chooseMode(active).rawValue }
                 }
             }
-            let bytes = try comm.broadcast(try plan.serializedBytes() as [UInt8], root: 0)
+            let bytes = try comm.broadcastPatiently(try plan.serializedBytes() as [UInt8], root: 0)
             plan = try Moe_Control_StepPlan(serializedBytes: bytes)
+            for slot in plan.cancel { sequences[Int(slot)] = nil }
             if plan.shutdown {
                 if !plan.error.isEmpty { throw ClusterError.refused(plan.error) }
                 try completeAllReplication()
@@ -154,6 +216,9 @@ extension ClusterEngine {
                 }
             }
             if comm.rank == 0 {
+                for s in admitted + decoding where !s.tokens.isEmpty {
+                    source.progress(id: s.id, tokens: s.tokens, finished: s.done ? s.finishReason : nil)
+                }
                 for s in finished {
                     try onResult(ClusterResult(
                         id: s.id, tokens: s.tokens, promptTokens: s.request.promptIds.count, finishReason: s.finishReason,

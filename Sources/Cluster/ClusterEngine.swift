@@ -81,6 +81,10 @@ public final class ClusterEngine {
     /// Router decisions this rank made in this step (`auto` mode): slot → layer → experts of its latest position.
     var routingThisStep: [Int: [Int: [Int]]] = [:]
     var sequences: [Int: SequenceState] = [:]
+    /// Sequences running at once at most (`moe serve --max-batch`); more wait.
+    public var maxBatch = Int.max
+    /// Prompt tokens the head admits into one step at most (`--max-step-tokens`), though always one request.
+    public var maxStepTokens = Int.max
     /// Step-end payload this rank contributes: sampled tokens, and (coherent) K/V rows it computed.
     var tokenOut = ByteWriter(), kvOut = ByteWriter()
     /// Free KV pages of every rank as of the last step-end allgather (the head admits by them).

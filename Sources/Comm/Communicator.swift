@@ -15,6 +15,8 @@ public protocol Communicator: AnyObject {
     func allgatherv(_ send: [UInt8]) throws -> [[UInt8]]
     /// `root`'s bytes on every rank.
     func broadcast(_ bytes: [UInt8], root: Int) throws -> [UInt8]
+    /// `broadcast` for messages that may be long in coming: the other ranks wait without spinning.
+    func broadcastPatiently(_ bytes: [UInt8], root: Int) throws -> [UInt8]
     /// `send[r]` goes to rank r; returns what each rank sent here, by source rank. One logical all-to-all
     /// (MPI_Alltoall of the sizes, then MPI_Alltoallv of the bytes), counted under `kind`.
     func alltoallv(_ send: [[UInt8]], kind: CommCounters.Kind) throws -> [[UInt8]]

@@ -9,7 +9,7 @@ struct MoE: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "moe",
         abstract: "A Mixture-of-Experts inference engine (Mixtral, Qwen2-MoE, OLMoE, Qwen3-MoE) on the CPU.",
-        subcommands: [Forward.self, Generate.self, Tokenize.self, ChatTemplateCommand.self, InitModel.self, Trace.self, Plan.self, Bench.self, Calibrate.self, Predict.self, CommBench.self, KernelBench.self])
+        subcommands: [Forward.self, Generate.self, Serve.self, Tokenize.self, ChatTemplateCommand.self, InitModel.self, Trace.self, Plan.self, Bench.self, Calibrate.self, Predict.self, CommBench.self, KernelBench.self])
 }
 
 /// Runs a command body, turning domain errors into one line on stderr and exit code 1.

@@ -49,7 +49,9 @@ enum MPIRun {
 
     /// Starts `mpirun ARGUMENTS…` (everything after `mpirun`: options, `-np`, programs, `:` for MPMD), with
     /// `--allow-run-as-root --oversubscribe` and a session directory of its own.
-    static func start(_ arguments: [String], environment extra: [String: String] = [:]) throws -> Launch {
+    /// With `defaultSignals`, mpirun starts as from a terminal: no signal blocked, SIGINT, SIGTERM and SIGUSR1 at
+    /// their defaults (the test runner's threads hand down what they block and ignore), so it forwards SIGUSR1.
+    static func start(_ arguments: [String], environment extra: [String: String] = [:], defaultSignals: Bool = false) throws -> Launch {
         var session: String? = nil
         var options = ["--allow-run-as-root", "--oversubscribe"]
         if !sharedSessionDirectory {
@@ -59,8 +61,16 @@ enum MPIRun {
             session = String(cString: made)
             options += ["--mca", "orte_tmpdir_base", session!]
         }
+        if defaultSignals {
+            return try launch(URL(fileURLWithPath: "/usr/bin/env"), ["python3", "-c", signalReset, "/usr/bin/mpirun"] + options + arguments,
+                              environment: extra, session: session)
+        }
         return try launch(URL(fileURLWithPath: "/usr/bin/env"), ["mpirun"] + options + arguments, environment: extra, session: session)
     }
+
+    /// Python that unblocks every signal, puts SIGINT, SIGTERM and SIGUSR1 back to their defaults and execs argv[1:].
+    static let signalReset = "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, set()); "
+        + "[signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]; os.execv(sys.argv[1], sys.argv[1:])"
 
     /// Starts `executable arguments…` with the launch environment, its output piped to the returned launch.
     private static func launch(_ executable: URL, _ arguments: [String], environment extra: [String: String], session: String?) throws -> Launch {

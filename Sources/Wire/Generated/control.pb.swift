@@ -119,6 +119,9 @@ public nonisolated struct Moe_Control_StepPlan: Sendable {
   /// With shutdown: why the head stops the run before it starts (a request that can never fit); every rank fails.
   public var error: String = String()
 
+  /// Sequences (by slot) that end now without a result (their client went away, or a stop string was seen).
+  public var cancel: [Int32] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -301,7 +304,7 @@ nonisolated extension Moe_Control_Admission: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StepPlan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}step\0\u{1}admit\0\u{1}shutdown\0\u{3}decode_mode\0\u{1}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}step\0\u{1}admit\0\u{1}shutdown\0\u{3}decode_mode\0\u{1}error\0\u{1}cancel\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -314,6 +317,7 @@ nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf
       case 3: try { try decoder.decodeSingularBoolField(value: &self.shutdown) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.decodeMode) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      case 6: try { try decoder.decodeRepeatedInt32Field(value: &self.cancel) }()
       default: break
       }
     }
@@ -335,6 +339,9 @@ nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf
     if !self.error.isEmpty {
       try visitor.visitSingularStringField(value: self.error, fieldNumber: 5)
     }
+    if !self.cancel.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.cancel, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -344,6 +351,7 @@ nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.shutdown != rhs.shutdown {return false}
     if lhs.decodeMode != rhs.decodeMode {return false}
     if lhs.error != rhs.error {return false}
+    if lhs.cancel != rhs.cancel {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
