@@ -11,6 +11,8 @@
 #   interfaces needs; without it OpenMPI picks the interfaces.
 # - Goes through Scripts/mpirun.sh (a session folder of its own per launch). Exit status: mpirun's; 2 for bad
 #   arguments.
+# - For `serve`, SIGTERM (Slurm's and Kubernetes' stop) drains: it reaches rank 0 as SIGUSR1, which stops taking
+#   requests, finishes those in flight and exits 0.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 hostfile="" subnet="" np=""
@@ -38,4 +40,5 @@ moe=${MOE:-$root/.build/release/moe}
 options=(--hostfile "$hostfile" -np "$np" --map-by slot --bind-to none --mca btl self,vader,tcp)
 [ -z "$subnet" ] || options+=(--mca btl_tcp_if_include "$subnet" --mca oob_tcp_if_include "$subnet")
 export MOE_MPIRUN_NO_OVERSUBSCRIBE=1
+[ "$1" != serve ] || export MOE_DRAIN_ON_TERM=1
 exec "$root/Scripts/mpirun.sh" "${options[@]}" "$moe" "$@"

@@ -9,6 +9,9 @@
 #   MOE_MPIRUN_TMPDIR puts that folder elsewhere than /tmp (Deploy/netns-cluster.sh: inside its own work folder,
 #   so the folder goes with it even if this wrapper is killed);
 # - as root it passes --allow-run-as-root, and --oversubscribe unless MOE_MPIRUN_NO_OVERSUBSCRIBE=1.
+# - SIGUSR1 goes to mpirun, which forwards it to the ranks (`moe serve` drains on it). With MOE_DRAIN_ON_TERM=1
+#   SIGTERM (what Slurm and Kubernetes send) becomes SIGUSR1 too: OpenMPI 4.1's mpirun would abort its ranks on
+#   SIGTERM, losing the requests in flight.
 # Exit status: mpirun's. SIGINT/SIGTERM go to mpirun, which ends its ranks; the session folder goes either way.
 set -uo pipefail
 if [ -n "${PMIX_RANK:-}${OMPI_COMM_WORLD_SIZE:-}" ]; then
@@ -21,7 +24,13 @@ options=(--mca orte_tmpdir_base "$session")
 # Explicit <&0: a background command of a script otherwise reads /dev/null (mpirun forwards stdin to rank 0).
 mpirun "${options[@]}" "$@" <&0 &
 pid=$!
-trap 'kill -TERM "$pid" 2>/dev/null' INT TERM
+trap 'kill -TERM "$pid" 2>/dev/null' INT
+trap 'kill -USR1 "$pid" 2>/dev/null' USR1
+if [ "${MOE_DRAIN_ON_TERM:-0}" = 1 ]; then
+    trap 'kill -USR1 "$pid" 2>/dev/null' TERM
+else
+    trap 'kill -TERM "$pid" 2>/dev/null' TERM
+fi
 # `wait` returns early when a trapped signal arrives: wait again until mpirun has really gone.
 while :; do
     wait "$pid"; status=$?

@@ -13,8 +13,10 @@ extension MoE {
             Prefill runs all prompts in one forward pass (logits of each prompt's last token only); decode then \
             runs --gen-len steps of one token per sequence (greedy). After one warm-up pass the measurement is \
             repeated and the median is reported. Prefill is compared with GEMM peak (GFLOP/s), decode with DRAM \
-            bandwidth (bytes of weights and KV cache each step reads).
-            """)
+            bandwidth (bytes of weights and KV cache each step reads). `moe bench serve` measures a running server \
+            instead.
+            """,
+            subcommands: [BenchServe.self])
 
         @OptionGroup var modelOptions: ModelOptions
         @OptionGroup var cluster: ClusterOptions

@@ -15,13 +15,26 @@ import Testing
         let launch: MPIRun.Launch?
 
         /// Starts `moe serve` (under mpirun with `ranks`) on a free port and waits until it is ready.
-        init(_ extra: [String] = [], ranks: Int? = nil) throws {
+        /// `throughScript`: started as `MOE_DRAIN_ON_TERM=1 Scripts/mpirun.sh -np ranks moe serve ...`, as
+        /// `Deploy/launch.sh` starts it.
+        init(_ extra: [String] = [], ranks: Int? = nil, throughScript: Bool = false) throws {
             tokenizer = try TextCommandTests.byteTokenizer()
             let config = #"{"eos_token": null, "chat_template": "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system messages') }}{% endif %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"}"#
             try config.write(toFile: tokenizer + "/tokenizer_config.json", atomically: true, encoding: .utf8)
             let args = ["serve", "--model", fixture("tiny-mixtral"), "--tokenizer", tokenizer, "--port", "0", "--served-model-name", "tiny"] + extra
             let p: Process
-            if let ranks {
+            if throughScript {
+                launch = nil
+                p = Process()
+                p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+                let script = LaunchSiteTests.root.appendingPathComponent("Scripts/mpirun.sh").path
+                p.arguments = ["python3", "-c", MPIRun.signalReset, "/bin/bash", script, "-np", "\(ranks ?? 2)", MoEBinary.url.path] + args
+                p.environment = MPIRun.environment(["MOE_DRAIN_ON_TERM": "1"])
+                stdout = Pipe(); stderr = Pipe()
+                p.standardOutput = stdout
+                p.standardError = stderr
+                try p.run()
+            } else if let ranks {
                 let l = try MPIRun.start(["-np", "\(ranks)", MoEBinary.url.path] + args, defaultSignals: true)
                 launch = l
                 p = l.process
@@ -203,6 +216,25 @@ import Testing
         text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last!) }
     }
 
+    @Test func benchServeCountsWhatTheServerMade() throws {
+        let server = try Server()
+        let before = Self.metric(try Self.curl(server.url + "/metrics").body, "moe_generation_tokens_total") ?? 0
+        let r = try MoEBinary.run(["bench", "serve", "--base-url", server.url, "--num-prompts", "6", "--max-concurrency", "3",
+                                   "--request-rate", "50", "--input-len", "8", "--output-len", "5", "--format", "json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as? [String: Any])
+        #expect(json["completed"] as? Int == 6)
+        #expect(json["failed"] as? Int == 0)
+        #expect(json["total_output_tokens"] as? Int == 30)  // ignore_eos: exactly the output length each
+        #expect((json["output_throughput"] as? Double ?? 0) > 0)
+        let ttft = try #require(json["ttft_ms"] as? [String: Double])
+        #expect(ttft["p50"]! > 0 && ttft["p50"]! <= ttft["p99"]!)
+        let after = Self.metric(try Self.curl(server.url + "/metrics").body, "moe_generation_tokens_total") ?? 0
+        #expect(after - before == 30)
+        let refused = try MoEBinary.run(["bench", "serve", "--base-url", "http://127.0.0.1:1", "--num-prompts", "1"])
+        #expect(refused.status == 1)
+    }
+
     @Test func badRequestsGetTheirStatusAndMessage() throws {
         let server = try Server(["--api-key", "sekrit", "--max-body-bytes", "4096"])
         let auth = ["Authorization: Bearer sekrit"]
@@ -279,8 +311,10 @@ import Testing
         #expect(next.status == 200, "\(next.body)")
     }
 
-    @Test func sigusr1ToMpirunDrainsAndExitsZero() throws {
-        let server = try Server([], ranks: 2)
+    @Test(arguments: [(SIGUSR1, false), (SIGTERM, true)])
+    func aSignalDrainsAndExitsZero(signal: Int32, throughScript: Bool) throws {
+        // SIGUSR1 to mpirun itself, or SIGTERM to the wrapper Deploy/launch.sh uses (it turns it into SIGUSR1).
+        let server = try Server([], ranks: 2, throughScript: throughScript)
         let url = server.url
         let group = DispatchGroup()
         nonisolated(unsafe) var streamReply: Reply? = nil
@@ -290,7 +324,7 @@ import Testing
             group.leave()
         }
         usleep(700_000)
-        kill(server.process.processIdentifier, SIGUSR1)
+        kill(server.process.processIdentifier, signal)
         usleep(300_000)
         let late = try Self.curl(server.url + "/v1/completions", body: #"{"prompt": "x", "max_tokens": 2}"#)
         #expect(late.status == 503 || late.status == 0, "\(late.status) \(late.body)")  // 0: the server already closed

@@ -48,7 +48,7 @@ final class OpenAIServer: Sendable {
             await self.answer("models", request) { model in
                 Self.json(200, ["object": "list", "data": [[
                     "id": model.name, "object": "model", "created": self.created, "owned_by": "moe", "root": model.name,
-                    "max_model_len": model.maxModelLen,
+                    "max_model_len": model.maxModelLen, "vocab_size": model.vocabulary,
                 ]]])
             }
         }
