@@ -7,6 +7,18 @@ enum SplitBehavior: String, Sendable {
 /// Where Metaspace puts its replacement character in front of a stretch.
 enum PrependScheme: String, Sendable {
     case always, first, never
+
+    /// A Metaspace component's `prepend_scheme`, or its older `add_prefix_space` (default: always).
+    init(_ json: JSONObject) throws {
+        if let name = try json.optionalString("prepend_scheme") {
+            guard let s = PrependScheme(rawValue: name) else {
+                throw TokenizerError.malformed(path: json.path, field: json.field("prepend_scheme"), reason: "'\(name)' is not always, first or never")
+            }
+            self = s
+        } else {
+            self = try json.bool("add_prefix_space", default: true) ? .always : .never
+        }
+    }
 }
 
 /// `tokenizer.json`'s `pre_tokenizer`: splits a normalized stretch into the words BPE encodes one by one.
@@ -39,17 +51,8 @@ indirect enum PreTokenizer: Sendable {
             self = .byteLevel(addPrefixSpace: try json.bool("add_prefix_space", default: true),
                               useRegex: try json.bool("use_regex", default: true))
         case "Metaspace":
-            let replacement = try json.string("replacement")
-            var scheme = PrependScheme.always
-            if let name = try json.optionalString("prepend_scheme") {
-                guard let s = PrependScheme(rawValue: name) else {
-                    throw TokenizerError.malformed(path: json.path, field: json.field("prepend_scheme"), reason: "'\(name)' is not always, first or never")
-                }
-                scheme = s
-            } else if json.has("add_prefix_space") {
-                scheme = try json.bool("add_prefix_space", default: true) ? .always : .never
-            }
-            self = .metaspace(replacement: replacement, prepend: scheme, split: try json.bool("split", default: true))
+            self = .metaspace(replacement: try json.string("replacement"), prepend: try PrependScheme(json),
+                              split: try json.bool("split", default: true))
         case "Whitespace": self = .whitespace
         case "WhitespaceSplit": self = .whitespaceSplit
         case "Digits": self = .digits(individual: try json.bool("individual_digits", default: false))

@@ -22,16 +22,7 @@ indirect enum TokenDecoder: Sendable {
         case "Strip": self = .strip(try json.string("content"), start: try json.int("start"), stop: try json.int("stop"))
         case "ByteLevel": self = .byteLevel
         case "Metaspace":
-            var scheme = PrependScheme.always
-            if let name = try json.optionalString("prepend_scheme") {
-                guard let s = PrependScheme(rawValue: name) else {
-                    throw TokenizerError.malformed(path: json.path, field: json.field("prepend_scheme"), reason: "'\(name)' is not always, first or never")
-                }
-                scheme = s
-            } else if json.has("add_prefix_space") {
-                scheme = try json.bool("add_prefix_space", default: true) ? .always : .never
-            }
-            self = .metaspace(replacement: try json.string("replacement"), prepend: scheme)
+            self = .metaspace(replacement: try json.string("replacement"), prepend: try PrependScheme(json))
         default: throw TokenizerError.unsupported(component: "decoder", kind: kind)
         }
     }

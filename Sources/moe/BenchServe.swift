@@ -1,6 +1,7 @@
 import ArgumentParser
 import AsyncHTTPClient
 import Foundation
+import Models
 import Synchronization
 import NIOCore
 import Tokenizers
@@ -99,7 +100,7 @@ extension MoE {
             guard let first = card.object?["data"]?.array?.first?.object else { throw ValidationError("\(base)/v1/models names no model") }
             let name = model ?? first["id"]?.string ?? "default"
             let vocabulary = first["vocab_size"]?.int ?? 32_000
-            var rng = SplitMix(seed: seed)
+            var rng = SplitMix64(seed: seed)
             var prompts: [(JSONValue, Int)] = []
             if let dataset {
                 guard let data = FileManager.default.contents(atPath: dataset) else { throw ValidationError("cannot read \(dataset)") }
@@ -236,18 +237,5 @@ extension MoE {
             }
             return sample
         }
-    }
-}
-
-/// SplitMix64: a small seeded generator for reproducible prompts and arrivals.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
