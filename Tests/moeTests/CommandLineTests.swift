@@ -65,18 +65,30 @@ enum MoEBinary {
     }
 }
 
-/// SIGKILL to `pid` and every process below it (found through /proc's parent ids), children first.
+/// SIGKILL to `pid` and every process below it (found through /proc's parent ids). The whole tree is listed
+/// before anything is killed, and the parent goes first: a parent whose child died first could end on its own
+/// (a shell's `wait` returns 0) and look like a launch that finished cleanly.
 func killTree(_ pid: Int32) {
+    var tree = [pid]
+    var next = 0
+    while next < tree.count {
+        tree += children(of: tree[next])
+        next += 1
+    }
+    for p in tree { kill(p, SIGKILL) }
+}
+
+/// The processes whose parent is `pid`.
+func children(of pid: Int32) -> [Int32] {
     let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-    for entry in entries {
+    return entries.compactMap { entry -> Int32? in
         guard let child = Int32(entry),
               let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { continue }
+              let close = stat.lastIndex(of: ")") else { return nil }
         // Fields after the command's closing parenthesis: state, then the parent's pid.
         let fields = stat[stat.index(after: close)...].split(separator: " ")
-        if fields.count > 1, Int32(fields[1]) == pid { killTree(child) }
+        return fields.count > 1 && Int32(fields[1]) == pid ? child : nil
     }
-    kill(pid, SIGKILL)
 }
 
 func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathComponent(name).path }
