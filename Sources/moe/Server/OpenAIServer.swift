@@ -312,9 +312,8 @@ final class OpenAIServer: Sendable {
                 metrics.finished(promptTokens: request.promptIds.count, generated: tokens.count, reason: outcome.finishReason,
                                  timeToFirstToken: firstToken, latency: Date().timeIntervalSince(start))
                 return outcome
-            case .failed(let message):
-                throw APIError(status: message.contains("KV") || message.contains("pages") ? 400 : 500, message: message,
-                               type: message.contains("KV") || message.contains("pages") ? "invalid_request_error" : "internal_error", param: nil)
+            case .failed(let message, let status):
+                throw APIError(status: status, message: message, type: status == 400 ? "invalid_request_error" : "internal_error", param: nil)
             }
         }
         throw APIError(status: 500, message: "the cluster stopped before the request finished", type: "internal_error", param: nil)

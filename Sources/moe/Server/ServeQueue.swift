@@ -8,8 +8,8 @@ enum ServeEvent: Sendable {
     case tokens([Int])
     /// Generation ended: the engine's reason (length, or a stop id).
     case finished(FinishReason)
-    /// The cluster cannot run it (it can never fit the KV pool), or the cluster stopped.
-    case failed(String)
+    /// The cluster cannot run it: it can never fit the KV pool (`status` 400), or the cluster stopped (500).
+    case failed(String, status: Int)
 }
 
 /// Why a request was not queued.
@@ -80,7 +80,7 @@ final class ServeQueue: RequestSource, @unchecked Sendable {  // Every field is 
     /// Ends every stream still open with `message` (the cluster stopped).
     func failAll(_ message: String) {
         lock.lock(); defer { lock.unlock() }
-        for (_, c) in streams { c.yield(.failed(message)); c.finish() }
+        for (_, c) in streams { c.yield(.failed(message, status: 500)); c.finish() }
         streams.removeAll()
         arrived.removeAll()
         inFlight = 0
@@ -129,7 +129,7 @@ final class ServeQueue: RequestSource, @unchecked Sendable {  // Every field is 
     func refuse(id: String, reason: String) {
         lock.lock(); defer { lock.unlock() }
         guard let c = streams.removeValue(forKey: id) else { return }
-        c.yield(.failed(reason))
+        c.yield(.failed(reason, status: 400))
         c.finish()
         inFlight -= 1
         updateGauges()
