@@ -54,8 +54,10 @@ launcher() {
         *) launch=(Deploy/netns-cluster.sh --hosts 2 --cores "0;1" --rate "$1" --) ;;
     esac
 }
-# The step-time model's rates, once per link, by microbenchmarks (never fitted to the runs below): auto reads them,
-# and the table's predicted column comes from them.
+# The step-time model's rates come from microbenchmarks, never from the runs below: every run measures them after
+# its warm-up on its own experts (`bench --predict`; `auto` decides with them) and reports what the model predicts
+# for its decode steps, given the routing they took. Once per link, `moe calibrate` writes them to a file as well,
+# and `moe predict` gives the model's figure from that file alone (the second predicted column).
 for link in $links; do
     launcher "$link"
     [ -f "$out/calibration-$link.json" ] || "${launch[@]}" -np 2 "$moe" calibrate --model "$model" --threads 1 --output "$out/calibration-$link.json" >&2
@@ -72,14 +74,13 @@ for ((round = 1; round <= reps; round++)); do
                   for lever in $levers; do
                     [ "$mode" = ep2 ] && [ "$lever" = step-end ] && continue  # ep2 replicates no K/V
                     lever_flags "$lever"
-                    calibration=(); [ "$mode" != auto ] || calibration=(--calibration "$out/calibration-$link.json")
                     # shellcheck disable=SC2086  # EXTRA is split into flags on purpose
                     line=$("${launch[@]}" -np 2 "$moe" bench --model "$model" \
                         --threads 1 --batch "$batch" --prompt-len "$prompt" --gen-len "$gen" --repetitions 1 --format json \
-                        --dispatch "$mode" "${plan[@]}" "${calibration[@]}" "${flags[@]}" --routing "replay:$replay" ${EXTRA:-} | tail -n 1)
+                        --dispatch "$mode" "${plan[@]}" --predict "${flags[@]}" --routing "replay:$replay" ${EXTRA:-} | tail -n 1)
                     python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r.update(link=sys.argv[2], plan=sys.argv[3], round=int(sys.argv[4]), lever=sys.argv[5]); print(json.dumps(r))' \
                         "$line" "$link" "$placement" "$round" "$lever" >> "$runs"
-                    echo "round $round: $link batch $batch $placement $mode $lever: $(python3 -c 'import json,sys; print("%.1f tok/s" % json.loads(sys.argv[1])["decode_tokens_per_s"])' "$line")" >&2
+                    echo "round $round: $link batch $batch $placement $mode $lever: $(python3 -c 'import json,sys; r = json.loads(sys.argv[1]); print("%.1f tok/s (predicted %.1f)" % (r["decode_tokens_per_s"], r["predicted_decode_tokens_per_s"]))' "$line")" >&2
                   done
                 done
             done
@@ -114,8 +115,8 @@ cells = {}
 for r in runs:
     cells.setdefault((r["link"], r["batch"], r["plan"], r["dispatch"], r.get("lever", "exact")), []).append(r)
 def med(rs, f): return statistics.median(f(r) for r in rs)
-lines = ["| link | batch | placement | dispatch | lever | decode tok/s (min-max) | vs best ep2 | predicted (error) | KB/token: dispatch, combine, p2p, allgather, K/V | K/V wait ms/step | p2p msgs / MoE layer | modes run |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+lines = ["| link | batch | placement | dispatch | lever | decode tok/s (min-max) | vs best ep2 | predicted in the run (error) | predicted from the file (error) | KB/token: dispatch, combine, p2p, allgather, K/V | K/V wait ms/step | p2p msgs / MoE layer | modes run |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for (link, batch, plan, mode, lever), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "contiguous", kv[0][3], kv[0][4])):
     tps = [r["decode_tokens_per_s"] for r in rs]
     best_ep2 = max((statistics.median(x["decode_tokens_per_s"] for x in v) for k, v in cells.items()
@@ -125,10 +126,12 @@ for (link, batch, plan, mode, lever), rs in sorted(cells.items(), key=lambda kv:
     p2p = med(rs, lambda r: r["collectives_per_moe_layer"]["point_to_point"])
     ran = rs[0].get("mode_steps", {})
     pred = predicted.get((link, batch, plan, mode)) if lever == "exact" else None
-    lines.append("| %s | %d | %s | %s | %s | %.1f (%.1f-%.1f) | %s | %s | %s | %.2f | %.2f | %s |" % (
+    inrun = med(rs, lambda r: r["predicted_decode_tokens_per_s"])
+    def error(p): return "%.1f (%+.0f%%)" % (p, 100 * (p / statistics.median(tps) - 1)) if p else "-"
+    lines.append("| %s | %d | %s | %s | %s | %.1f (%.1f-%.1f) | %s | %s | %s | %s | %.2f | %.2f | %s |" % (
         link, batch, plan, mode, lever, statistics.median(tps), min(tps), max(tps),
         "%.2fx" % (statistics.median(tps) / best_ep2) if best_ep2 else "-",
-        "%.1f (%+.0f%%)" % (pred, 100 * (pred / statistics.median(tps) - 1)) if pred else "-", kb, wait, p2p,
+        error(inrun), error(pred), kb, wait, p2p,
         ", ".join("%s %d" % kv for kv in sorted(ran.items())) or "-"))
 table = "\n".join(lines)
 print(table)

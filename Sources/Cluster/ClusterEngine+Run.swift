@@ -56,6 +56,11 @@ public struct ClusterRunStats: Sendable {
     public var modeSteps: [String: Int] = [:]
     /// Seconds decode steps waited for posted K/V rows (`--kv-replication layer`: what the overlap did not hide).
     public var kvWaitSeconds = 0.0
+    /// On the head, with a step-time model (`auto`, `bench --predict`): the seconds it predicts for the decode
+    /// steps above, each from the routing its tokens actually took, their homes and contexts at its start.
+    public var predictedDecodeSeconds: Double?
+    /// The part of it the model gives to communication rounds.
+    public var predictedCommunicationSeconds: Double?
 }
 
 /// Where the head's requests come from while the cluster runs, and where it reports their progress (`moe serve`'s
@@ -194,8 +199,9 @@ extension ClusterEngine {
                 stats.prefillSeconds += Clock.since(start)
                 stats.prefillTokens += admitted.reduce(0) { $0 + $1.request.promptIds.count }
             }
-            let before = comm.counters, start = Clock.now, waitedBefore = kvWaitSeconds
             let stepMode = mode == .auto ? (DispatchMode(rawValue: plan.decodeMode) ?? .coherent) : mode
+            let startState = comm.rank == 0 && stepModel != nil ? decoding.map { ($0.home, $0.cache?.length ?? 0) } : []
+            let before = comm.counters, start = Clock.now, waitedBefore = kvWaitSeconds
             if !decoding.isEmpty {
                 switch stepMode {
                 case .ep2: try decodeOwned(decoding)
@@ -209,10 +215,18 @@ extension ClusterEngine {
                 stats.decodeTokens += decoding.count
                 stats.modeSteps[stepMode.rawValue, default: 0] += 1
                 stats.kvWaitSeconds += kvWaitSeconds - waitedBefore
+                if let stepModel, !startState.isEmpty {
+                    // After the step-end allgather the head knows every token's experts of this step.
+                    let p = stepModel.step(stepMode, routing: decoding.map(\.lastRouting), homes: startState.map(\.0),
+                                           contexts: startState.map(\.1), replicating: mode == .auto)
+                    stats.predictedDecodeSeconds = (stats.predictedDecodeSeconds ?? 0) + p.seconds
+                    stats.predictedCommunicationSeconds = (stats.predictedCommunicationSeconds ?? 0) + p.communicationSeconds
+                }
                 let d = comm.counters.since(before)
                 for kind in CommCounters.Kind.allCases {
                     stats.decodeCounters.calls[kind, default: 0] += d.calls[kind] ?? 0
                     stats.decodeCounters.bytes[kind, default: 0] += d.bytes[kind] ?? 0
+                    stats.decodeCounters.seconds[kind, default: 0] += d.seconds[kind] ?? 0
                 }
             }
             if comm.rank == 0 {

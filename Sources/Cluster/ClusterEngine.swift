@@ -66,7 +66,9 @@ public final class ClusterEngine {
     public var routingObserver: ((_ layer: Int, _ routing: RoutingDecision) -> Void)?
     /// When set, every router decision this rank makes is recorded (`moe trace` under mpirun).
     public var routingLog: RoutingLog?
-    /// `auto` mode: predicts each decode step in both modes (the head picks the faster).
+    /// Predicts decode steps: in `auto` both modes (the head picks the faster); with it set, the head also sums its
+    /// prediction of each step run (`ClusterRunStats.predictedDecodeSeconds`). Set on every rank or none: the
+    /// step-end allgather carries the routing it needs.
     public var stepModel: StepTimeModel?
     /// The dtype of activation rows between ranks, and whether expert ranks send one row per expert or per rank.
     public var wire = WireDType.f32
@@ -115,7 +117,7 @@ public final class ClusterEngine {
         let routing = model.route(layer: l, normed: xn, tokens: positions.count)
         defer {
             routingLog?.record(routing, layer: l, at: positions)
-            if mode == .auto { shareRouting(routing, layer: l, at: positions) }
+            if stepModel != nil { shareRouting(routing, layer: l, at: positions) }  // auto, bench --predict
         }
         guard let replay else { return routing }
         // The decision's buffers are the model's workspace, writable until its next route call.
@@ -232,7 +234,8 @@ public final class ClusterEngine {
         return finished.sorted { $0.slot < $1.slot }
     }
 
-    /// Keeps this step's router decisions (`auto` mode): for each slot and layer, those of its latest position.
+    /// Keeps this step's router decisions for the step-time model (`auto`, `bench --predict`): for each slot and
+    /// layer, those of its latest position.
     func shareRouting(_ routing: RoutingDecision, layer l: Int, at positions: [(slot: Int, position: Int)]) {
         let k = routing.topK
         for (i, p) in positions.enumerated() {

@@ -1,3 +1,5 @@
+import Dispatch
+
 /// Collective and point-to-point operations among the ranks of a job, over raw bytes.
 ///
 /// Typed helpers (`Communicator+Typed.swift`) build on these; counters record every call and byte, so benchmarks
@@ -44,13 +46,19 @@ public struct CommCounters: Sendable, Equatable {
     public var calls: [Kind: Int] = [:]
     /// Bytes this rank sent to other ranks (its own share is not counted).
     public var bytes: [Kind: Int] = [:]
+    /// Seconds this rank spent inside the calls: moving bytes, and waiting for ranks that arrive later.
+    public var seconds: [Kind: Double] = [:]
 
     public init() {}
 
-    public mutating func record(_ kind: Kind, bytes: Int) {
+    public mutating func record(_ kind: Kind, bytes: Int, since start: UInt64? = nil) {
         calls[kind, default: 0] += 1
         self.bytes[kind, default: 0] += bytes
+        if let start { seconds[kind, default: 0] += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
     }
+
+    /// The moment a call starts, for `record(_:bytes:since:)`.
+    public static var now: UInt64 { DispatchTime.now().uptimeNanoseconds }
 
     /// Counters accumulated since `earlier`.
     public func since(_ earlier: CommCounters) -> CommCounters {
@@ -58,6 +66,7 @@ public struct CommCounters: Sendable, Equatable {
         for k in Kind.allCases {
             d.calls[k] = (calls[k] ?? 0) - (earlier.calls[k] ?? 0)
             d.bytes[k] = (bytes[k] ?? 0) - (earlier.bytes[k] ?? 0)
+            d.seconds[k] = (seconds[k] ?? 0) - (earlier.seconds[k] ?? 0)
         }
         return d
     }

@@ -7,6 +7,7 @@ extension MPICommunicator {
     /// leave the cores to the HTTP threads and to clients. While steps run back to back the plan arrives within
     /// the first polls, before any sleep.
     public func broadcastPatiently(_ bytes: [UInt8], root: Int) throws -> [UInt8] {
+        let t0 = CommCounters.now
         var n = Int64(bytes.count)
         var request: MPI_Request? = moe_request_null()
         try Self.check(MPI_Ibcast(&n, 1, moe_long_long(), Int32(root), moe_comm_world(), &request), "MPI_Ibcast")
@@ -28,7 +29,7 @@ extension MPICommunicator {
                 try Self.check(MPI_Bcast(b.baseAddress, Int32(n), moe_byte(), Int32(root), moe_comm_world()), "MPI_Bcast")
             }
         }
-        counters.record(.broadcast, bytes: rank == root ? Int(n) * (size - 1) : 0)
+        counters.record(.broadcast, bytes: rank == root ? Int(n) * (size - 1) : 0, since: t0)
         return buffer
     }
 }

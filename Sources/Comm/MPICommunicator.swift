@@ -46,11 +46,13 @@ public final class MPICommunicator: Communicator {
     }
 
     public func barrier() throws {
-        counters.record(.barrier, bytes: 0)
+        let t0 = CommCounters.now
         try Self.check(MPI_Barrier(moe_comm_world()), "MPI_Barrier")
+        counters.record(.barrier, bytes: 0, since: t0)
     }
 
     public func allgatherv(_ send: [UInt8]) throws -> [[UInt8]] {
+        let t0 = CommCounters.now
         if size <= Self.directCollectiveRanks {
             let others = (0..<size).filter { $0 != rank }
             var received = [[UInt8]](repeating: [], count: size)
@@ -59,7 +61,7 @@ public final class MPICommunicator: Communicator {
                 let blocks = Dictionary(uniqueKeysWithValues: others.map { ($0, b) })
                 for (s, bytes) in try oneRound(send: blocks, from: others, tag: Self.tag(.allgather)) { received[s] = bytes }
             }
-            counters.record(.allgather, bytes: send.count * (size - 1))
+            counters.record(.allgather, bytes: send.count * (size - 1), since: t0)
             return received
         }
         var mine = Int32(send.count)
@@ -73,11 +75,12 @@ public final class MPICommunicator: Communicator {
                                               moe_comm_world()), "MPI_Allgatherv")
             }
         }
-        counters.record(.allgather, bytes: send.count * (size - 1))
+        counters.record(.allgather, bytes: send.count * (size - 1), since: t0)
         return Self.split(recv, counts: counts, displs: displs)
     }
 
     public func broadcast(_ bytes: [UInt8], root: Int) throws -> [UInt8] {
+        let t0 = CommCounters.now
         if size <= Self.directCollectiveRanks {
             var result = bytes
             try bytes.withUnsafeBytes { b in
@@ -85,7 +88,7 @@ public final class MPICommunicator: Communicator {
                 let got = try oneRound(send: blocks, from: rank == root ? [] : [root], tag: Self.tag(.broadcast))
                 if rank != root { result = got[root]! }
             }
-            counters.record(.broadcast, bytes: rank == root ? bytes.count * (size - 1) : 0)
+            counters.record(.broadcast, bytes: rank == root ? bytes.count * (size - 1) : 0, since: t0)
             return result
         }
         var n = Int32(bytes.count)
@@ -94,13 +97,14 @@ public final class MPICommunicator: Communicator {
         try buffer.withUnsafeMutableBytes { b in
             try Self.check(MPI_Bcast(b.baseAddress, n, moe_byte(), Int32(root), moe_comm_world()), "MPI_Bcast")
         }
-        counters.record(.broadcast, bytes: rank == root ? Int(n) * (size - 1) : 0)
+        counters.record(.broadcast, bytes: rank == root ? Int(n) * (size - 1) : 0, since: t0)
         return buffer
     }
 
     /// One network round where blocks are small (`oneRound`): no all-to-all of sizes first.
     public func alltoallv(_ send: [[UInt8]], kind: CommCounters.Kind) throws -> [[UInt8]] {
         precondition(send.count == size)
+        let t0 = CommCounters.now
         let others = (0..<size).filter { $0 != rank }
         var received = [[UInt8]](repeating: [], count: size)
         received[rank] = send[rank]
@@ -116,7 +120,7 @@ public final class MPICommunicator: Communicator {
             offset += send[d].count
         }
         for (s, bytes) in try oneRound(send: blocks, from: others, tag: Self.tag(kind)) { received[s] = bytes }
-        counters.record(kind, bytes: total)
+        counters.record(kind, bytes: total, since: t0)
         return received
     }
 
@@ -139,6 +143,7 @@ public final class MPICommunicator: Communicator {
 
     public func exchange(send messages: [Int: [UInt8]], receive sizes: [Int: Int]) throws -> [Int: [UInt8]] {
         guard !messages.isEmpty || !sizes.isEmpty else { return [:] }
+        let t0 = CommCounters.now
         let tag: Int32 = 77
         let sources = sizes.keys.sorted()
         var buffers = sources.map { [UInt8](repeating: 0, count: sizes[$0]!) }
@@ -165,6 +170,7 @@ public final class MPICommunicator: Communicator {
             }
             try Self.check(MPI_Waitall(Int32(requests.count), &requests, nil), "MPI_Waitall")
         }
+        counters.seconds[.pointToPoint, default: 0] += Double(CommCounters.now - t0) / 1e9
         var received: [Int: [UInt8]] = [:]
         for (i, src) in sources.enumerated() { received[src] = buffers[i] }
         return received

@@ -10,7 +10,9 @@ extension MoE.Bench {
     /// Under mpirun: prefill and decode through the cluster, with what crossed ranks per generated token.
     func runDistributed() throws {
         var trace: RoutingTrace?
+        var calibration: StepTimeModel.Calibration?
         let run = try DistributedRun.start(model: modelOptions, cluster: cluster) { model, _ in
+            if predict, let path = cluster.calibration { calibration = try StepTimeModel.Calibration.load(path: path) }
             if let reason = Engine.lengthProblem(prompt: promptLen, maxNewTokens: genLen, limit: model.maxModelLen) {
                 throw ModelError.invalidArgument(reason)
             }
@@ -31,6 +33,8 @@ extension MoE.Bench {
             prompts.enumerated().map { ClusterRequest(id: "\($0)", request: GenerationRequest(promptIds: $1, maxNewTokens: steps + 1)) }
         }
         _ = try run.run(requests: requests(min(genLen, 2))) { _ in }  // warm-up: page weights in
+        // The rates now, as the runs below will find the machine (under `auto` they replace the start-up ones).
+        if predict { try run.useStepModel(calibration) }
         var runs: [ClusterRunStats] = []
         let rowsBefore = engine.expertRows
         for _ in 0..<repetitions { runs.append(try run.run(requests: requests(genLen)) { _ in }) }
@@ -43,6 +47,8 @@ extension MoE.Bench {
             mine["calls_" + k.rawValue] = stats.decodeCounters.calls[k] ?? 0
             mine["bytes_" + k.rawValue] = stats.decodeCounters.bytes[k] ?? 0
         }
+        mine["communication_seconds"] = stats.decodeCounters.seconds.values.reduce(0, +)
+        mine["communication_by_kind"] = Dictionary(uniqueKeysWithValues: stats.decodeCounters.seconds.map { ($0.key.rawValue, $0.value) })
         let all = try comm.allgatherv(Array(try JSONSerialization.data(withJSONObject: mine))).map {
             try JSONSerialization.jsonObject(with: Data($0)) as! [String: Any]
         }
@@ -62,7 +68,7 @@ extension MoE.Bench {
             let mean = perRank.reduce(0, +) / Double(perRank.count)
             if mean > 0 { imbalance.append(perRank.max()! / mean) }
         }
-        let report: [String: Any] = [
+        var report: [String: Any] = [
             "model": modelOptions.label, "ranks": comm.size, "dispatch": cluster.dispatch, "batch": batch,
             "prompt_len": promptLen, "gen_len": genLen, "routing": routing ?? "model",
             "placement": cluster.placement ?? "contiguous",
@@ -72,7 +78,16 @@ extension MoE.Bench {
             "max_mean_tokens_per_rank": imbalance.isEmpty ? 1 : imbalance.reduce(0, +) / Double(imbalance.count),
             "expert_bytes_per_rank": run.expertBytes, "mode_steps": stats.modeSteps,
             "kv_replication": cluster.kvReplication, "kv_wait_ms_per_step": 1e3 * stats.kvWaitSeconds / steps,
+            // Inside MPI calls, each rank: moving bytes and waiting for ranks that arrive later.
+            "communication_ms_per_step": all.map { 1e3 * ($0["communication_seconds"] as! Double) / steps },
+            "communication_ms_per_step_by_kind": all.map { ($0["communication_by_kind"] as! [String: Double]).mapValues { 1e3 * $0 / steps } },
         ]
+        if predict, let predicted = stats.predictedDecodeSeconds, let c = engine.stepModel?.calibration {
+            report["predicted_decode_tokens_per_s"] = Double(stats.decodeTokens) / predicted
+            report["predicted_communication_ms_per_step"] = 1e3 * (stats.predictedCommunicationSeconds ?? 0) / steps
+            report["calibration"] = ["latency_s": c.latency, "bandwidth_bytes_per_s": c.bandwidth, "stream_rows": c.rows,
+                                     "stream_gb_per_s": c.secondsPerByte.map { 1 / $0 / 1e9 }]
+        }
         if format == "json" {
             emit(try jsonLine(report))
         } else {
@@ -83,6 +98,9 @@ extension MoE.Bench {
                         collectives["dispatch"]! + collectives["combine"]!, collectives["point_to_point"]!,
                         bytes["dispatch"]!, bytes["combine"]!, bytes["point_to_point"]!, bytes["allgather"]!,
                         bytes["kv_replication"]!, report["kv_wait_ms_per_step"] as! Double, report["max_mean_tokens_per_rank"] as! Double))
+            if let predicted = report["predicted_decode_tokens_per_s"] as? Double {
+                emit(String(format: "predicted decode: %.1f tok/s (the step-time model on the measured steps' routing, rates measured after the warm-up)", predicted))
+            }
         }
     }
 }

@@ -39,6 +39,9 @@ extension MoE {
         @Option(help: "Output: md (a table row) or json (one object on the last line).")
         var format: String = "md"
 
+        @Flag(help: "Under mpirun: after the warm-up, measure the step-time model's rates (as `moe calibrate` does; or read --calibration) and report what the model predicts for the measured decode steps, given their routing, beside what they took.")
+        var predict = false
+
         @Option(help: "GEMM peak per core in GFLOP/s for the prefill fraction.")
         var peakGflopsPerCore: Double = 125
 
@@ -51,6 +54,8 @@ extension MoE {
             if genLen < 1 { throw ValidationError("--gen-len must be at least 1") }
             if repetitions < 1 { throw ValidationError("--repetitions must be at least 1") }
             if format != "md" && format != "json" { throw ValidationError("--format must be md or json") }
+            try cluster.validateCalibration(predicting: predict)
+            if predict && !DistributedRun.active { throw ValidationError("--predict is for runs under mpirun (the step-time model predicts the cluster)") }
             if let routing, !routing.hasPrefix("replay:") || routing.count == 7 {
                 throw ValidationError("--routing takes replay:TRACE.jsonl")
             }

@@ -4,6 +4,7 @@ import Comm
 import Foundation
 import Kernels
 import Models
+import Placement
 
 extension MoE {
     /// `moe calibrate`: the rates the step-time model needs, measured by microbenchmarks on this job's ranks.
@@ -11,15 +12,16 @@ extension MoE {
         static let configuration = CommandConfiguration(
             abstract: "Under mpirun: measure a round's latency, the link's bandwidth and weight streaming per token rows; write them as JSON.",
             discussion: """
-            Every rank streams weights of the model's expert shape (in --dtype) through the decode kernel at once, \
-            for 1, 2, 4, 8, 16 and 32 token rows, so they share memory as in a run; the slowest rank's seconds per \
-            byte are kept. Latency is the median 0-byte all-to-all; bandwidth comes from 1 MiB blocks. The file \
+            Every rank streams weights through the decode path at once: with --model its own experts of a contiguous \
+            placement (gate, up, SiLU-GLU, down), else synthetic matrices of the expert's shapes in --dtype, \
+            for 1 to 8, 10, 12, 16, 24 and 32 token rows, so they share memory as in a run; the ranks' mean seconds \
+            per byte are kept. Latency is the median 0-byte all-to-all; bandwidth comes from 1 MiB blocks. The file \
             feeds `bench --dispatch auto --calibration FILE` and `moe predict`.
             """)
 
         @OptionGroup var modelOptions: ModelOptions
 
-        @Option(help: "Weight type of the streaming benchmark: f32, bf16 or f16.")
+        @Option(help: "Weight type of the synthetic streaming benchmark (without --model): f32, bf16 or f16.")
         var dtype: String = "bf16"
 
         @Option(help: "MiB of distinct weights each streaming pass reads (more than the caches hold).")
@@ -40,12 +42,21 @@ extension MoE {
             Parallel.configure(workers: modelOptions.threads ?? max(1, System.coreCount / max(localRanks, 1)))
             var failure: String?
             var spec: DecoderSpec?
-            do { spec = try modelOptions.spec() } catch { failure = "\(error)" }
+            var model: MoEDecoder?  // with --model: this rank's contiguous shard, whose experts are streamed
+            do {
+                let s = try modelOptions.spec()
+                spec = s
+                if modelOptions.model != nil {
+                    let table = Placement.contiguous(layers: s.layers, experts: s.experts, ranks: comm.size).rankOf, rank = comm.rank
+                    model = try modelOptions.load(holding: { layer, expert in table[layer][expert] == rank })
+                }
+            } catch { failure = "\(error)" }
             do { _ = try Agreement.agree(comm, error: failure, expertBytes: 0) } catch {
                 if comm.rank == 0 { FileHandle.standardError.write(Data("moe: error: \(error)\n".utf8)) }
                 throw ExitCode(1)
             }
-            let c = try Self.measure(comm, spec: spec!, type: ElementType(rawValue: dtype)!, streamBytes: streamMib << 20)
+            let c = try Self.measure(comm, spec: spec!, type: ElementType(rawValue: dtype)!, streamBytes: streamMib << 20,
+                                     experts: model?.bank.experts.joined().compactMap { $0 } ?? [])
             if comm.rank == 0 {
                 try reportingErrors {
                     let encoder = JSONEncoder()
@@ -58,8 +69,13 @@ extension MoE {
             }
         }
 
+        /// Token-row counts at which weight streaming is measured.
+        static let streamRows = [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32]
+
         /// The microbenchmarks, on every rank (collective).
-        static func measure(_ comm: Communicator, spec: DecoderSpec, type: ElementType, streamBytes: Int = 256 << 20) throws
+        /// `experts`: this rank's loaded experts (a running job's), streamed instead of synthetic matrices.
+        static func measure(_ comm: Communicator, spec: DecoderSpec, type: ElementType, streamBytes: Int = 256 << 20,
+                            experts: [FeedForwardWeights] = []) throws
             -> StepTimeModel.Calibration {
             func perCall(_ iterations: Int, _ body: () throws -> Void) throws -> Double {
                 try body()
@@ -78,32 +94,56 @@ extension MoE {
             let bigCall = try perCall(5) { _ = try comm.alltoallv(big, kind: .dispatch) }
             let bandwidth = Double((comm.size - 1) << 20) / max(bigCall - latency, 1e-9)
 
-            // Streaming: distinct matrices of the expert's two shapes, [intermediate, hidden] (gate, up) and
-            // [hidden, intermediate] (down), more than the caches hold. Row counts take turns over 9 rounds (so a slow
-            // spell of the machine spreads over all of them); the median round counts.
+            // Streaming, more weights than the caches hold per pass: this rank's own experts where it holds them
+            // (the decode path itself: gate, up, SiLU-GLU, down, on the checkpoint's weights), else distinct
+            // synthetic matrices of the expert's two shapes. Row counts take turns over 6 rounds (so a slow spell of
+            // the machine spreads over all of them); the median round counts.
             let h = spec.hiddenSize, f = spec.expertIntermediate
-            let per = h * f * type.byteSize
-            let matrices = max(2, streamBytes / per)
-            let storage = UnsafeMutableRawPointer.allocate(byteCount: per * matrices, alignment: 64)
-            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: type == .f32 ? 1 : h * f * matrices)
-            defer { storage.deallocate(); scratch.deallocate() }
-            SyntheticModel.encode(name: "calibrate", count: h * f * matrices, dtype: type, scratch: scratch, into: storage)
-            let counts = [1, 2, 4, 8, 16, 32]
-            var samples = [[Double]](repeating: [], count: counts.count)
+            // Every count to 8 (the decode kernel takes token rows in pairs, so an odd count costs as the even one above
+            // it and straight lines between powers of two miss that), then sparser.
+            let counts = Self.streamRows
             let x = [Float](repeating: 0.5, count: counts.last! * max(h, f))
-            var y = [Float](repeating: 0, count: counts.last! * max(h, f))
-            for round in 0..<10 {
+            var y = [Float](repeating: 0, count: counts.last! * 2 * max(h, f))
+            var ffnScratch = [Float](repeating: 0, count: counts.last! * 2 * f)
+            var held: [FeedForwardWeights] = [], heldBytes = 0
+            for e in experts where heldBytes < streamBytes {
+                held.append(e)
+                heldBytes += e.byteCount
+            }
+            let per = h * f * type.byteSize
+            let matrices = held.isEmpty ? max(2, streamBytes / per) : 0
+            let storage = UnsafeMutableRawPointer.allocate(byteCount: max(1, per * matrices), alignment: 64)
+            defer { storage.deallocate() }
+            if matrices > 0 {
+                let scratch = UnsafeMutablePointer<Float>.allocate(capacity: type == .f32 ? 1 : h * f * matrices)
+                defer { scratch.deallocate() }
+                SyntheticModel.encode(name: "calibrate", count: h * f * matrices, dtype: type, scratch: scratch, into: storage)
+            }
+            let passBytes = held.isEmpty ? per * matrices : heldBytes
+            func pass(_ n: Int) {
+                x.withUnsafeBufferPointer { xp in
+                    y.withUnsafeMutableBufferPointer { yp in
+                        if held.isEmpty {
+                            for m in 0..<matrices {
+                                let (rows, cols) = m % 2 == 0 ? (f, h) : (h, f)
+                                let w = WeightMatrix(rows: rows, cols: cols, type: type, base: UnsafeRawPointer(storage + m * per), owner: nil)
+                                GEMM.linear(xp.baseAddress!, tokens: n, weight: w, into: yp.baseAddress!)
+                            }
+                        } else {
+                            ffnScratch.withUnsafeMutableBufferPointer { sp in
+                                for e in held { e.apply(xp.baseAddress!, rows: n, scratch: sp.baseAddress!, into: yp.baseAddress!) }
+                            }
+                        }
+                    }
+                }
+            }
+            var samples = [[Double]](repeating: [], count: counts.count)
+            for round in 0..<7 {
                 for (i, n) in counts.enumerated() {
                     try comm.barrier()
                     let start = Clock.now
-                    for m in 0..<matrices {
-                        let (rows, cols) = m % 2 == 0 ? (f, h) : (h, f)
-                        let w = WeightMatrix(rows: rows, cols: cols, type: type, base: UnsafeRawPointer(storage + m * per), owner: nil)
-                        x.withUnsafeBufferPointer { xp in
-                            y.withUnsafeMutableBufferPointer { GEMM.linear(xp.baseAddress!, tokens: n, weight: w, into: $0.baseAddress!) }
-                        }
-                    }
-                    if round > 0 { samples[i].append(Clock.since(start) / Double(per * matrices)) }  // round 0 warms up
+                    pass(n)
+                    if round > 0 { samples[i].append(Clock.since(start) / Double(passBytes)) }  // round 0 warms up
                 }
             }
             let secondsPerByte = samples.map { $0.sorted()[$0.count / 2] }

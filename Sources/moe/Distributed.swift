@@ -11,7 +11,7 @@ struct ClusterOptions: ParsableArguments {
     @Option(help: "Under mpirun: how experts are reached, ep2 (two all-to-alls per MoE layer), coherent (one), or auto (per decode step, whichever the step-time model predicts faster).")
     var dispatch: String = DispatchMode.coherent.rawValue
 
-    @Option(help: "Under mpirun with --dispatch auto: the calibration file of `moe calibrate` (default: measured at start-up).")
+    @Option(help: "Under mpirun with --dispatch auto (or bench --predict): the calibration file of `moe calibrate` (default: measured at start-up).")
     var calibration: String?
 
     @Option(help: "Under mpirun: placement plan (JSON); default: contiguous (rank r holds experts ⌊rE/G⌋ ..< ⌊(r+1)E/G⌋).")
@@ -27,11 +27,19 @@ struct ClusterOptions: ParsableArguments {
     var combine: String = CombineRows.perExpert.rawValue
 
     var mode: DispatchMode { DispatchMode(rawValue: dispatch)! }
+
+    /// `--calibration` feeds the step-time model, which runs under `--dispatch auto` and for `bench --predict`; the
+    /// command's own `validate` calls this (an option group cannot see its command's other flags).
+    func validateCalibration(predicting: Bool = false) throws {
+        if calibration != nil && dispatch != DispatchMode.auto.rawValue && !predicting {
+            throw ValidationError("--calibration is for --dispatch auto and bench --predict")
+        }
+    }
+
     var replication: KVReplication { KVReplication(rawValue: kvReplication)! }
 
     func validate() throws {
         guard DispatchMode(rawValue: dispatch) != nil else { throw ValidationError("--dispatch must be ep2, coherent or auto, got '\(dispatch)'") }
-        if calibration != nil && dispatch != DispatchMode.auto.rawValue { throw ValidationError("--calibration is for --dispatch auto") }
         guard WireDType(rawValue: wireDtype) != nil else { throw ValidationError("--wire-dtype must be f32 or bf16, got '\(wireDtype)'") }
         guard CombineRows(rawValue: combine) != nil else { throw ValidationError("--combine must be per-expert or per-rank, got '\(combine)'") }
         guard KVReplication(rawValue: kvReplication) != nil else {
@@ -101,16 +109,23 @@ struct DistributedRun {
             throw ExitCode(1)
         }
         let run = DistributedRun(comm: comm, engine: engine!, label: options.label, expertBytes: statuses)
-        if cluster.mode == .auto {
-            let model = run.engine.model
-            let c = try calibration ?? MoE.Calibrate.measure(comm, spec: model.spec, type: model.embedding.type)
-            run.engine.stepModel = StepTimeModel(shape: .init(spec: model.spec, weightBytes: model.embedding.type.byteSize, kvDType: model.kvDType), calibration: c,
-                                                 placement: run.engine.placement)
-            run.engine.stepModel?.kvReplication = cluster.replication
-            run.engine.stepModel?.wire = run.engine.wire
-            run.engine.stepModel?.combineRows = run.engine.combineRows
-        }
+        if cluster.mode == .auto { try run.useStepModel(calibration) }
         return run
+    }
+
+    /// Gives the engine the step-time model of this job's shape, plan and options, with `calibration` or, without
+    /// it, rates measured now by `moe calibrate`'s microbenchmarks on this rank's own experts (collective: every
+    /// rank calls this at once).
+    func useStepModel(_ calibration: StepTimeModel.Calibration?) throws {
+        let model = engine.model
+        let c = try calibration ?? MoE.Calibrate.measure(comm, spec: model.spec, type: model.embedding.type,
+                                                         experts: model.bank.experts.joined().compactMap { $0 })
+        var m = StepTimeModel(shape: .init(spec: model.spec, weightBytes: model.embedding.type.byteSize, kvDType: model.kvDType),
+                              calibration: c, placement: engine.placement)
+        m.kvReplication = engine.kvReplication
+        m.wire = engine.wire
+        m.combineRows = engine.combineRows
+        engine.stepModel = m
     }
 
     /// Runs `requests` through the cluster; a run the head refuses (a request that can never fit every rank's KV

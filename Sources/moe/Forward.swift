@@ -22,6 +22,8 @@ extension MoE {
 
         @OptionGroup var cluster: ClusterOptions
 
+        func validate() throws { try cluster.validateCalibration() }
+
         func run() throws {
             if DistributedRun.active { return try runDistributed() }
             try reportingErrors {

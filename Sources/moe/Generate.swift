@@ -104,6 +104,8 @@ extension MoE {
         @Flag(help: "Print the result as one JSON object on the last line.")
         var json = false
 
+        func validate() throws { try cluster.validateCalibration() }
+
         func request(_ tokenizer: Tokenizers.Tokenizer?) throws -> GenerationRequest {
             GenerationRequest(promptIds: try input.promptTokens(tokenizer), maxNewTokens: input.maxNewTokens, sampling: sampling.parameters,
                               stopIds: Set(stopIds?.ids ?? []))

@@ -60,6 +60,7 @@ extension MoE {
             if maxStepTokens < 1 { throw ValidationError("--max-step-tokens must be at least 1") }
             if !(0...65535).contains(port) { throw ValidationError("--port must be 0...65535") }
             if maxBodyBytes < 1024 { throw ValidationError("--max-body-bytes must be at least 1024") }
+            try cluster.validateCalibration()
         }
 
         var modelName: String {

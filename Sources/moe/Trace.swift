@@ -23,6 +23,8 @@ extension MoE {
         @Option(help: "Output trace file.")
         var output: String
 
+        func validate() throws { try cluster.validateCalibration() }
+
         /// The sequences to run (each request is one), in admission order.
         func work(_ model: MoEDecoder) throws -> [ClusterRequest] {
             let tokenizer = try input.loadTokenizer(modelOptions, vocabulary: model.spec.vocabSize)

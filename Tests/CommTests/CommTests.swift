@@ -16,6 +16,17 @@ import Testing
         #expect(d.calls[.pointToPoint] == 2 && d.bytes[.pointToPoint] == 8)
         #expect(d.calls[.combine] == 0)
         #expect(c.calls[.dispatch] == 2 && c.bytes[.dispatch] == 140)
+        #expect(d.seconds[.dispatch] == 0, "a call recorded without a start adds no time")
+    }
+
+    @Test func countersTimeTheCallsThatGiveAStart() throws {
+        var c = CommCounters()
+        c.record(.combine, bytes: 1, since: CommCounters.now - 30_000_000)  // began 30 ms ago
+        let before = c
+        c.record(.combine, bytes: 1, since: CommCounters.now - 5_000_000)
+        let d = c.since(before)
+        #expect((0.005..<0.05).contains(d.seconds[.combine] ?? 0), "\(d.seconds)")
+        #expect((0.035..<0.5).contains(c.seconds[.combine] ?? 0), "\(c.seconds)")
     }
 
     @Test func displacementsAndSplitInvertConcatenation() {

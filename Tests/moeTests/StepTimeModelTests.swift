@@ -118,9 +118,34 @@ import Testing
         #expect(report["mode_steps"] as? [String: Int] == [expected: 4], "\(report)")
     }
 
+    /// `bench --predict` with a calibration where only rounds cost (10 ms each, free bytes and streaming): an ep2
+    /// step is its rounds, 2 per MoE layer (3 layers) and the 2 control rounds: the model must predict 2 / (8 × 10 ms).
+    @Test func benchPredictsItsDecodeStepsFromTheCalibration() throws {
+        let calibration = TemporaryPath(".json")
+        try #"{"latency_s": 0.01, "bandwidth_bytes_per_s": 1e15, "stream_rows": [1, 8], "stream_s_per_byte": [1e-18, 1e-18]}"#
+            .write(toFile: calibration.path, atomically: true, encoding: .utf8)
+        let r = try MPIRun.run(2, ["bench", "--model", fixture("tiny-mixtral"), "--batch", "2", "--prompt-len", "3", "--gen-len", "4",
+                                   "--repetitions", "1", "--format", "json", "--dispatch", "ep2", "--predict", "--calibration", calibration.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as! [String: Any]
+        let predicted = try #require(report["predicted_decode_tokens_per_s"] as? Double, "\(report)")
+        #expect(abs(predicted - 2 / 0.08) < 0.01 * 2 / 0.08, "\(report)")
+        #expect(abs((report["predicted_communication_ms_per_step"] as? Double ?? 0) - 80) < 0.1, "\(report)")
+        #expect((report["communication_ms_per_step"] as? [Double])?.count == 2, "\(report)")
+        // Without a file the rates are measured after the warm-up, on each rank's own experts.
+        let measured = try MPIRun.run(2, ["bench", "--model", fixture("tiny-mixtral"), "--batch", "2", "--prompt-len", "3", "--gen-len", "4",
+                                          "--repetitions", "1", "--format", "json", "--dispatch", "coherent", "--predict"])
+        #expect(measured.status == 0, "\(measured.stderr)")
+        let m = try JSONSerialization.jsonObject(with: Data(measured.lastLine.utf8)) as! [String: Any]
+        #expect((m["predicted_decode_tokens_per_s"] as? Double ?? 0) > 0, "\(m)")
+        #expect((m["calibration"] as? [String: Any])?["stream_rows"] as? [Int] == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32], "\(m)")
+    }
+
     @Test func badCalibrationAndPredictionFlagsAreRefused() throws {
         let wrongMode = try MoEBinary.run(["generate", "--preset", "tiny", "--prompt-ids", "1", "--dispatch", "ep2", "--calibration", "c.json"])
-        #expect(wrongMode.status == 64 && wrongMode.stderr.contains("--calibration is for --dispatch auto"), "\(wrongMode.stderr)")
+        #expect(wrongMode.status == 64 && wrongMode.stderr.contains("--calibration is for --dispatch auto and bench --predict"), "\(wrongMode.stderr)")
+        let alone = try MoEBinary.run(["bench", "--preset", "tiny", "--predict"])
+        #expect(alone.status == 64 && alone.stderr.contains("--predict is for runs under mpirun"), "\(alone.stderr)")
         for (flags, message) in [(["--kv-replication", "later"], "--kv-replication must be layer or step-end, got 'later'"),
                                  (["--wire-dtype", "fp8"], "--wire-dtype must be f32 or bf16, got 'fp8'"),
                                  (["--kv-dtype", "f16"], "--kv-dtype must be f32 or bf16, got 'f16'"),
@@ -143,7 +168,7 @@ import Testing
         let c = try MPIRun.run(2, ["calibrate", "--preset", "tiny", "--dtype", "f32", "--stream-mib", "1", "--output", calibration.path])
         #expect(c.status == 0, "\(c.stderr)")
         let file = try StepTimeModel.Calibration.load(path: calibration.path)
-        #expect(file.latency > 0 && file.bandwidth > 0 && file.rows == [1, 2, 4, 8, 16, 32])
+        #expect(file.latency > 0 && file.bandwidth > 0 && file.rows == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32])
         try randomTraceLines(layers: 2, experts: 8, tokens: 12).write(toFile: trace.path, atomically: true, encoding: .utf8)
         let p = try MoEBinary.run(["predict", "--preset", "tiny", "--calibration", calibration.path, "--trace", trace.path, "--batch", "2",
                                    "--prompt-len", "4", "--gen-len", "6", "--format", "json"])
