@@ -43,7 +43,7 @@ extension ClusterEngine {
             }
         }
         for s in mine {
-            let token = last[s.slot]!.withUnsafeBufferPointer { s.sampler.sample($0, step: 0) }
+            let token = last[s.slot]!.withUnsafeBufferPointer { s.sample($0) }
             emitToken(s, token)
             if replicatesKV {
                 for l in 0..<model.spec.layers { emitKV(s, layer: l, first: 0, count: s.request.promptIds.count) }

@@ -290,6 +290,10 @@ extension ClusterEngine {
         m.sampling.topP = r.request.sampling.topP
         m.sampling.topK = Int32(r.request.sampling.topK)
         m.sampling.seed = r.request.sampling.seed
+        m.sampling.presencePenalty = r.request.sampling.presencePenalty
+        m.sampling.frequencyPenalty = r.request.sampling.frequencyPenalty
+        m.sampling.repetitionPenalty = r.request.sampling.repetitionPenalty
+        m.sampling.minTokens = Int32(r.request.sampling.minTokens)
         return m
     }
 
@@ -297,7 +301,10 @@ extension ClusterEngine {
         GenerationRequest(
             promptIds: m.promptIds.map { Int($0) }, maxNewTokens: Int(m.maxNewTokens),
             sampling: SamplingParameters(temperature: m.sampling.temperature, topP: m.sampling.topP,
-                                         topK: Int(m.sampling.topK), seed: m.sampling.seed),
+                                         topK: Int(m.sampling.topK), seed: m.sampling.seed,
+                                         presencePenalty: m.sampling.presencePenalty, frequencyPenalty: m.sampling.frequencyPenalty,
+                                         repetitionPenalty: m.sampling.repetitionPenalty == 0 ? 1 : m.sampling.repetitionPenalty,
+                                         minTokens: Int(m.sampling.minTokens)),
             stopIds: Set(m.stopIds.map { Int($0) }))
     }
 }

@@ -49,6 +49,11 @@ final class SequenceState {
     }
 
     var sampler: Sampler { Sampler(request.sampling) }
+    /// Its next token from `logits` `[vocab]`: the request's sampling, penalties and `min_tokens` over its prompt and
+    /// tokens so far (every rank keeps them, so the rank that samples draws what one process would).
+    func sample(_ logits: UnsafeBufferPointer<Float>) -> Int {
+        sampler.sample(logits, prompt: request.promptIds, output: tokens, stopIds: request.stopIds)
+    }
 }
 
 /// The per-rank runtime of the cluster: this rank's expert shard, the replicated rest of the model, and the
@@ -251,7 +256,7 @@ public final class ClusterEngine {
         let vocab = model.spec.vocabSize
         logits.withUnsafeBufferPointer { all in
             for (i, s) in sequences.enumerated() {
-                emitToken(s, s.sampler.sample(UnsafeBufferPointer(rebasing: all[(i * vocab)..<((i + 1) * vocab)]), step: s.tokens.count))
+                emitToken(s, s.sample(UnsafeBufferPointer(rebasing: all[(i * vocab)..<((i + 1) * vocab)])))
             }
         }
     }

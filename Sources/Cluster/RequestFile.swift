@@ -3,7 +3,8 @@ import Models
 
 /// `--requests FILE.jsonl`: one JSON object per line with `id`, `prompt_ids` (or `prompt` text, given `encode`),
 /// `max_new_tokens`, and optionally
-/// `temperature`, `top_p`, `top_k`, `seed`, `stop_ids`, `arrival_step`. Blank lines are skipped.
+/// `temperature`, `top_p`, `top_k`, `seed`, `presence_penalty`, `frequency_penalty`, `repetition_penalty`,
+/// `min_tokens`, `stop_ids`, `arrival_step`. Blank lines are skipped.
 public enum RequestFile {
     /// A line that cannot be a request.
     public struct LineError: Error, CustomStringConvertible {
@@ -59,15 +60,22 @@ public enum RequestFile {
                 guard let n = v as? NSNumber, String(cString: n.objCType) != "c" else { throw bad("'\(key)' must be a number") }
                 return n.doubleValue
             }
+            func integer(_ key: String, _ fallback: Int) throws -> Int {
+                let d = try number(key, Double(fallback))
+                guard d == d.rounded(), abs(d) < 9e15 else { throw bad("'\(key)' must be an integer") }
+                return Int(d)
+            }
             let sampling = SamplingParameters(
                 temperature: Float(try number("temperature", 1)), topP: Float(try number("top_p", 1)),
-                topK: Int(try number("top_k", 0)), seed: UInt64(max(0, try number("seed", 0))))
+                topK: try integer("top_k", 0), seed: UInt64(max(0, try integer("seed", 0))),
+                presencePenalty: Float(try number("presence_penalty", 0)), frequencyPenalty: Float(try number("frequency_penalty", 0)),
+                repetitionPenalty: Float(try number("repetition_penalty", 1)), minTokens: try integer("min_tokens", 0))
             do { try sampling.validate() } catch let e as ModelError { throw bad(e.description) }
             if let reason = Engine.lengthProblem(prompt: prompt.count, maxNewTokens: maxNew, limit: maxModelLen)
                 ?? Engine.poolProblem(prompt: prompt.count, maxNewTokens: maxNew, pool: pool) {
                 throw bad("request '\(id)': \(reason)")
             }
-            let arrival = Int(try number("arrival_step", 0))
+            let arrival = try integer("arrival_step", 0)
             guard arrival >= 0 else { throw bad("'arrival_step' must be >= 0") }
             out.append(ClusterRequest(id: id, request: GenerationRequest(promptIds: prompt, maxNewTokens: maxNew, sampling: sampling,
                                                                          stopIds: Set(stop)), arrivalStep: arrival))

@@ -97,7 +97,7 @@ public final class Engine {
             logits.withUnsafeBufferPointer { all in
                 for (r, i) in rows.enumerated() {
                     let row = UnsafeBufferPointer(rebasing: all[(r * vocab)..<((r + 1) * vocab)])
-                    let token = samplers[i].sample(row, step: results[i].tokens.count)
+                    let token = samplers[i].sample(row, prompt: requests[i].promptIds, output: results[i].tokens, stopIds: requests[i].stopIds)
                     results[i].tokens.append(token)
                     if keepLogits { results[i].stepLogits.append(contentsOf: row) }
                     if requests[i].stopIds.contains(token) {

@@ -14,13 +14,31 @@ public struct SamplingParameters: Sendable, Equatable {
     public var topK: Int
     /// Seed of the per-sequence random stream.
     public var seed: UInt64
+    /// OpenAI's penalties on generated tokens: each logit less `presence` if its token was generated before and
+    /// `frequency` times the times it was (0: off; -2...2).
+    public var presencePenalty: Float = 0
+    public var frequencyPenalty: Float = 0
+    /// The CTRL paper's penalty (transformers' and vLLM's `repetition_penalty`) on tokens of the prompt or the
+    /// output: a positive logit divided by it, a negative one multiplied (1: off).
+    public var repetitionPenalty: Float = 1
+    /// Generated tokens before a stop id may be drawn: until then stop ids (end of sequence included, where the
+    /// caller adds it to them) are never sampled.
+    public var minTokens = 0
 
-    public init(temperature: Float = 1, topP: Float = 1, topK: Int = 0, seed: UInt64 = 0) {
+    public init(temperature: Float = 1, topP: Float = 1, topK: Int = 0, seed: UInt64 = 0, presencePenalty: Float = 0,
+                frequencyPenalty: Float = 0, repetitionPenalty: Float = 1, minTokens: Int = 0) {
         self.temperature = temperature
         self.topP = topP
         self.topK = topK
         self.seed = seed
+        self.presencePenalty = presencePenalty
+        self.frequencyPenalty = frequencyPenalty
+        self.repetitionPenalty = repetitionPenalty
+        self.minTokens = minTokens
     }
+
+    /// Whether the logits must be rewritten before a draw at all.
+    var changesLogits: Bool { presencePenalty != 0 || frequencyPenalty != 0 || repetitionPenalty != 1 || minTokens > 0 }
 
     public static let greedy = SamplingParameters(temperature: 0)
 
@@ -31,6 +49,13 @@ public struct SamplingParameters: Sendable, Equatable {
         }
         guard topP > 0, topP <= 1 else { throw ModelError.invalidArgument("top_p must be in (0, 1], got \(topP)") }
         guard topK >= 0 else { throw ModelError.invalidArgument("top_k must be >= 0, got \(topK)") }
+        for (name, v) in [("presence_penalty", presencePenalty), ("frequency_penalty", frequencyPenalty)] where !(v >= -2 && v <= 2) {
+            throw ModelError.invalidArgument("\(name) must be in [-2, 2], got \(v)")
+        }
+        guard repetitionPenalty > 0, repetitionPenalty.isFinite else {
+            throw ModelError.invalidArgument("repetition_penalty must be a finite number > 0, got \(repetitionPenalty)")
+        }
+        guard minTokens >= 0 else { throw ModelError.invalidArgument("min_tokens must be >= 0, got \(minTokens)") }
     }
 }
 
@@ -65,7 +90,31 @@ public struct Sampler: Sendable {
         return best
     }
 
-    /// The `step`-th generated token (0 for the first) from `logits` `[vocab]`.
+    /// The next token of a sequence whose prompt is `prompt` and whose generated tokens so far are `output` (the
+    /// `output.count`-th, 0 for the first): the penalties and `minTokens` (against `stopIds`) on a copy of
+    /// `logits` `[vocab]`, then `sample(_:step:)`. vLLM's order: repetition, then frequency and presence.
+    public func sample(_ logits: UnsafeBufferPointer<Float>, prompt: [Int], output: [Int], stopIds: Set<Int>) -> Int {
+        let p = parameters
+        guard p.changesLogits else { return sample(logits, step: output.count) }
+        var l = Array(logits)
+        if p.repetitionPenalty != 1 {
+            for t in Set(prompt).union(output) where l.indices.contains(t) {
+                l[t] = l[t] > 0 ? l[t] / p.repetitionPenalty : l[t] * p.repetitionPenalty
+            }
+        }
+        if p.presencePenalty != 0 || p.frequencyPenalty != 0 {
+            var counts: [Int: Int] = [:]
+            for t in output { counts[t, default: 0] += 1 }
+            for (t, n) in counts where l.indices.contains(t) { l[t] -= p.frequencyPenalty * Float(n) + p.presencePenalty }
+        }
+        if output.count < p.minTokens {
+            // Never every token: a vocabulary made only of stop ids keeps them.
+            if stopIds.count < l.count { for t in stopIds where l.indices.contains(t) { l[t] = -.infinity } }
+        }
+        return l.withUnsafeBufferPointer { sample($0, step: output.count) }
+    }
+
+    /// The `step`-th generated token (0 for the first) from `logits` `[vocab]`, without penalties.
     public func sample(_ logits: UnsafeBufferPointer<Float>, step: Int) -> Int {
         let p = parameters
         if p.temperature == 0 || p.topK == 1 { return Self.argmax(logits) }

@@ -18,8 +18,21 @@ struct SamplingOptions: ParsableArguments {
     @Option(help: "Random seed.")
     var seed: UInt64 = 0
 
+    @Option(help: "Subtracted from the logit of every token generated before (-2...2; 0: off).")
+    var presencePenalty: Float = 0
+
+    @Option(help: "Subtracted from a token's logit once per time it was generated (-2...2; 0: off).")
+    var frequencyPenalty: Float = 0
+
+    @Option(help: "Divides positive logits (multiplies negative ones) of tokens in the prompt or output (1: off).")
+    var repetitionPenalty: Float = 1
+
+    @Option(help: "Tokens generated before a stop id can be (0: none).")
+    var minTokens: Int = 0
+
     var parameters: SamplingParameters {
-        SamplingParameters(temperature: temperature, topP: topP, topK: topK, seed: seed)
+        SamplingParameters(temperature: temperature, topP: topP, topK: topK, seed: seed, presencePenalty: presencePenalty,
+                           frequencyPenalty: frequencyPenalty, repetitionPenalty: repetitionPenalty, minTokens: minTokens)
     }
 
     func validate() throws {

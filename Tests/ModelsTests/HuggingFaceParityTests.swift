@@ -132,6 +132,25 @@ import Testing
         let c = try engine.generate([GenerationRequest(promptIds: prompt, maxNewTokens: 10, sampling: other)])[0]
         #expect(c.tokens != a.tokens)
     }
+
+    /// Greedy with a presence penalty: each step's token is the argmax of that step's logits less the penalty on
+    /// every token generated before; with `min_tokens` the stop id (greedy's own first token) is not drawn early.
+    @Test func penaltiesAndMinTokensShapeGreedyDecoding() throws {
+        let model = try MoEDecoder.load(directory: Fixtures.path("tiny-olmoe"))
+        let engine = Engine(model: model)
+        let prompt = [5, 9, 1], vocab = model.spec.vocabSize
+        let r = try engine.generate([GenerationRequest(promptIds: prompt, maxNewTokens: 12, sampling: SamplingParameters(temperature: 0, presencePenalty: 2))],
+                                    keepLogits: true)[0]
+        for (i, token) in r.tokens.enumerated() {
+            var row = Array(r.stepLogits[(i * vocab)..<((i + 1) * vocab)])
+            for t in Set(r.tokens.prefix(i)) { row[t] -= 2 }
+            #expect(token == row.indices.max { row[$0] < row[$1] || (row[$0] == row[$1] && $0 > $1) }, "step \(i)")
+        }
+        let plain = try engine.generate([GenerationRequest(promptIds: prompt, maxNewTokens: 6, sampling: .greedy)])[0].tokens
+        let held = try engine.generate([GenerationRequest(promptIds: prompt, maxNewTokens: 6, sampling: SamplingParameters(temperature: 0, minTokens: 3),
+                                                          stopIds: [plain[0]])])[0]
+        #expect(!held.tokens.prefix(3).contains(plain[0]) && held.tokens.count >= 3, "\(held.tokens) vs \(plain)")
+    }
 }
 
 /// Replaying a trace that records expert ids only weighs them as the router would: for the router's own top-k, its

@@ -304,6 +304,27 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         #expect(f32 > 0 && abs(bf16 / f32 - (16 + 4 * kvDim) / (16 + 8 * kvDim)) < 1e-9, "\(bf16) vs \(f32)")
     }
 
+    /// Penalties and `min_tokens` read each sequence's tokens so far on whichever rank samples it: the cluster draws
+    /// the single process's tokens, seeded sampling included, and the penalties change them.
+    @Test(arguments: ["ep2", "coherent"])
+    func penaltiesGiveTheSingleProcessTokens(mode: String) throws {
+        let ref = Reference.all["tiny-mixtral"]!
+        let prompt = ref.prompt.map(String.init).joined(separator: ",")
+        let base = ["generate", "--model", fixture("tiny-mixtral"), "--prompt-ids", prompt, "--max-new-tokens", "10", "--json"]
+        func tokens(_ r: MoEBinary.Result) -> [Int]? {
+            (try? JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as? [String: Any])?["tokens"] as? [Int]
+        }
+        let plain = try MoEBinary.run(base + ["--temperature", "0"])
+        for flags in [["--temperature", "0", "--presence-penalty=-2", "--repetition-penalty", "0.7"],
+                      ["--temperature", "0.8", "--seed", "3", "--frequency-penalty", "0.7", "--min-tokens", "4", "--stop-ids", "\(ref.greedy[0])"]] {
+            let single = try MoEBinary.run(base + flags)
+            let cluster = try MPIRun.run(2, base + flags + ["--dispatch", mode])
+            #expect(single.status == 0 && cluster.status == 0, "\(single.stderr) \(cluster.stderr)")
+            #expect(tokens(single) != nil && tokens(cluster) == tokens(single), "\(flags)")
+            #expect(tokens(single) != tokens(plain), "\(flags) changed nothing")
+        }
+    }
+
     /// `moe trace` under mpirun writes the single process's trace: same lines in the same order, same experts,
     /// weights within 1e-5, for requests admitted at different steps.
     @Test(arguments: [(2, "ep2"), (3, "coherent"), (4, "coherent")])

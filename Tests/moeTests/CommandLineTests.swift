@@ -208,6 +208,20 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
         #expect(r.stderr.split(separator: "\n").count == 1)
     }
 
+    /// A request line's sampling fields: integers must be integers (a huge one was a trap before), penalties in range.
+    @Test(arguments: [
+        (#""top_k": 1.5"#, "'top_k' must be an integer"), (#""top_k": 1e300"#, "'top_k' must be an integer"),
+        (#""seed": 2.5"#, "'seed' must be an integer"), (#""arrival_step": 1e19"#, "'arrival_step' must be an integer"),
+        (#""presence_penalty": 9"#, "presence_penalty must be in [-2, 2], got 9.0"), (#""repetition_penalty": -1"#, "repetition_penalty must be"),
+        (#""min_tokens": "3""#, "'min_tokens' must be a number"),
+    ])
+    func badSamplingInARequestLineNamesIt(field: String, message: String) throws {
+        let requests = TemporaryPath(".jsonl")
+        try #"{"id": "a", "prompt_ids": [1, 2], "max_new_tokens": 3, \#(field)}"#.write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let r = try MoEBinary.run(["generate", "--model", fixture("tiny-mixtral"), "--requests", requests.path])
+        #expect(r.status == 1 && r.stderr.contains("\(requests.path):1: \(message)"), "\(r.stderr)")
+    }
+
     /// The harness itself: a launch that ignores SIGTERM and leaves a child holding its output open still ends
     /// soon after its timeout (as an mpirun whose ranks hang would), so a hang fails a test instead of CI.
     @Test func aLaunchThatIgnoresSIGTERMIsKilledWithItsChildren() throws {
@@ -254,6 +268,9 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
         ["generate", "--prompt-ids", "1", "--attention", "sparse", "--sparse-kind", "topk", "--page-size", "0"],
         ["generate", "--prompt-ids", "1", "--kv-memory", "12Q"],
         ["generate", "--prompt-ids", "1", "--kv-memory", "-5"],
+        ["generate", "--prompt-ids", "1", "--presence-penalty", "3"],
+        ["generate", "--prompt-ids", "1", "--repetition-penalty", "0"],
+        ["generate", "--prompt-ids", "1", "--min-tokens", "-1"],
         ["no-such-command"],
     ])
     func badFlagsExitWithUsageCode(args: [String]) throws {

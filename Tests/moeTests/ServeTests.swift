@@ -111,9 +111,9 @@ import Testing
     }
 
     /// The text `moe generate` makes for `ids` with the same settings.
-    static func generated(_ ids: [Int], tokens: Int, tokenizer: String) throws -> String {
+    static func generated(_ ids: [Int], tokens: Int, tokenizer: String, flags: [String] = []) throws -> String {
         let r = try MoEBinary.run(["generate", "--model", fixture("tiny-mixtral"), "--tokenizer", tokenizer, "--prompt-ids",
-                                   ids.map(String.init).joined(separator: ","), "--max-new-tokens", "\(tokens)", "--temperature", "0", "--json"])
+                                   ids.map(String.init).joined(separator: ","), "--max-new-tokens", "\(tokens)", "--temperature", "0", "--json"] + flags)
         return (try JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as? [String: Any])?["text"] as? String ?? "<\(r.stderr)>"
     }
 
@@ -192,6 +192,23 @@ import Testing
             add(stopped.json["usage"])
         }
 
+        // Penalties: what moe generate makes with the same ones, and not the plain text.
+        let penalised = try Self.generated(ids, tokens: 12, tokenizer: server.tokenizer, flags: ["--presence-penalty", "1.5", "--repetition-penalty", "1.3"])
+        let p = try Self.curl(server.url + "/v1/completions",
+                              body: #"{"prompt": "Hello there", "max_tokens": 12, "temperature": 0, "presence_penalty": 1.5, "repetition_penalty": 1.3}"#)
+        #expect(p.status == 200, "\(p.body)")
+        #expect((p.json["choices"] as? [[String: Any]])?.first?["text"] as? String == penalised)
+        #expect(penalised != want)
+        add(p.json["usage"])
+        // min_tokens: a stop string that the first token's text begins with does not apply before it.
+        if let first = want.unicodeScalars.first {
+            let body = #"{"prompt": "Hello there", "max_tokens": 12, "temperature": 0, "min_tokens": 12, "stop": [\#(Self.jsonString(String(first)))]}"#
+            let held = try Self.curl(server.url + "/v1/completions", body: body)
+            let c = (held.json["choices"] as? [[String: Any]])?.first
+            #expect(c?["text"] as? String == want && c?["finish_reason"] as? String == "length", "\(held.body)")
+            add(held.json["usage"])
+        }
+
         // Models, health, detokenize, metrics (token counters equal the usage of every completion above).
         let models = try Self.curl(server.url + "/v1/models")
         #expect(((models.json["data"] as? [[String: Any]])?.first?["id"] as? String) == "tiny")
@@ -245,6 +262,12 @@ import Testing
             ("/v1/completions", #"{"prompt": "x", "temperature": -1}"#, 400, "temperature"),
             ("/v1/completions", #"{"max_tokens": 3}"#, 400, "'prompt' is required"),
             ("/v1/completions", #"{"prompt": "x", "n": 2, "logprobs": 3}"#, 400, "unsupported parameters: n, logprobs"),
+            ("/v1/completions", #"{"prompt": "x", "presence_penalty": 2.5}"#, 400, "presence_penalty must be in [-2, 2], got 2.5"),
+            ("/v1/completions", #"{"prompt": "x", "frequency_penalty": "lots"}"#, 400, "'frequency_penalty' must be a number"),
+            ("/v1/completions", #"{"prompt": "x", "repetition_penalty": 0}"#, 400, "repetition_penalty must be a finite number > 0"),
+            ("/v1/completions", #"{"prompt": "x", "min_tokens": 1.5}"#, 400, "'min_tokens' must be an integer"),
+            ("/v1/completions", #"{"prompt": "x", "min_tokens": -1}"#, 400, "min_tokens must be >= 0"),
+            ("/v1/completions", #"{"prompt": "x", "max_tokens": 4, "min_tokens": 5}"#, 400, "'min_tokens' (5) must be at most 'max_tokens' (4)"),
             ("/v1/completions", #"{"prompt": "x", "model": "gpt-9"}"#, 404, "The model `gpt-9` does not exist."),
             ("/v1/completions", #"{"prompt": [1, 2, 99999]}"#, 400, "token id 99999 is outside the vocabulary (0..<320)"),
             ("/v1/completions", #"{"prompt": "x", "max_tokens": 300}"#, 400, "maximum context length is 256 tokens. However, you requested 301 tokens"),

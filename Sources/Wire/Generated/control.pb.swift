@@ -37,6 +37,15 @@ public nonisolated struct Moe_Control_Sampling: Sendable {
 
   public var seed: UInt64 = 0
 
+  public var presencePenalty: Float = 0
+
+  public var frequencyPenalty: Float = 0
+
+  /// 1 is off; 0 (unset) is read as 1.
+  public var repetitionPenalty: Float = 0
+
+  public var minTokens: Int32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -156,7 +165,7 @@ fileprivate nonisolated let _protobuf_package = "moe.control"
 
 nonisolated extension Moe_Control_Sampling: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Sampling"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}temperature\0\u{3}top_p\0\u{3}top_k\0\u{1}seed\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}temperature\0\u{3}top_p\0\u{3}top_k\0\u{1}seed\0\u{3}presence_penalty\0\u{3}frequency_penalty\0\u{3}repetition_penalty\0\u{3}min_tokens\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -168,6 +177,10 @@ nonisolated extension Moe_Control_Sampling: SwiftProtobuf.Message, SwiftProtobuf
       case 2: try { try decoder.decodeSingularFloatField(value: &self.topP) }()
       case 3: try { try decoder.decodeSingularInt32Field(value: &self.topK) }()
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.seed) }()
+      case 5: try { try decoder.decodeSingularFloatField(value: &self.presencePenalty) }()
+      case 6: try { try decoder.decodeSingularFloatField(value: &self.frequencyPenalty) }()
+      case 7: try { try decoder.decodeSingularFloatField(value: &self.repetitionPenalty) }()
+      case 8: try { try decoder.decodeSingularInt32Field(value: &self.minTokens) }()
       default: break
       }
     }
@@ -186,6 +199,18 @@ nonisolated extension Moe_Control_Sampling: SwiftProtobuf.Message, SwiftProtobuf
     if self.seed != 0 {
       try visitor.visitSingularUInt64Field(value: self.seed, fieldNumber: 4)
     }
+    if self.presencePenalty.bitPattern != 0 {
+      try visitor.visitSingularFloatField(value: self.presencePenalty, fieldNumber: 5)
+    }
+    if self.frequencyPenalty.bitPattern != 0 {
+      try visitor.visitSingularFloatField(value: self.frequencyPenalty, fieldNumber: 6)
+    }
+    if self.repetitionPenalty.bitPattern != 0 {
+      try visitor.visitSingularFloatField(value: self.repetitionPenalty, fieldNumber: 7)
+    }
+    if self.minTokens != 0 {
+      try visitor.visitSingularInt32Field(value: self.minTokens, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -194,6 +219,10 @@ nonisolated extension Moe_Control_Sampling: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.topP != rhs.topP {return false}
     if lhs.topK != rhs.topK {return false}
     if lhs.seed != rhs.seed {return false}
+    if lhs.presencePenalty != rhs.presencePenalty {return false}
+    if lhs.frequencyPenalty != rhs.frequencyPenalty {return false}
+    if lhs.repetitionPenalty != rhs.repetitionPenalty {return false}
+    if lhs.minTokens != rhs.minTokens {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -44,10 +44,6 @@ struct CompletionParameters {
         ("logprobs", { !($0.isNull || $0.bool == false) }),
         ("top_logprobs", { !($0.isNull || $0.int == 0) }),
         ("echo", { $0.bool == true }),
-        ("presence_penalty", { !($0.isNull || $0 == .number(0)) }),
-        ("frequency_penalty", { !($0.isNull || $0 == .number(0)) }),
-        ("repetition_penalty", { !($0.isNull || $0 == .number(1)) }),
-        ("min_tokens", { !($0.isNull || $0 == .number(0)) }),
         ("logit_bias", { !($0.isNull || $0.object?.isEmpty == true) }),
         ("suffix", { !($0.isNull || $0.string == "") }),
         ("tools", { !($0.isNull || $0.array?.isEmpty == true) }),
@@ -89,7 +85,11 @@ struct CompletionParameters {
         let topK = try integer("top_k") ?? 0
         let seed = try integer("seed") ?? 0
         guard seed >= 0 else { throw .invalid("'seed' must be >= 0", param: "seed") }
-        sampling = SamplingParameters(temperature: Float(temperature), topP: Float(topP), topK: topK < 0 ? 0 : topK, seed: UInt64(seed))
+        let minTokens = try integer("min_tokens") ?? 0
+        sampling = SamplingParameters(temperature: Float(temperature), topP: Float(topP), topK: topK < 0 ? 0 : topK, seed: UInt64(seed),
+                                      presencePenalty: Float(try number("presence_penalty") ?? 0),
+                                      frequencyPenalty: Float(try number("frequency_penalty") ?? 0),
+                                      repetitionPenalty: Float(try number("repetition_penalty") ?? 1), minTokens: minTokens)
         do { try sampling.validate() } catch let e as ModelError { throw .invalid(e.description) } catch { throw .invalid("\(error)") }
         if let v = body["stop"], !v.isNull {
             if let s = v.string { stop = [s] } else if let a = v.array, a.allSatisfy({ $0.string != nil }) { stop = a.compactMap(\.string) } else {

@@ -180,6 +180,9 @@ final class OpenAIServer: Sendable {
                 throw APIError.invalid("This model's maximum context length is \(model.maxModelLen) tokens. However, you requested \(p.count + maxTokens) tokens (\(p.count) in the prompt, \(maxTokens) for the completion). Please reduce the prompt or max_tokens.",
                                        param: chat ? "messages" : "prompt")
             }
+            if parameters.sampling.minTokens > maxTokens {
+                throw APIError.invalid("'min_tokens' (\(parameters.sampling.minTokens)) must be at most 'max_tokens' (\(maxTokens))", param: "min_tokens")
+            }
             let stops = Set(parameters.stopTokenIds).union(parameters.ignoreEos ? [] : model.eos)
             requests.append(GenerationRequest(promptIds: p, maxNewTokens: maxTokens, sampling: parameters.sampling, stopIds: stops))
         }
@@ -281,7 +284,8 @@ final class OpenAIServer: Sendable {
     /// early (the request is cancelled in the cluster).
     private func run(_ id: String, _ stream: AsyncStream<ServeEvent>, _ request: GenerationRequest, _ parameters: CompletionParameters,
                      _ model: Model, emit: (String) async throws -> Void) async throws -> Outcome {
-        var assembler = TextAssembler(tokenizer: model.tokenizer, stops: parameters.stop, stopIds: request.stopIds)
+        var assembler = TextAssembler(tokenizer: model.tokenizer, stops: parameters.stop, stopIds: request.stopIds,
+                                      minTokens: request.sampling.minTokens)
         var outcome = Outcome()
         let start = Date()
         var firstToken: Double?
