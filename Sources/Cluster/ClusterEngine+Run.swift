@@ -75,6 +75,26 @@ public protocol RequestSource: AnyObject {
     func progress(id: String, tokens: [Int], finished: FinishReason?)
     /// A request that arrived but can never run here (it does not fit the KV pool every rank agreed on).
     func refuse(id: String, reason: String)
+    /// After each step that ran sequences: what the cluster looks like (for metrics).
+    func stepEnded(_ report: StepReport)
+}
+
+extension RequestSource {
+    public func stepEnded(_ report: StepReport) {}
+}
+
+/// The cluster after one step, as the head sees it.
+public struct StepReport: Sendable {
+    /// KV pages in use and in all, on the rank with the fewest free (every rank holds the same pool size).
+    public var kvPagesInUse: Int
+    public var kvPages: Int
+    /// Whether the step only decoded, and the tokens it made.
+    public var decodeOnly: Bool
+    public var tokens: Int
+    /// Bytes every rank sent to others so far, summed, by kind (`ClusterEngine.sharesCounters`; else empty).
+    public var bytesSent: [String: Int]
+    /// `[rank][layer]`: token rows each rank's experts computed so far (`sharesCounters`; else empty).
+    public var expertRows: [[Int]]
 }
 
 /// The requests of a file, all known at the start.
@@ -228,6 +248,20 @@ extension ClusterEngine {
                     stats.decodeCounters.bytes[kind, default: 0] += d.bytes[kind] ?? 0
                     stats.decodeCounters.seconds[kind, default: 0] += d.seconds[kind] ?? 0
                 }
+            }
+            if comm.rank == 0 && !(admitted.isEmpty && decoding.isEmpty) {
+                let total = model.kvPool?.pageCount ?? 0
+                var bytes: [String: Int] = [:]
+                if sharesCounters {
+                    for (k, kind) in CommCounters.Kind.allCases.enumerated() { bytes[kind.rawValue] = rankBytesSent.reduce(0) { $0 + $1[k] } }
+                }
+                // Pages as every rank reported them in this step's allgather; none once the last sequences finish
+                // (reported before they go, so that /metrics is current when their responses end).
+                let idle = sequences.count == finished.count
+                source.stepEnded(StepReport(
+                    kvPagesInUse: total > 0 && !idle ? total - min(total, freePages.min() ?? total) : 0, kvPages: total,
+                    decodeOnly: admitted.isEmpty, tokens: admitted.count + decoding.count, bytesSent: bytes,
+                    expertRows: sharesCounters ? rankExpertRows : []))
             }
             if comm.rank == 0 {
                 for s in admitted + decoding where !s.tokens.isEmpty {

@@ -96,6 +96,14 @@ public final class ClusterEngine {
     var tokenOut = ByteWriter(), kvOut = ByteWriter()
     /// Free KV pages of every rank as of the last step-end allgather (the head admits by them).
     lazy var freePages = Array(repeating: model.kvPool?.pageCount ?? Int(Int32.max), count: comm.size)
+    /// When set (on every rank or none: it changes the step-end allgather), each rank adds its counters so far to
+    /// the step-end allgather, expert rows per layer and bytes sent per kind, and every rank holds all of them in
+    /// `rankExpertRows` and `rankBytesSent` (`moe serve`'s metrics).
+    public var sharesCounters = false
+    /// `[rank][layer]`: token rows each rank's experts computed so far, as of the last step (`sharesCounters`).
+    public internal(set) lazy var rankExpertRows = Array(repeating: Array(repeating: 0, count: model.spec.layers), count: comm.size)
+    /// `[rank][kind]` (`CommCounters.Kind.allCases` order): bytes each rank sent so far (`sharesCounters`).
+    public internal(set) lazy var rankBytesSent = Array(repeating: Array(repeating: 0, count: CommCounters.Kind.allCases.count), count: comm.size)
     var tokenCount = 0
     let h: Int
     var x = GrowableBuffer<Float>(), y = GrowableBuffer<Float>(), rows = GrowableBuffer<Float>()
@@ -185,6 +193,10 @@ public final class ClusterEngine {
         var routes = ByteWriter()
         header.int(routingThisStep.count)
         header.int(model.kvPool?.freePages ?? Int(Int32.max))
+        if sharesCounters {
+            for n in expertRows { header.int(n) }
+            for kind in CommCounters.Kind.allCases { header.int(comm.counters.bytes[kind] ?? 0) }
+        }
         for (slot, layers) in routingThisStep.sorted(by: { $0.key < $1.key }) {
             routes.int(slot)
             routes.int(layers.count)
@@ -204,6 +216,10 @@ public final class ClusterEngine {
             var r = ByteReader(bytes)
             let tokenCount = r.int(), routed = r.int()
             freePages[src] = r.int()
+            if sharesCounters {
+                for l in 0..<layers { rankExpertRows[src][l] = r.int() }
+                for k in CommCounters.Kind.allCases.indices { rankBytesSent[src][k] = r.int() }
+            }
             for _ in 0..<tokenCount {
                 let slot = r.int(), token = r.int(), home = r.int()
                 let sparse = r.int()  // -1: full attention; else that many sparse layers follow

@@ -114,6 +114,7 @@ extension MoE {
                 throw error
             }
             defer { run.finish() }
+            run.engine.sharesCounters = true  // every rank: expert rows and bytes for /metrics
             run.engine.maxBatch = maxBatch
             run.engine.maxStepTokens = maxStepTokens
             if rank == 0 { emit("moe serve: ready, \(run.comm.size) rank\(run.comm.size == 1 ? "" : "s"), model '\(modelName)'") }

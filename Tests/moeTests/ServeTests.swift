@@ -217,7 +217,8 @@ import Testing
         #expect(detok.json["prompt"] as? String == "Hi")
         let metrics = try Self.curl(server.url + "/metrics").body
         for family in ["moe_prompt_tokens_total", "moe_generation_tokens_total", "moe_num_requests_running", "moe_num_requests_waiting",
-                       "moe_time_to_first_token_seconds", "moe_time_per_output_token_seconds", "moe_request_success_total", "moe_http_requests_total"] {
+                       "moe_time_to_first_token_seconds", "moe_time_per_output_token_seconds", "moe_e2e_request_latency_seconds", "moe_request_success_total",
+                       "moe_http_requests_total", "moe_kv_pages_in_use", "moe_kv_cache_usage_perc", "moe_expert_rows_total"] {
             #expect(metrics.contains(family), "\(family)")
         }
         #expect(Self.metric(metrics, "moe_generation_tokens_total") == Double(completions))
@@ -314,6 +315,36 @@ import Testing
         #expect(!refused.isEmpty, "\(replies.map(\.status))")
         #expect(replies.filter { $0.status == 200 }.count >= 2)
         #expect(refused.allSatisfy { $0.headers.lowercased().contains("retry-after: 1") && $0.errorMessage.contains("queue is full") })
+    }
+
+    /// `/metrics` under 2 ranks: every layer's expert rows, summed over ranks, are top-k times the tokens that
+    /// passed through the layers (each prompt token, and each generated token but the last); both ranks computed
+    /// some; bytes crossed ranks; no KV page is held once every request has finished.
+    @Test func metricsCountExpertRowsAndBytesOfEveryRank() throws {
+        let server = try Server(["--dispatch", "ep2"], ranks: 2)
+        var passed = 0
+        for prompt in ["Hello there", "A longer prompt, to see", "x"] {
+            let r = try Self.curl(server.url + "/v1/completions", body: #"{"prompt": \#(Self.jsonString(prompt)), "max_tokens": 7, "temperature": 0, "ignore_eos": true}"#)
+            #expect(r.status == 200, "\(r.body)")
+            let usage = try #require(r.json["usage"] as? [String: Int])
+            passed += usage["prompt_tokens"]! + usage["completion_tokens"]! - 1
+        }
+        let metrics = try Self.curl(server.url + "/metrics").body
+        let spec = Reference.all["tiny-mixtral"]!.spec
+        var byRank = [0.0, 0.0]
+        for layer in 0..<spec.layers {
+            let perRank = (0..<2).map { rank in
+                Self.metric(metrics, #"moe_expert_rows_total{layer="\#(layer)",rank="\#(rank)"}"#)
+                    ?? Self.metric(metrics, #"moe_expert_rows_total{rank="\#(rank)",layer="\#(layer)"}"#) ?? 0
+            }
+            #expect(perRank.reduce(0, +) == Double(spec.topK * passed), "layer \(layer): \(perRank) vs \(spec.topK) × \(passed)")
+            byRank = zip(byRank, perRank).map { $0 + $1 }
+        }
+        #expect(byRank.allSatisfy { $0 > 0 }, "\(byRank)")
+        let dispatched = metrics.split(separator: "\n").first { $0.hasPrefix("moe_comm_bytes_total") && $0.contains(#"kind="dispatch""#) }
+        #expect((dispatched.flatMap { Double($0.split(separator: " ").last!) } ?? 0) > 0, "\(metrics)")
+        #expect(metrics.contains("moe_comm_bytes_per_token"))
+        #expect(Self.metric(metrics, "moe_kv_pages_in_use") == 0)
     }
 
     @Test func aClientThatGoesAwayFreesItsSequence() throws {

@@ -34,6 +34,9 @@ final class ServeQueue: RequestSource, @unchecked Sendable {  // Every field is 
     let capacity: Int
     let metrics: ServerMetrics?
     private var nextId = 0
+    /// The cluster's counters at the previous step, for the increments of the next.
+    private var lastBytes: [String: Int] = [:]
+    private var lastRows: [[Int]] = []
 
     init(capacity: Int, metrics: ServerMetrics?) {
         self.capacity = capacity
@@ -124,6 +127,28 @@ final class ServeQueue: RequestSource, @unchecked Sendable {  // Every field is 
             updateGauges()
             lock.broadcast()
         }
+    }
+
+    func stepEnded(_ report: StepReport) {
+        guard let metrics else { return }
+        lock.lock(); defer { lock.unlock() }
+        metrics.kvPages(inUse: report.kvPagesInUse, of: report.kvPages)
+        var stepBytes: [String: Int] = [:]
+        for (kind, total) in report.bytesSent {
+            stepBytes[kind] = total - lastBytes[kind, default: 0]
+            metrics.commBytes(kind, stepBytes[kind]!)
+        }
+        lastBytes = report.bytesSent
+        if report.decodeOnly && report.tokens > 0 {
+            for (kind, n) in stepBytes { metrics.commBytesPerToken(kind, Double(n) / Double(report.tokens)) }
+        }
+        for (rank, rows) in report.expertRows.enumerated() {
+            for (layer, n) in rows.enumerated() {
+                let before = rank < lastRows.count ? lastRows[rank][layer] : 0
+                if n > before { metrics.expertRows(layer: layer, rank: rank, n - before) }
+            }
+        }
+        lastRows = report.expertRows
     }
 
     func refuse(id: String, reason: String) {

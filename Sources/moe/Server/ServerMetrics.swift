@@ -31,7 +31,7 @@ final class ServerMetrics: Sendable {
         kvUsage = Metrics.Gauge(label: "moe_kv_cache_usage_perc", factory: factory)
         timeToFirstToken = Metrics.Timer(label: "moe_time_to_first_token_seconds", factory: factory)
         timePerOutputToken = Metrics.Timer(label: "moe_time_per_output_token_seconds", factory: factory)
-        latency = Metrics.Timer(label: "moe_e2e_request_latency_seconds")
+        latency = Metrics.Timer(label: "moe_e2e_request_latency_seconds", factory: factory)
     }
 
     /// One answered HTTP request of an API endpoint, by status code.
@@ -59,9 +59,21 @@ final class ServerMetrics: Sendable {
         kvUsage.record(total > 0 ? Double(inUse) / Double(total) : 0)
     }
 
-    /// Bytes moved between ranks per generated token in the last decode step, by kind.
+    /// Bytes moved between ranks per generated token in the last decode step, by kind (summed over ranks).
     func commBytesPerToken(_ kind: String, _ value: Double) {
         Metrics.Gauge(label: "moe_comm_bytes_per_token", dimensions: [("kind", kind)], factory: factory).record(value)
+    }
+
+    /// Bytes the ranks sent to each other in a step, by kind.
+    func commBytes(_ kind: String, _ n: Int) {
+        guard n > 0 else { return }
+        Metrics.Counter(label: "moe_comm_bytes_total", dimensions: [("kind", kind)], factory: factory).increment(by: n)
+    }
+
+    /// Token rows the experts of `layer` on `rank` computed in a step (low cardinality: layer and rank only).
+    func expertRows(layer: Int, rank: Int, _ n: Int) {
+        Metrics.Counter(label: "moe_expert_rows_total", dimensions: [("layer", String(layer)), ("rank", String(rank))], factory: factory)
+            .increment(by: n)
     }
 
     /// The Prometheus text exposition.
