@@ -18,7 +18,8 @@ extension MoE {
             events), POST /tokenize, POST /detokenize, GET /v1/models, GET /health (503 while loading or \
             draining), GET /metrics (Prometheus). Requests join the running batch at the next step (continuous \
             batching). SIGUSR1 (what mpirun forwards) or SIGTERM to rank 0 drains: new requests get 503, those in \
-            flight finish, then the job exits 0. Run it under mpirun, or alone as one rank.
+            flight finish, then the job exits 0. A SIGTERM from mpirun itself (it ends the job: a rank was lost) fails \
+            the requests in flight with an error at once and exits 1. Run it under mpirun, or alone as one rank.
             """)
 
         @OptionGroup var modelOptions: ModelOptions
@@ -77,17 +78,28 @@ extension MoE {
             if let http { emit("moe serve: listening on http://\(host):\(http.port) (loading)") }
             // mpirun forwards SIGUSR1 to every rank: only the head acts on it (the others follow its plan).
             signal(SIGUSR1, SIG_IGN)
-            if rank == 0 { signal(SIGTERM, SIG_IGN) }
-            let signals: [any DispatchSourceSignal] = rank == 0 ? [SIGUSR1, SIGTERM].map { s in
+            @Sendable func drain(_ s: Int32) {
+                FileHandle.standardError.write(Data("moe serve: draining (signal \(s)): finishing requests in flight\n".utf8))
+                queue.close()
+            }
+            let signals: [any DispatchSourceSignal] = rank == 0 ? [SIGUSR1].map { s in
                 let source = DispatchSource.makeSignalSource(signal: s, queue: .global())
-                source.setEventHandler {
-                    FileHandle.standardError.write(Data("moe serve: draining (signal \(s)): finishing requests in flight\n".utf8))
-                    queue.close()
-                }
+                source.setEventHandler { drain(s) }
                 source.resume()
                 return source
             } : []
             defer { signals.forEach { $0.cancel() } }
+            if rank == 0 {
+                let underMPI = DistributedRun.active
+                TermSignal.install { sender in
+                    guard TermSignal.isLauncher(sender, underMPI: underMPI) else { return drain(SIGTERM) }
+                    let why = "the cluster stopped: mpirun is ending the job (a rank exited or mpirun was signalled) before this request finished"
+                    FileHandle.standardError.write(Data("moe serve: mpirun is ending the job (SIGTERM from it): failing the requests in flight\n".utf8))
+                    queue.failAll(why)
+                    usleep(300_000)  // the error events and responses leave before mpirun's SIGKILL, a second after its SIGTERM
+                    _exit(1)
+                }
+            }
 
             let run: DistributedRun
             do {

@@ -17,11 +17,14 @@ import Testing
         /// Starts `moe serve` (under mpirun with `ranks`) on a free port and waits until it is ready.
         /// `throughScript`: started as `MOE_DRAIN_ON_TERM=1 Scripts/mpirun.sh -np ranks moe serve ...`, as
         /// `Deploy/launch.sh` starts it.
-        init(_ extra: [String] = [], ranks: Int? = nil, throughScript: Bool = false) throws {
+        /// `model`: the model flags instead of tiny-mixtral with a byte tokenizer; `environment`: more variables
+        /// for the ranks (with `ranks`).
+        init(_ extra: [String] = [], ranks: Int? = nil, throughScript: Bool = false, model: [String]? = nil,
+             environment: [String: String] = [:]) throws {
             tokenizer = try TextCommandTests.byteTokenizer()
             let config = #"{"eos_token": null, "chat_template": "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system messages') }}{% endif %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"}"#
             try config.write(toFile: tokenizer + "/tokenizer_config.json", atomically: true, encoding: .utf8)
-            let args = ["serve", "--model", fixture("tiny-mixtral"), "--tokenizer", tokenizer, "--port", "0", "--served-model-name", "tiny"] + extra
+            let args = ["serve"] + (model ?? ["--model", fixture("tiny-mixtral"), "--tokenizer", tokenizer]) + ["--port", "0", "--served-model-name", "tiny"] + extra
             let p: Process
             if throughScript {
                 launch = nil
@@ -35,7 +38,7 @@ import Testing
                 p.standardError = stderr
                 try p.run()
             } else if let ranks {
-                let l = try MPIRun.start(["-np", "\(ranks)", MoEBinary.url.path] + args, defaultSignals: true)
+                let l = try MPIRun.start(["-np", "\(ranks)", MoEBinary.url.path] + args, environment: environment, defaultSignals: true)
                 launch = l
                 p = l.process
                 stdout = l.stdout; stderr = l.stderr
@@ -345,6 +348,37 @@ import Testing
         #expect((dispatched.flatMap { Double($0.split(separator: " ").last!) } ?? 0) > 0, "\(metrics)")
         #expect(metrics.contains("moe_comm_bytes_per_token"))
         #expect(Self.metric(metrics, "moe_kv_pages_in_use") == 0)
+    }
+
+    /// A rank killed mid-stream: mpirun ends the job with SIGTERM to the head, which sends the stream an error
+    /// event and [DONE] before mpirun's SIGKILL, and the job ends non-zero within 30 s (`medium`, so that a stream
+    /// of 500 tokens lasts long enough to be cut).
+    @Test func aRankLostMidStreamEndsItWithAnErrorEvent() throws {
+        let pids = try TemporaryDirectoryPath()
+        let server = try Server(["--max-model-len", "600"], ranks: 2, model: ["--preset", "medium"], environment: ["MOE_PID_DIR": pids.path])
+        let client = Process()
+        client.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        client.arguments = ["-sN", "--max-time", "90", server.url + "/v1/completions", "-H", "Content-Type: application/json", "--data-binary",
+                            #"{"prompt": "Hello", "max_tokens": 500, "temperature": 0, "ignore_eos": true, "stream": true}"#]
+        let out = Pipe()
+        client.standardOutput = out
+        try client.run()
+        var body = ""
+        let deadline = Date().addingTimeInterval(60)
+        while body.components(separatedBy: "data: ").count < 4 && Date() < deadline {
+            body += String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
+        }
+        #expect(!body.contains("[DONE]"), "the stream ended before the kill: \(body)")
+        let pid = try String(contentsOfFile: pids.path + "/rank-1.pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let killedAt = Date()
+        kill(pid_t(pid)!, SIGKILL)
+        body += String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        client.waitUntilExit()
+        #expect(body.contains("the cluster stopped: mpirun is ending the job"), "\(body.suffix(600))")
+        #expect(body.hasSuffix("data: [DONE]\n\n"), "\(body.suffix(300))")
+        let job = try #require(server.launch).finish(timeout: 30)
+        #expect(Date().timeIntervalSince(killedAt) < 30)
+        #expect(job.status != 0)
     }
 
     @Test func aClientThatGoesAwayFreesItsSequence() throws {
