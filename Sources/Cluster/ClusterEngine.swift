@@ -104,6 +104,9 @@ public final class ClusterEngine {
     public internal(set) lazy var rankExpertRows = Array(repeating: Array(repeating: 0, count: model.spec.layers), count: comm.size)
     /// `[rank][kind]` (`CommCounters.Kind.allCases` order): bytes each rank sent so far (`sharesCounters`).
     public internal(set) lazy var rankBytesSent = Array(repeating: Array(repeating: 0, count: CommCounters.Kind.allCases.count), count: comm.size)
+    /// This rank's counters as of its last report (`sharesCounters`).
+    lazy var reportedRows = Array(repeating: 0, count: model.spec.layers)
+    lazy var reportedBytes = Array(repeating: 0, count: CommCounters.Kind.allCases.count)
     var tokenCount = 0
     let h: Int
     var x = GrowableBuffer<Float>(), y = GrowableBuffer<Float>(), rows = GrowableBuffer<Float>()
@@ -194,8 +197,12 @@ public final class ClusterEngine {
         header.int(routingThisStep.count)
         header.int(model.kvPool?.freePages ?? Int(Int32.max))
         if sharesCounters {
-            for n in expertRows { header.int(n) }
-            for kind in CommCounters.Kind.allCases { header.int(comm.counters.bytes[kind] ?? 0) }
+            // What grew since the last step (a step's counts fit the message's 32-bit integers; totals would not).
+            let bytes = CommCounters.Kind.allCases.map { comm.counters.bytes[$0] ?? 0 }
+            for (n, before) in zip(expertRows, reportedRows) { header.int(n - before) }
+            for (n, before) in zip(bytes, reportedBytes) { header.int(n - before) }
+            reportedRows = expertRows
+            reportedBytes = bytes
         }
         for (slot, layers) in routingThisStep.sorted(by: { $0.key < $1.key }) {
             routes.int(slot)
@@ -217,8 +224,8 @@ public final class ClusterEngine {
             let tokenCount = r.int(), routed = r.int()
             freePages[src] = r.int()
             if sharesCounters {
-                for l in 0..<layers { rankExpertRows[src][l] = r.int() }
-                for k in CommCounters.Kind.allCases.indices { rankBytesSent[src][k] = r.int() }
+                for l in 0..<layers { rankExpertRows[src][l] += r.int() }
+                for k in CommCounters.Kind.allCases.indices { rankBytesSent[src][k] += r.int() }
             }
             for _ in 0..<tokenCount {
                 let slot = r.int(), token = r.int(), home = r.int()
