@@ -66,7 +66,7 @@ extension ClusterEngine {
         }
         let received = try comm.alltoallv(send.map(\.bytes), kind: .dispatch)
 
-        struct Arrival { var slot: Int; var home: Int; var experts: [(Int32, Float)] }
+        struct Arrival { var slot: Int; var home: Int; var experts: [(Int32, Float)]; var from: Int }
         var arrivals: [Arrival] = []
         let xr = rows.reserve(max(received.reduce(0) { $0 + $1.count } / codec.rowBytes, 1) * h)
         for src in 0..<g {
@@ -76,7 +76,7 @@ extension ClusterEngine {
                 var experts: [(Int32, Float)] = []
                 for _ in 0..<k { experts.append((Int32(r.int()), r.float())) }
                 codec.read(&r, into: xr + arrivals.count * h)
-                arrivals.append(Arrival(slot: slot, home: home, experts: experts))
+                arrivals.append(Arrival(slot: slot, home: home, experts: experts, from: src))
             }
         }
 
@@ -91,6 +91,7 @@ extension ClusterEngine {
         let out = outputs.reserve(max(assignments.count, 1) * h)
         model.bank.apply(layer: l, hidden: xnr, assignments: &assignments, into: out)
         expertRows[l] += assignments.count
+        remoteExpertRows += assignments.reduce(0) { $0 + (arrivals[Int($1.row)].from == me ? 0 : 1) }
         var index: [Int64: Int] = [:]
         for (i, a) in assignments.enumerated() { index[Int64(a.row) << 32 | Int64(a.expert)] = i }
 

@@ -132,6 +132,7 @@ extension ClusterEngine {
                     experts.append(e)
                     assignments.append(ExpertAssignment(row: Int32(totalRows), expert: e, weight: w))
                 }
+                if src != comm.rank { remoteExpertRows += n }
                 codec.read(&r, into: xr + totalRows * h)
                 recordsFrom[src].append(experts)
                 totalRows += 1

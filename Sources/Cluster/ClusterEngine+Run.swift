@@ -95,6 +95,8 @@ public struct StepReport: Sendable {
     public var bytesSent: [String: Int]
     /// `[rank][layer]`: token rows each rank's experts computed so far (`sharesCounters`; else empty).
     public var expertRows: [[Int]]
+    /// Of those, summed over ranks and layers, the rows whose token was at home on another rank (`sharesCounters`).
+    public var remoteExpertRows = 0
 }
 
 /// The requests of a file, all known at the start.
@@ -261,7 +263,7 @@ extension ClusterEngine {
                 source.stepEnded(StepReport(
                     kvPagesInUse: total > 0 && !idle ? total - min(total, freePages.min() ?? total) : 0, kvPages: total,
                     decodeOnly: admitted.isEmpty, tokens: admitted.count + decoding.count, bytesSent: bytes,
-                    expertRows: sharesCounters ? rankExpertRows : []))
+                    expertRows: sharesCounters ? rankExpertRows : [], remoteExpertRows: rankRemoteRows.reduce(0, +)))
             }
             if comm.rank == 0 {
                 for s in admitted + decoding where !s.tokens.isEmpty {

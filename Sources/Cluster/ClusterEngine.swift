@@ -107,12 +107,17 @@ public final class ClusterEngine {
     /// This rank's counters as of its last report (`sharesCounters`).
     lazy var reportedRows = Array(repeating: 0, count: model.spec.layers)
     lazy var reportedBytes = Array(repeating: 0, count: CommCounters.Kind.allCases.count)
+    var reportedRemote = 0
+    /// `[rank]`: each rank's `remoteExpertRows` (`sharesCounters`).
+    public internal(set) lazy var rankRemoteRows = Array(repeating: 0, count: comm.size)
     var tokenCount = 0
     let h: Int
     var x = GrowableBuffer<Float>(), y = GrowableBuffer<Float>(), rows = GrowableBuffer<Float>()
     var outputs = GrowableBuffer<Float>(), partial = GrowableBuffer<Float>()
     /// (token, expert) rows this rank's experts computed, per layer, since start (load balance figures).
     public internal(set) var expertRows: [Int]
+    /// Those of them whose token came from another rank (it was at home elsewhere when the layer began).
+    public internal(set) var remoteExpertRows = 0
 
     public init(comm: Communicator, model: MoEDecoder, placement: Placement, mode: DispatchMode) {
         self.comm = comm
@@ -201,8 +206,10 @@ public final class ClusterEngine {
             let bytes = CommCounters.Kind.allCases.map { comm.counters.bytes[$0] ?? 0 }
             for (n, before) in zip(expertRows, reportedRows) { header.int(n - before) }
             for (n, before) in zip(bytes, reportedBytes) { header.int(n - before) }
+            header.int(remoteExpertRows - reportedRemote)
             reportedRows = expertRows
             reportedBytes = bytes
+            reportedRemote = remoteExpertRows
         }
         for (slot, layers) in routingThisStep.sorted(by: { $0.key < $1.key }) {
             routes.int(slot)
@@ -226,6 +233,7 @@ public final class ClusterEngine {
             if sharesCounters {
                 for l in 0..<layers { rankExpertRows[src][l] += r.int() }
                 for k in CommCounters.Kind.allCases.indices { rankBytesSent[src][k] += r.int() }
+                rankRemoteRows[src] += r.int()
             }
             for _ in 0..<tokenCount {
                 let slot = r.int(), token = r.int(), home = r.int()

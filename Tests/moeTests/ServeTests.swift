@@ -323,8 +323,9 @@ import Testing
     /// `/metrics` under 2 ranks: every layer's expert rows, summed over ranks, are top-k times the tokens that
     /// passed through the layers (each prompt token, and each generated token but the last); both ranks computed
     /// some; bytes crossed ranks; no KV page is held once every request has finished.
-    @Test func metricsCountExpertRowsAndBytesOfEveryRank() throws {
-        let server = try Server(["--dispatch", "ep2"], ranks: 2)
+    @Test(arguments: ["ep2", "coherent"])
+    func metricsCountExpertRowsAndBytesOfEveryRank(mode: String) throws {
+        let server = try Server(["--dispatch", mode], ranks: 2)
         var passed = 0
         for prompt in ["Hello there", "A longer prompt, to see", "x"] {
             let r = try Self.curl(server.url + "/v1/completions", body: #"{"prompt": \#(Self.jsonString(prompt)), "max_tokens": 7, "temperature": 0, "ignore_eos": true}"#)
@@ -344,6 +345,10 @@ import Testing
             byRank = zip(byRank, perRank).map { $0 + $1 }
         }
         #expect(byRank.allSatisfy { $0 > 0 }, "\(byRank)")
+        // Rows computed on a rank where the token was not at home crossed: some, not all.
+        let crossed = Self.metric(metrics, "moe_cross_rank_expert_rows_total") ?? 0
+        #expect(crossed > 0 && crossed < byRank.reduce(0, +), "\(crossed) of \(byRank)")
+        #expect((0...1).contains(Self.metric(metrics, "moe_cross_rank_fraction") ?? -1))
         let dispatched = metrics.split(separator: "\n").first { $0.hasPrefix("moe_comm_bytes_total") && $0.contains(#"kind="dispatch""#) }
         #expect((dispatched.flatMap { Double($0.split(separator: " ").last!) } ?? 0) > 0, "\(metrics)")
         #expect(metrics.contains("moe_comm_bytes_per_token"))

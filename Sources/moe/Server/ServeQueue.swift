@@ -37,6 +37,7 @@ final class ServeQueue: RequestSource, @unchecked Sendable {  // Every field is 
     /// The cluster's counters at the previous step, for the increments of the next.
     private var lastBytes: [String: Int] = [:]
     private var lastRows: [[Int]] = []
+    private var lastRemote = 0
 
     init(capacity: Int, metrics: ServerMetrics?) {
         self.capacity = capacity
@@ -142,13 +143,19 @@ final class ServeQueue: RequestSource, @unchecked Sendable {  // Every field is 
         if report.decodeOnly && report.tokens > 0 {
             for (kind, n) in stepBytes { metrics.commBytesPerToken(kind, Double(n) / Double(report.tokens)) }
         }
+        var stepRows = 0
         for (rank, rows) in report.expertRows.enumerated() {
             for (layer, n) in rows.enumerated() {
                 let before = rank < lastRows.count ? lastRows[rank][layer] : 0
                 if n > before { metrics.expertRows(layer: layer, rank: rank, n - before) }
+                stepRows += n - before
             }
         }
+        if !report.expertRows.isEmpty {
+            metrics.crossRankRows(report.remoteExpertRows - lastRemote, of: stepRows)
+        }
         lastRows = report.expertRows
+        lastRemote = report.remoteExpertRows
     }
 
     func refuse(id: String, reason: String) {

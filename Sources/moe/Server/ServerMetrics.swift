@@ -16,6 +16,8 @@ final class ServerMetrics: Sendable {
     private let timeToFirstToken: Metrics.Timer
     private let timePerOutputToken: Metrics.Timer
     private let latency: Metrics.Timer
+    private let crossRankRowsTotal: Metrics.Counter
+    private let crossRankFraction: Metrics.Gauge
 
     init() {
         registry = PrometheusCollectorRegistry()
@@ -32,6 +34,8 @@ final class ServerMetrics: Sendable {
         timeToFirstToken = Metrics.Timer(label: "moe_time_to_first_token_seconds", factory: factory)
         timePerOutputToken = Metrics.Timer(label: "moe_time_per_output_token_seconds", factory: factory)
         latency = Metrics.Timer(label: "moe_e2e_request_latency_seconds", factory: factory)
+        crossRankRowsTotal = Metrics.Counter(label: "moe_cross_rank_expert_rows_total", factory: factory)
+        crossRankFraction = Metrics.Gauge(label: "moe_cross_rank_fraction", factory: factory)
     }
 
     /// One answered HTTP request of an API endpoint, by status code.
@@ -74,6 +78,13 @@ final class ServerMetrics: Sendable {
     func expertRows(layer: Int, rank: Int, _ n: Int) {
         Metrics.Counter(label: "moe_expert_rows_total", dimensions: [("layer", String(layer)), ("rank", String(rank))], factory: factory)
             .increment(by: n)
+    }
+
+    /// Of a step's `rows` expert rows, those whose token was at home on another rank: a counter, and the step's
+    /// fraction (steps that ran no expert leave it).
+    func crossRankRows(_ remote: Int, of rows: Int) {
+        if remote > 0 { crossRankRowsTotal.increment(by: remote) }
+        if rows > 0 { crossRankFraction.record(Double(remote) / Double(rows)) }
     }
 
     /// The Prometheus text exposition.
