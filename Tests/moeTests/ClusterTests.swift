@@ -476,8 +476,9 @@ final class TemporaryDirectoryPath {
 /// one process, and what they save.
 @Suite struct ToleranceLeverTests {
     /// tiny-olmoe with top-4 routing (a copy whose config says so): with top-2, a per-rank sum is one row or a
-    /// token's whole sum, so `per-rank` is bit-identical there; with 4 experts it is not.
-    static let topFour: TemporaryPath = {
+    /// token's whole sum, so `per-rank` is bit-identical there; with 4 experts it is not. Made per test and removed
+    /// with its value (a static one outlived the process's tests and stayed in the temporary folder).
+    static func topFour() -> TemporaryPath {
         let dir = TemporaryPath("-olmoe-top4")
         try! FileManager.default.createDirectory(atPath: dir.path, withIntermediateDirectories: true)
         try! FileManager.default.createSymbolicLink(atPath: dir.path + "/model.safetensors", withDestinationPath: fixture("tiny-olmoe") + "/model.safetensors")
@@ -485,7 +486,7 @@ final class TemporaryDirectoryPath {
             .replacingOccurrences(of: #""num_experts_per_tok": 2"#, with: #""num_experts_per_tok": 4"#)
         try! config.write(toFile: dir.path + "/config.json", atomically: true, encoding: .utf8)
         return dir
-    }()
+    }
 
     /// Per-rank sums: logits within 1e-5 (f32 rounding of a reordered sum); bf16 rows on the wire: within 0.05
     /// (bf16 keeps 8 bits: each row value within 2^-9 relative). Greedy tokens equal one process's up to the
@@ -493,7 +494,9 @@ final class TemporaryDirectoryPath {
     @Test(arguments: [("ep2", ["--combine", "per-rank"], 1e-5), ("coherent", ["--combine", "per-rank"], 1e-5),
                       ("ep2", ["--wire-dtype", "bf16"], 0.05), ("coherent", ["--wire-dtype", "bf16", "--combine", "per-rank"], 0.05)])
     func leverStaysWithinItsTolerance(mode: String, flags: [String], tolerance: Float) throws {
-        let dir = Self.topFour.path
+        let topFour = Self.topFour()
+        defer { withExtendedLifetime(topFour) {} }
+        let dir = topFour.path
         let model = try MoEDecoder.load(directory: dir)
         #expect(model.spec.topK == 4)
         let prompt = [3, 14, 15, 92, 65, 35, 89, 79, 32]
