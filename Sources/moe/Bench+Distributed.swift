@@ -47,7 +47,6 @@ extension MoE.Bench {
             mine["calls_" + k.rawValue] = stats.decodeCounters.calls[k] ?? 0
             mine["bytes_" + k.rawValue] = stats.decodeCounters.bytes[k] ?? 0
         }
-        mine["communication_seconds"] = stats.decodeCounters.seconds.values.reduce(0, +)
         mine["communication_by_kind"] = Dictionary(uniqueKeysWithValues: stats.decodeCounters.seconds.map { ($0.key.rawValue, $0.value) })
         let all = try comm.allgatherv(Array(try JSONSerialization.data(withJSONObject: mine))).map {
             try JSONSerialization.jsonObject(with: Data($0)) as! [String: Any]
@@ -79,7 +78,7 @@ extension MoE.Bench {
             "expert_bytes_per_rank": run.expertBytes, "mode_steps": stats.modeSteps,
             "kv_replication": cluster.kvReplication, "kv_wait_ms_per_step": 1e3 * stats.kvWaitSeconds / steps,
             // Inside MPI calls, each rank: moving bytes and waiting for ranks that arrive later.
-            "communication_ms_per_step": all.map { 1e3 * ($0["communication_seconds"] as! Double) / steps },
+            "communication_ms_per_step": all.map { 1e3 * ($0["communication_by_kind"] as! [String: Double]).values.reduce(0, +) / steps },
             "communication_ms_per_step_by_kind": all.map { ($0["communication_by_kind"] as! [String: Double]).mapValues { 1e3 * $0 / steps } },
         ]
         if predict, let predicted = stats.predictedDecodeSeconds, let c = engine.stepModel?.calibration {
