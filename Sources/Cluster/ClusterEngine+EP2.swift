@@ -41,15 +41,37 @@ extension ClusterEngine {
                 let row = rows == .all ? lastRow : j
                 last[s.slot] = Array(logits[(row * vocab)..<((row + 1) * vocab)])
             }
+            var first = 0
+            for (s, span) in zip(pieces, spans) {
+                defer { first += span.count }
+                guard let n = s.request.promptLogprobs else { continue }
+                promptLogprobs(s, n, x: xp, rows: first, positions: span)
+            }
         }
         for s in mine {
-            let token = last[s.slot]!.withUnsafeBufferPointer { s.sample($0) }
-            emitToken(s, token)
+            last[s.slot]!.withUnsafeBufferPointer { emitToken(s, s.sample($0), logits: $0) }
             if replicatesKV {
                 for l in 0..<model.spec.layers { emitKV(s, layer: l, first: 0, count: s.request.promptIds.count) }
             }
         }
         return rows == .all ? all : mine.flatMap { last[$0.slot]! }
+    }
+
+    /// Appends to `s.pendingPromptLogprobs` those of the prompt tokens after `positions` (rows `first...` of x
+    /// hold their hidden states), each with `n` alternatives; the LM head runs in blocks of rows.
+    func promptLogprobs(_ s: SequenceState, _ n: Int, x xp: UnsafePointer<Float>, rows first: Int, positions: Range<Int>) {
+        let prompt = s.request.promptIds, vocab = model.spec.vocabSize
+        let predicting = positions.lowerBound..<min(positions.upperBound, prompt.count - 1)  // the last predicts no prompt token
+        for lo in stride(from: predicting.lowerBound, to: predicting.upperBound, by: 64) {
+            let block = lo..<min(lo + 64, predicting.upperBound)
+            let logits = model.logits(xp, rows: block.map { first + $0 - positions.lowerBound })
+            logits.withUnsafeBufferPointer { all in
+                for (j, p) in block.enumerated() {
+                    s.pendingPromptLogprobs.append(TokenLogprob(UnsafeBufferPointer(rebasing: all[(j * vocab)..<((j + 1) * vocab)]),
+                                                                token: prompt[p + 1], top: n))
+                }
+            }
+        }
     }
 
     /// One `ep2` decode step: every owner runs its sequences' last tokens through all layers and samples. In

@@ -29,10 +29,16 @@ public struct ClusterResult: Sendable {
     public var latency: Double
     /// The layers that ran sparse attention for it (`--attention sparse` or `routed`); nil when full.
     public var sparseLayers: [Int]?
+    /// Its tokens' log-probabilities (`GenerationRequest.logprobs`; else empty) and its prompt's after the first
+    /// (`promptLogprobs`; else nil).
+    public var logprobs: [TokenLogprob] = []
+    public var promptLogprobs: [TokenLogprob]?
 
     public init(id: String, tokens: [Int], promptTokens: Int, finishReason: FinishReason, timeToFirstToken: Double, latency: Double,
-                sparseLayers: [Int]? = nil) {
+                sparseLayers: [Int]? = nil, logprobs: [TokenLogprob] = [], promptLogprobs: [TokenLogprob]? = nil) {
         self.sparseLayers = sparseLayers
+        self.logprobs = logprobs
+        self.promptLogprobs = promptLogprobs
         self.id = id
         self.tokens = tokens
         self.promptTokens = promptTokens
@@ -71,8 +77,8 @@ public protocol RequestSource: AnyObject {
     func next(wait: Bool) -> [ClusterRequest]?
     /// Ids of requests to drop: waiting ones are removed, running ones end at the next step without a result.
     func takeCancellations() -> [String]
-    /// After each step: the tokens so far of a sequence that made one, with its finish reason once done.
-    func progress(id: String, tokens: [Int], finished: FinishReason?)
+    /// After each step: a sequence that made a token, with all it has made so far.
+    func progress(_ p: SequenceProgress)
     /// A request that arrived but can never run here (it does not fit the KV pool every rank agreed on).
     func refuse(id: String, reason: String)
     /// After each step that ran sequences: what the cluster looks like (for metrics).
@@ -81,6 +87,18 @@ public protocol RequestSource: AnyObject {
 
 extension RequestSource {
     public func stepEnded(_ report: StepReport) {}
+}
+
+/// A running sequence after a step in which it made a token.
+public struct SequenceProgress: Sendable {
+    public var id: String
+    /// Every token so far, and the log-probabilities of each when asked for (else empty).
+    public var tokens: [Int]
+    public var logprobs: [TokenLogprob]
+    /// Of its prompt's tokens after the first, when asked for.
+    public var promptLogprobs: [TokenLogprob]?
+    /// Set once it is done.
+    public var finished: FinishReason?
 }
 
 /// The cluster after one step, as the head sees it.
@@ -105,7 +123,7 @@ final class FixedRequests: RequestSource {
     init(_ requests: [ClusterRequest]) { self.requests = requests }
     func next(wait: Bool) -> [ClusterRequest]? { defer { requests = nil }; return requests }
     func takeCancellations() -> [String] { [] }
-    func progress(id: String, tokens: [Int], finished: FinishReason?) {}
+    func progress(_ p: SequenceProgress) {}
     func refuse(id: String, reason: String) {}
 }
 
@@ -267,13 +285,14 @@ extension ClusterEngine {
             }
             if comm.rank == 0 {
                 for s in admitted + decoding where !s.tokens.isEmpty {
-                    source.progress(id: s.id, tokens: s.tokens, finished: s.done ? s.finishReason : nil)
+                    source.progress(SequenceProgress(id: s.id, tokens: s.tokens, logprobs: s.logprobs, promptLogprobs: s.promptLogprobs,
+                                                     finished: s.done ? s.finishReason : nil))
                 }
                 for s in finished {
                     try onResult(ClusterResult(
                         id: s.id, tokens: s.tokens, promptTokens: s.request.promptIds.count, finishReason: s.finishReason,
                         timeToFirstToken: Double(s.firstToken - s.admitted) / 1e9, latency: Double(s.finished - s.admitted) / 1e9,
-                        sparseLayers: s.sparseLayers))
+                        sparseLayers: s.sparseLayers, logprobs: s.logprobs, promptLogprobs: s.promptLogprobs))
                 }
             }
             for s in finished { sequences[s.slot] = nil }
@@ -330,6 +349,8 @@ extension ClusterEngine {
         m.sampling.frequencyPenalty = r.request.sampling.frequencyPenalty
         m.sampling.repetitionPenalty = r.request.sampling.repetitionPenalty
         m.sampling.minTokens = Int32(r.request.sampling.minTokens)
+        if let n = r.request.logprobs { m.logprobs = Int32(n) }
+        if let n = r.request.promptLogprobs { m.promptLogprobs = Int32(n) }
         return m
     }
 
@@ -341,7 +362,8 @@ extension ClusterEngine {
                                          presencePenalty: m.sampling.presencePenalty, frequencyPenalty: m.sampling.frequencyPenalty,
                                          repetitionPenalty: m.sampling.repetitionPenalty == 0 ? 1 : m.sampling.repetitionPenalty,
                                          minTokens: Int(m.sampling.minTokens)),
-            stopIds: Set(m.stopIds.map { Int($0) }))
+            stopIds: Set(m.stopIds.map { Int($0) }),
+            logprobs: m.hasLogprobs ? Int(m.logprobs) : nil, promptLogprobs: m.hasPromptLogprobs ? Int(m.promptLogprobs) : nil)
     }
 }
 

@@ -32,6 +32,12 @@ final class SequenceState {
     var tokens: [Int] = []
     /// The layers that ran sparse attention for it, as its first token's record tells every rank.
     var sparseLayers: [Int]?
+    /// Log-probabilities of its tokens (`request.logprobs`) and of its prompt's tokens after the first
+    /// (`request.promptLogprobs`), as the step-end allgather brings them from the ranks that computed them.
+    var logprobs: [TokenLogprob] = []
+    var promptLogprobs: [TokenLogprob]?
+    /// On the owner, between its prefill and the first token's record: the prompt's log-probabilities.
+    var pendingPromptLogprobs: [TokenLogprob] = []
     var finishReason: FinishReason = .length
     var done = false
     let admitted: UInt64
@@ -239,8 +245,13 @@ public final class ClusterEngine {
                 let slot = r.int(), token = r.int(), home = r.int()
                 let sparse = r.int()  // -1: full attention; else that many sparse layers follow
                 let sparseLayers = sparse < 0 ? nil : (0..<sparse).map { _ in r.int() }
+                let prompt = r.int()  // -1: no prompt log-probabilities; else that many follow
+                let promptLogprobs = prompt < 0 ? nil : (0..<prompt).map { _ in Self.readLogprob(&r) }
+                let logprob = (0..<r.int()).map { _ in Self.readLogprob(&r) }
                 guard let s = sequences[slot] else { continue }
                 if s.tokens.isEmpty { s.sparseLayers = sparseLayers }
+                if s.tokens.isEmpty { s.promptLogprobs = promptLogprobs }
+                s.logprobs += logprob
                 if s.tokens.isEmpty { s.firstToken = Clock.now }
                 s.tokens.append(token)
                 s.home = home
@@ -287,21 +298,50 @@ public final class ClusterEngine {
         let vocab = model.spec.vocabSize
         logits.withUnsafeBufferPointer { all in
             for (i, s) in sequences.enumerated() {
-                emitToken(s, s.sample(UnsafeBufferPointer(rebasing: all[(i * vocab)..<((i + 1) * vocab)])))
+                let row = UnsafeBufferPointer(rebasing: all[(i * vocab)..<((i + 1) * vocab)])
+                emitToken(s, s.sample(row), logits: row)
             }
         }
     }
 
-    /// Queues a sampled token for the step-end allgather: slot, token, the rank that sampled it, and with a
-    /// sequence's first token the layers its attention ran sparse (decided where it was prefilled).
-    func emitToken(_ s: SequenceState, _ token: Int) {
+    /// Queues a sampled token for the step-end allgather: slot, token, the rank that sampled it; with a
+    /// sequence's first token the layers its attention ran sparse (decided where it was prefilled) and its
+    /// prompt's log-probabilities when asked for; the token's log-probability from `logits` when asked for.
+    func emitToken(_ s: SequenceState, _ token: Int, logits: UnsafeBufferPointer<Float>) {
         tokenOut.int(s.slot)
         tokenOut.int(token)
         tokenOut.int(comm.rank)
-        let sparse = s.tokens.isEmpty ? s.cache.flatMap(model.sparseLayers) : nil
+        let first = s.tokens.isEmpty
+        let sparse = first ? s.cache.flatMap(model.sparseLayers) : nil
         tokenOut.int(sparse?.count ?? -1)
         for l in sparse ?? [] { tokenOut.int(l) }
+        let prompt = first && s.request.promptLogprobs != nil ? s.pendingPromptLogprobs : nil
+        tokenOut.int(prompt?.count ?? -1)
+        for e in prompt ?? [] { Self.write(e, into: &tokenOut) }
+        s.pendingPromptLogprobs = []
+        if let n = s.request.logprobs {
+            tokenOut.int(1)
+            Self.write(TokenLogprob(logits, token: token, top: n), into: &tokenOut)
+        } else {
+            tokenOut.int(0)
+        }
         tokenCount += 1
+    }
+
+    static func write(_ e: TokenLogprob, into out: inout ByteWriter) {
+        out.int(e.token)
+        out.float(e.logprob)
+        out.int(e.top.count)
+        for a in e.top {
+            out.int(a.token)
+            out.float(a.logprob)
+        }
+    }
+
+    static func readLogprob(_ r: inout ByteReader) -> TokenLogprob {
+        let token = r.int(), logprob = r.float()
+        let top = (0..<r.int()).map { _ in TokenLogprob.Alternative(token: r.int(), logprob: r.float()) }
+        return TokenLogprob(token: token, logprob: logprob, top: top)
     }
 
     /// Queues K/V rows `first ..< first + count` of `layer` for the step-end allgather.

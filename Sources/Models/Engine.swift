@@ -8,12 +8,20 @@ public struct GenerationRequest: Sendable {
     public var sampling: SamplingParameters
     /// Generation stops after any of these ids (which is kept in the output).
     public var stopIds: Set<Int>
+    /// With each generated token, its log-probability and this many most likely alternatives (nil: none).
+    public var logprobs: Int?
+    /// With each prompt token after the first, its log-probability given those before it and this many most
+    /// likely alternatives (nil: none; the completions API's `echo` with `logprobs`).
+    public var promptLogprobs: Int?
 
-    public init(promptIds: [Int], maxNewTokens: Int, sampling: SamplingParameters = .greedy, stopIds: Set<Int> = []) {
+    public init(promptIds: [Int], maxNewTokens: Int, sampling: SamplingParameters = .greedy, stopIds: Set<Int> = [],
+                logprobs: Int? = nil, promptLogprobs: Int? = nil) {
         self.promptIds = promptIds
         self.maxNewTokens = maxNewTokens
         self.sampling = sampling
         self.stopIds = stopIds
+        self.logprobs = logprobs
+        self.promptLogprobs = promptLogprobs
     }
 }
 
@@ -65,6 +73,11 @@ public final class Engine {
             throw ModelError.invalidArgument(reason)
         }
         try r.sampling.validate()
+        for (name, n) in [("logprobs", r.logprobs), ("prompt_logprobs", r.promptLogprobs)] {
+            if let n, !(0...TokenLogprob.maxTop).contains(n) {
+                throw ModelError.invalidArgument("\(name) must be in 0...\(TokenLogprob.maxTop), got \(n)")
+            }
+        }
     }
 
     /// Why a prompt of `prompt` tokens with `maxNewTokens` more can never have its pages in `pool`, or nil.

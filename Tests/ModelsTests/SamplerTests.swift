@@ -1,3 +1,4 @@
+import Foundation
 @testable import Models
 import Testing
 
@@ -52,5 +53,25 @@ import Testing
             do { try p.validate() } catch { #expect("\(error)".contains(name), "\(error)") }
         }
         #expect(throws: Never.self) { try SamplingParameters(presencePenalty: 2, frequencyPenalty: -2, repetitionPenalty: 1.3, minTokens: 4).validate() }
+    }
+
+    /// Log-probabilities against a plain Double loop on odd vocabularies (not multiples of the SIMD width), with
+    /// ties, a large offset and a ruled-out token: the value, and the alternatives in order with ties to the lower id.
+    @Test(arguments: [1, 7, 37, 1003])
+    func logprobsAreALogSoftmaxWithTheLargestInOrder(vocab: Int) {
+        var g = SystemRandomNumberGenerator()
+        var logits = (0..<vocab).map { _ in Float.random(in: -4...4, using: &g) + 1000 }
+        if vocab > 3 { logits[vocab - 1] = logits[1]; logits[2] = -.infinity }  // a tie, and a token that cannot come
+        let m = Double(logits.max()!)
+        let z = m + log(logits.reduce(0.0) { $0 + exp(Double($1) - m) })
+        let order = logits.indices.sorted { (logits[$0], -$0) > (logits[$1], -$1) }
+        for n in [0, 1, 5, 20] {
+            let token = vocab / 2
+            let e = logits.withUnsafeBufferPointer { TokenLogprob($0, token: token, top: n) }
+            #expect(e.token == token)
+            #expect(abs(Double(e.logprob) - (Double(logits[token]) - z)) < 1e-4)
+            #expect(e.top.map(\.token) == Array(order.prefix(n)))
+            for a in e.top where a.logprob.isFinite { #expect(abs(Double(a.logprob) - (Double(logits[a.token]) - z)) < 1e-4) }
+        }
     }
 }

@@ -265,7 +265,7 @@ import Testing
             ("/v1/completions", #"{"prompt": "x", "max_tokens": "many"}"#, 400, "'max_tokens' must be an integer"),
             ("/v1/completions", #"{"prompt": "x", "temperature": -1}"#, 400, "temperature"),
             ("/v1/completions", #"{"max_tokens": 3}"#, 400, "'prompt' is required"),
-            ("/v1/completions", #"{"prompt": "x", "n": 2, "logprobs": 3}"#, 400, "unsupported parameters: n, logprobs"),
+            ("/v1/completions", #"{"prompt": "x", "n": 2, "best_of": 3}"#, 400, "unsupported parameters: n, best_of"),
             ("/v1/completions", #"{"prompt": "x", "presence_penalty": 2.5}"#, 400, "presence_penalty must be in [-2, 2], got 2.5"),
             ("/v1/completions", #"{"prompt": "x", "frequency_penalty": "lots"}"#, 400, "'frequency_penalty' must be a number"),
             ("/v1/completions", #"{"prompt": "x", "repetition_penalty": 0}"#, 400, "repetition_penalty must be a finite number > 0"),

@@ -76,37 +76,64 @@ public nonisolated struct Moe_Control_Request: Sendable {
 
   public var arrivalStep: Int64 = 0
 
+  /// With each generated token its log-probability and this many alternatives; with each prompt token (echo).
+  public var logprobs: Int32 {
+    get {_logprobs ?? 0}
+    set {_logprobs = newValue}
+  }
+  /// Returns true if `logprobs` has been explicitly set.
+  public var hasLogprobs: Bool {self._logprobs != nil}
+  /// Clears the value of `logprobs`. Subsequent reads from it will return its default value.
+  public mutating func clearLogprobs() {self._logprobs = nil}
+
+  public var promptLogprobs: Int32 {
+    get {_promptLogprobs ?? 0}
+    set {_promptLogprobs = newValue}
+  }
+  /// Returns true if `promptLogprobs` has been explicitly set.
+  public var hasPromptLogprobs: Bool {self._promptLogprobs != nil}
+  /// Clears the value of `promptLogprobs`. Subsequent reads from it will return its default value.
+  public mutating func clearPromptLogprobs() {self._promptLogprobs = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _sampling: Moe_Control_Sampling? = nil
+  fileprivate var _logprobs: Int32? = nil
+  fileprivate var _promptLogprobs: Int32? = nil
 }
 
 /// A request joining the batch at this step, with the sequence slot and owner rank the head chose for it.
-public nonisolated struct Moe_Control_Admission: Sendable {
+public nonisolated struct Moe_Control_Admission: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var sequence: Int32 = 0
+  public var sequence: Int32 {
+    get {_storage._sequence}
+    set {_uniqueStorage()._sequence = newValue}
+  }
 
   public var request: Moe_Control_Request {
-    get {_request ?? Moe_Control_Request()}
-    set {_request = newValue}
+    get {_storage._request ?? Moe_Control_Request()}
+    set {_uniqueStorage()._request = newValue}
   }
   /// Returns true if `request` has been explicitly set.
-  public var hasRequest: Bool {self._request != nil}
+  public var hasRequest: Bool {_storage._request != nil}
   /// Clears the value of `request`. Subsequent reads from it will return its default value.
-  public mutating func clearRequest() {self._request = nil}
+  public mutating func clearRequest() {_uniqueStorage()._request = nil}
 
-  public var owner: Int32 = 0
+  public var owner: Int32 {
+    get {_storage._owner}
+    set {_uniqueStorage()._owner = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _request: Moe_Control_Request? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// Broadcast by the head before every step.
@@ -230,7 +257,7 @@ nonisolated extension Moe_Control_Sampling: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Moe_Control_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}prompt_ids\0\u{3}max_new_tokens\0\u{1}sampling\0\u{3}stop_ids\0\u{3}arrival_step\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}prompt_ids\0\u{3}max_new_tokens\0\u{1}sampling\0\u{3}stop_ids\0\u{3}arrival_step\0\u{1}logprobs\0\u{3}prompt_logprobs\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -244,6 +271,8 @@ nonisolated extension Moe_Control_Request: SwiftProtobuf.Message, SwiftProtobuf.
       case 4: try { try decoder.decodeSingularMessageField(value: &self._sampling) }()
       case 5: try { try decoder.decodeRepeatedInt32Field(value: &self.stopIds) }()
       case 6: try { try decoder.decodeSingularInt64Field(value: &self.arrivalStep) }()
+      case 7: try { try decoder.decodeSingularInt32Field(value: &self._logprobs) }()
+      case 8: try { try decoder.decodeSingularInt32Field(value: &self._promptLogprobs) }()
       default: break
       }
     }
@@ -272,6 +301,12 @@ nonisolated extension Moe_Control_Request: SwiftProtobuf.Message, SwiftProtobuf.
     if self.arrivalStep != 0 {
       try visitor.visitSingularInt64Field(value: self.arrivalStep, fieldNumber: 6)
     }
+    try { if let v = self._logprobs {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 7)
+    } }()
+    try { if let v = self._promptLogprobs {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 8)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -282,6 +317,8 @@ nonisolated extension Moe_Control_Request: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs._sampling != rhs._sampling {return false}
     if lhs.stopIds != rhs.stopIds {return false}
     if lhs.arrivalStep != rhs.arrivalStep {return false}
+    if lhs._logprobs != rhs._logprobs {return false}
+    if lhs._promptLogprobs != rhs._promptLogprobs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -291,41 +328,81 @@ nonisolated extension Moe_Control_Admission: SwiftProtobuf.Message, SwiftProtobu
   public static let protoMessageName: String = _protobuf_package + ".Admission"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{1}request\0\u{1}owner\0")
 
+  fileprivate class _StorageClass {
+    var _sequence: Int32 = 0
+    var _request: Moe_Control_Request? = nil
+    var _owner: Int32 = 0
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _sequence = source._sequence
+      _request = source._request
+      _owner = source._owner
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularInt32Field(value: &self.sequence) }()
-      case 2: try { try decoder.decodeSingularMessageField(value: &self._request) }()
-      case 3: try { try decoder.decodeSingularInt32Field(value: &self.owner) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularInt32Field(value: &_storage._sequence) }()
+        case 2: try { try decoder.decodeSingularMessageField(value: &_storage._request) }()
+        case 3: try { try decoder.decodeSingularInt32Field(value: &_storage._owner) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if self.sequence != 0 {
-      try visitor.visitSingularInt32Field(value: self.sequence, fieldNumber: 1)
-    }
-    try { if let v = self._request {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
-    } }()
-    if self.owner != 0 {
-      try visitor.visitSingularInt32Field(value: self.owner, fieldNumber: 3)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._sequence != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._sequence, fieldNumber: 1)
+      }
+      try { if let v = _storage._request {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+      } }()
+      if _storage._owner != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._owner, fieldNumber: 3)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Moe_Control_Admission, rhs: Moe_Control_Admission) -> Bool {
-    if lhs.sequence != rhs.sequence {return false}
-    if lhs._request != rhs._request {return false}
-    if lhs.owner != rhs.owner {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._sequence != rhs_storage._sequence {return false}
+        if _storage._request != rhs_storage._request {return false}
+        if _storage._owner != rhs_storage._owner {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

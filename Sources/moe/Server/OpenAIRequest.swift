@@ -36,14 +36,16 @@ struct CompletionParameters {
     var ignoreEos = false
     var stream = false
     var includeUsage = false
+    /// Log-probabilities with each generated token and this many alternatives (completions: `logprobs: N`;
+    /// chat: `logprobs: true` with `top_logprobs: N`); nil: none.
+    var logprobs: Int?
+    /// Completions: the prompt comes back before the text (and with `logprobs`, its tokens' log-probabilities).
+    var echo = false
 
     /// Fields (with the values that mean "off") that the server does not implement.
     static let unsupported: [(String, @Sendable (JSONValue) -> Bool)] = [
         ("n", { $0.int.map { $0 > 1 } ?? true }),
         ("best_of", { $0.int.map { $0 > 1 } ?? true }),
-        ("logprobs", { !($0.isNull || $0.bool == false) }),
-        ("top_logprobs", { !($0.isNull || $0.int == 0) }),
-        ("echo", { $0.bool == true }),
         ("logit_bias", { !($0.isNull || $0.object?.isEmpty == true) }),
         ("suffix", { !($0.isNull || $0.string == "") }),
         ("tools", { !($0.isNull || $0.array?.isEmpty == true) }),
@@ -53,8 +55,13 @@ struct CompletionParameters {
         ("response_format", { !($0.isNull || $0.object?["type"]?.string == "text") }),
     ]
 
-    init(_ body: OrderedDictionary<String, JSONValue>) throws(APIError) {
-        let names = Self.unsupported.filter { name, active in body[name].map(active) ?? false }.map(\.0)
+    /// Of those, the chat API's only (vLLM's chat `echo` repeats the last message; this server does not).
+    static let unsupportedInChat: [(String, @Sendable (JSONValue) -> Bool)] = [
+        ("echo", { $0.bool == true }),
+    ]
+
+    init(_ body: OrderedDictionary<String, JSONValue>, chat: Bool) throws(APIError) {
+        let names = (Self.unsupported + (chat ? Self.unsupportedInChat : [])).filter { name, active in body[name].map(active) ?? false }.map(\.0)
         if !names.isEmpty {
             throw .invalid("unsupported parameter\(names.count > 1 ? "s" : ""): \(names.joined(separator: ", ")) (this server does not implement \(names.count > 1 ? "them" : "it"))",
                            param: names[0])
@@ -79,7 +86,28 @@ struct CompletionParameters {
             model = s
         }
         if let m = try integer("max_completion_tokens") { maxTokens = m } else { maxTokens = try integer("max_tokens") }
-        if let m = maxTokens, m < 1 { throw .invalid("'max_tokens' must be at least 1, got \(m)", param: "max_tokens") }
+        if !chat { echo = try flag("echo") ?? false }
+        // `echo` with `max_tokens: 0` scores the prompt alone (lm-evaluation-harness's loglikelihood requests).
+        if let m = maxTokens, m < (echo ? 0 : 1) {
+            throw .invalid("'max_tokens' must be at least \(echo ? 0 : 1)\(echo ? "" : " (0 only with 'echo')"), got \(m)", param: "max_tokens")
+        }
+        func alternatives(_ key: String) throws(APIError) -> Int? {
+            guard let n = try integer(key) else { return nil }
+            guard (0...TokenLogprob.maxTop).contains(n) else {
+                throw .invalid("'\(key)' must be in 0...\(TokenLogprob.maxTop), got \(n)", param: key)
+            }
+            return n
+        }
+        if chat {
+            let top = try alternatives("top_logprobs")
+            if try flag("logprobs") == true {
+                logprobs = top ?? 0
+            } else if let top, top > 0 {
+                throw .invalid("'top_logprobs' needs 'logprobs': true", param: "top_logprobs")
+            }
+        } else {
+            logprobs = try alternatives("logprobs")
+        }
         let temperature = try number("temperature") ?? 1
         let topP = try number("top_p") ?? 1
         let topK = try integer("top_k") ?? 0

@@ -164,18 +164,29 @@ final class OpenAIServer: Sendable {
         var text = ""
         var completionTokens = 0
         var finishReason = "length"
+        /// When asked for, the log-probabilities of the tokens made and of the prompt's.
+        var logprobs: [TokenLogprob] = []
+        var promptLogprobs: [TokenLogprob]?
     }
 
     private func completions(_ request: Request, _ model: Model, chat: Bool) async throws -> Response {
         let body = try await self.body(request)
-        let parameters = try CompletionParameters(body)
+        let parameters = try CompletionParameters(body, chat: chat)
         try checkModelName(parameters.model, model)
-        let prompts: [[Int]] = chat ? [try chatPrompt(body, model)] : try CompletionParameters.prompts(body).map { try promptIds($0, model) }
+        let inputs = chat ? [] : try CompletionParameters.prompts(body)
+        let prompts: [[Int]] = chat ? [try chatPrompt(body, model)] : try inputs.map { try promptIds($0, model) }
+        // `echo`: each prompt's text before its completion (a text prompt as given, ids decoded).
+        let echoed: [String] = !parameters.echo ? [] : try zip(inputs, prompts).map { input, ids in
+            if case .text(let s) = input { return s }
+            do { return try model.tokenizer.decode(ids) } catch { throw APIError.invalid("\(error)", param: "prompt") }
+        }
+        // `max_tokens: 0` with `echo`: one token runs (the engine always makes one) and is left out.
+        let promptOnly = parameters.echo && parameters.maxTokens == 0
         for p in prompts where p.isEmpty { throw APIError.invalid("the prompt is empty", param: "prompt") }
         var requests: [GenerationRequest] = []
         for p in prompts {
             let room = model.maxModelLen - p.count
-            let maxTokens = parameters.maxTokens ?? (chat ? room : 16)
+            let maxTokens = promptOnly ? 1 : parameters.maxTokens ?? (chat ? room : 16)
             if p.count + maxTokens > model.maxModelLen || room < 1 {
                 throw APIError.invalid("This model's maximum context length is \(model.maxModelLen) tokens. However, you requested \(p.count + maxTokens) tokens (\(p.count) in the prompt, \(maxTokens) for the completion). Please reduce the prompt or max_tokens.",
                                        param: chat ? "messages" : "prompt")
@@ -184,7 +195,8 @@ final class OpenAIServer: Sendable {
                 throw APIError.invalid("'min_tokens' (\(parameters.sampling.minTokens)) must be at most 'max_tokens' (\(maxTokens))", param: "min_tokens")
             }
             let stops = Set(parameters.stopTokenIds).union(parameters.ignoreEos ? [] : model.eos)
-            requests.append(GenerationRequest(promptIds: p, maxNewTokens: maxTokens, sampling: parameters.sampling, stopIds: stops))
+            requests.append(GenerationRequest(promptIds: p, maxNewTokens: maxTokens, sampling: parameters.sampling, stopIds: stops,
+                                              logprobs: parameters.logprobs, promptLogprobs: parameters.echo ? parameters.logprobs : nil))
         }
         var submitted: [(String, AsyncStream<ServeEvent>)] = []
         do {
@@ -199,16 +211,35 @@ final class OpenAIServer: Sendable {
         let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
         let promptTokens = prompts.reduce(0) { $0 + $1.count }
         let object = chat ? "chat.completion" : "text_completion"
+        let format = LogprobsJSON(tokenizer: model.tokenizer)
+        /// A completions choice's log-probabilities: the prompt's first (with `echo`), then those of `generated`.
+        func completionLogprobs(_ k: Int, prompt: [TokenLogprob]?, generated: some Collection<TokenLogprob>, offset: inout Int) -> Any {
+            guard parameters.logprobs != nil else { return NSNull() }
+            var entries: [(token: Int, logprob: TokenLogprob?)] = []
+            if let prompt, let first = prompts[k].first { entries = [(first, nil)] + prompt.map { ($0.token, $0) } }
+            entries += generated.map { ($0.token, $0) }
+            return format.completion(entries, offset: &offset)
+        }
+        func chatLogprobs(_ generated: some Collection<TokenLogprob>) -> Any {
+            guard let top = parameters.logprobs else { return NSNull() }
+            return format.chat(generated, top: top)
+        }
         if !parameters.stream {
             var choices: [[String: Any]] = []
             var completionTokens = 0
             for (k, (rid, stream)) in submitted.enumerated() {
-                let outcome = try await run(rid, stream, requests[k], parameters, model) { _ in }
+                var outcome = try await run(rid, stream, requests[k], parameters, model) { _, _ in }
+                if promptOnly { outcome = Outcome(finishReason: "length", promptLogprobs: outcome.promptLogprobs) }
                 completionTokens += outcome.completionTokens
                 let finish: Any = outcome.finishReason
-                choices.append(chat
-                    ? ["index": k, "message": ["role": "assistant", "content": outcome.text], "finish_reason": finish, "logprobs": NSNull()]
-                    : ["index": k, "text": outcome.text, "finish_reason": finish, "logprobs": NSNull()])
+                if chat {
+                    choices.append(["index": k, "message": ["role": "assistant", "content": outcome.text], "finish_reason": finish,
+                                    "logprobs": chatLogprobs(outcome.logprobs)])
+                } else {
+                    var offset = 0
+                    let logprobs = completionLogprobs(k, prompt: outcome.promptLogprobs, generated: outcome.logprobs, offset: &offset)
+                    choices.append(["index": k, "text": (parameters.echo ? echoed[k] : "") + outcome.text, "finish_reason": finish, "logprobs": logprobs])
+                }
             }
             return Self.json(200, ["id": id, "object": object, "created": Int(Date().timeIntervalSince1970), "model": model.name,
                                    "choices": choices, "usage": ["prompt_tokens": promptTokens, "completion_tokens": completionTokens,
@@ -218,11 +249,11 @@ final class OpenAIServer: Sendable {
         let (jobs, generation) = (submitted, requests)
         let created = Int(Date().timeIntervalSince1970)
         let name = model.name
-        @Sendable func chunk(_ index: Int, text: String?, finish: String?) -> ByteBuffer {
+        @Sendable func chunk(_ index: Int, text: String?, finish: String?, logprobs: Any = NSNull()) -> ByteBuffer {
             let f: Any = finish ?? NSNull()
             let choice: [String: Any] = chat
-                ? ["index": index, "delta": text.map { ["content": $0] } ?? [:], "finish_reason": f, "logprobs": NSNull()]
-                : ["index": index, "text": text ?? "", "finish_reason": f, "logprobs": NSNull()]
+                ? ["index": index, "delta": text.map { ["content": $0] } ?? [:], "finish_reason": f, "logprobs": logprobs]
+                : ["index": index, "text": text ?? "", "finish_reason": f, "logprobs": logprobs]
             return Self.event(["id": id, "object": chunkObject, "created": created, "model": name, "choices": [choice]])
         }
         // Events go out through a stream that the response body drains; if the client goes away, a write fails,
@@ -239,12 +270,21 @@ final class OpenAIServer: Sendable {
                                      "choices": [["index": k, "delta": ["role": "assistant", "content": ""], "finish_reason": NSNull(), "logprobs": NSNull()]]]))
                 }
                 do {
-                    let outcome = try await self.run(rid, stream, generation[k], parameters, model) { piece in
-                        send(chunk(k, text: piece, finish: nil))
+                    var offset = 0  // completions: characters of the choice's text so far (`text_offset`)
+                    var echoing = parameters.echo
+                    let outcome = try await self.run(rid, stream, generation[k], parameters, model) { piece, fresh in
+                        if echoing {  // the prompt (and its log-probabilities) before the first piece of the completion
+                            echoing = false
+                            let logprobs = completionLogprobs(k, prompt: fresh.prompt, generated: [], offset: &offset)
+                            send(chunk(k, text: echoed[k], finish: nil, logprobs: logprobs))
+                        }
+                        guard !promptOnly, !piece.isEmpty || !fresh.generated.isEmpty else { return }
+                        let logprobs = chat ? chatLogprobs(fresh.generated) : completionLogprobs(k, prompt: nil, generated: fresh.generated, offset: &offset)
+                        send(chunk(k, text: piece, finish: nil, logprobs: logprobs))
                         if gone { throw CancellationError() }
                     }
-                    completionTokens += outcome.completionTokens
-                    send(chunk(k, text: chat ? nil : "", finish: outcome.finishReason))
+                    completionTokens += promptOnly ? 0 : outcome.completionTokens
+                    send(chunk(k, text: chat ? nil : "", finish: promptOnly ? "length" : outcome.finishReason))
                 } catch let e as APIError {
                     send(Self.event(e.body))
                     for (other, _) in jobs[k...] { self.queue.cancel(other) }
@@ -280,10 +320,18 @@ final class OpenAIServer: Sendable {
     /// One server-sent event carrying `payload` as JSON.
     static func event(_ payload: Any) -> ByteBuffer { ByteBuffer(string: "data: \(jsonText(payload))\n\n") }
 
-    /// Follows one request's events to the end, passing each new piece of text to `emit`; a stop string ends it
-    /// early (the request is cancelled in the cluster).
+    /// What arrived with a piece of text: the log-probabilities of the tokens since the last piece, and (with the
+    /// first) the prompt's.
+    struct Fresh {
+        var generated: ArraySlice<TokenLogprob>
+        var prompt: [TokenLogprob]?
+    }
+
+    /// Follows one request's events to the end, passing each new piece of text to `emit` (and the first tokens
+    /// always, and any with log-probabilities, even when their text is held back); a stop string ends it early
+    /// (the request is cancelled in the cluster).
     private func run(_ id: String, _ stream: AsyncStream<ServeEvent>, _ request: GenerationRequest, _ parameters: CompletionParameters,
-                     _ model: Model, emit: (String) async throws -> Void) async throws -> Outcome {
+                     _ model: Model, emit: (String, Fresh) async throws -> Void) async throws -> Outcome {
         var assembler = TextAssembler(tokenizer: model.tokenizer, stops: parameters.stop, stopIds: request.stopIds,
                                       minTokens: request.sampling.minTokens)
         var outcome = Outcome()
@@ -293,12 +341,16 @@ final class OpenAIServer: Sendable {
         for await event in stream {
             if Task.isCancelled { break }
             switch event {
-            case .tokens(let t):
-                if firstToken == nil { firstToken = Date().timeIntervalSince(start) }
+            case .tokens(let t, let logprobs, let prompt):
+                let first = firstToken == nil
+                if first { firstToken = Date().timeIntervalSince(start) }
                 tokens = t
                 let piece = assembler.feed(t)
                 outcome.text += piece
-                if !piece.isEmpty { try await emit(piece) }
+                let fresh = logprobs[outcome.logprobs.count...]
+                outcome.logprobs = logprobs
+                outcome.promptLogprobs = prompt
+                if !piece.isEmpty || !fresh.isEmpty || first { try await emit(piece, Fresh(generated: fresh, prompt: prompt)) }
                 if assembler.stopped {
                     queue.cancel(id)
                     outcome.finishReason = "stop"
@@ -310,7 +362,7 @@ final class OpenAIServer: Sendable {
             case .finished(let reason):
                 let tail = assembler.finish()
                 outcome.text += tail
-                if !tail.isEmpty { try await emit(tail) }
+                if !tail.isEmpty { try await emit(tail, Fresh(generated: [], prompt: nil)) }
                 outcome.finishReason = reason == .stop || assembler.stopped ? "stop" : "length"
                 outcome.completionTokens = tokens.count
                 metrics.finished(promptTokens: request.promptIds.count, generated: tokens.count, reason: outcome.finishReason,

@@ -4,8 +4,9 @@ import Models
 
 /// What the step loop tells one request's HTTP handler.
 enum ServeEvent: Sendable {
-    /// Every token so far (the handler detokenizes what is new).
-    case tokens([Int])
+    /// Every token so far (the handler detokenizes what is new), with their log-probabilities when asked for
+    /// and the prompt's (`echo` with `logprobs`).
+    case tokens([Int], logprobs: [TokenLogprob], prompt: [TokenLogprob]?)
     /// Generation ended: the engine's reason (length, or a stop id).
     case finished(FinishReason)
     /// The cluster cannot run it: it can never fit the KV pool (`status` 400), or the cluster stopped (500).
@@ -114,12 +115,13 @@ final class ServeQueue: RequestSource, @unchecked Sendable {  // Every field is 
         return cancellations
     }
 
-    func progress(id: String, tokens: [Int], finished: FinishReason?) {
+    func progress(_ p: SequenceProgress) {
         lock.lock(); defer { lock.unlock() }
+        let id = p.id
         guard let c = streams[id] else { return }
         if started.insert(id).inserted { updateGauges() }
-        c.yield(.tokens(tokens))
-        if let finished {
+        c.yield(.tokens(p.tokens, logprobs: p.logprobs, prompt: p.promptLogprobs))
+        if let finished = p.finished {
             c.yield(.finished(finished))
             c.finish()
             streams[id] = nil
