@@ -3,23 +3,24 @@ import Kernels
 import Models
 
 extension ClusterEngine {
-    /// Prefill of newly admitted sequences, as in `ep2` for both modes: each owner runs its sequences' prompts;
-    /// routed experts are reached by a dispatch and a combine all-to-all per MoE layer. With `prefillChunk` a
-    /// prompt runs in passes of at most that many tokens (every rank runs as many passes as the longest prompt
-    /// needs, so all make the same collectives), each attending to the chunks cached before it. The owner samples
-    /// the first token; in coherent mode it also queues the prompt's K/V for the step-end allgather.
+    /// Prefill of the step's prompt chunks, as in `ep2` for both modes: each owner runs its sequences' next
+    /// `count` prompt tokens (from `prefilled` on), attending to what its cache holds; routed experts are reached
+    /// by a dispatch and a combine all-to-all per MoE layer. A chunk longer than `prefillChunk` runs in passes of
+    /// at most that many tokens (every rank runs as many passes as the longest chunk needs, so all make the same
+    /// collectives). A sequence whose prompt ends in this step has its first token sampled by its owner; in
+    /// coherent mode the owner also queues the chunk's K/V for the step-end allgather.
     /// - Returns: on the owner, the logits of the chosen rows (`.all` for `moe forward`).
     @discardableResult
-    func prefill(_ admitted: [SequenceState], logits rows: MoEDecoder.LogitRows = .lastOfEachSegment) throws -> [Float] {
-        let mine = admitted.filter { $0.owner == comm.rank }
-        let longest = admitted.map(\.request.promptIds.count).max() ?? 0
-        let chunk = model.prefillChunk ?? max(longest, 1)
+    func prefill(_ chunks: [PrefillChunk], logits rows: MoEDecoder.LogitRows = .lastOfEachSegment) throws -> [Float] {
+        let mine = chunks.filter { $0.sequence.owner == comm.rank }
+        let longest = chunks.map(\.count).max() ?? 0
+        let pass = model.prefillChunk ?? max(longest, 1)
         let vocab = model.spec.vocabSize
-        var all: [Float] = []  // `.all`: every row of this rank's prompts, pass by pass
+        var all: [Float] = []  // `.all`: every row of this rank's chunks, pass by pass
         var last: [Int: [Float]] = [:]  // slot → logits of its prompt's last position
-        for lo in stride(from: 0, to: longest, by: chunk) {
-            let pieces = mine.filter { $0.request.promptIds.count > lo }
-            let spans = pieces.map { lo..<min($0.request.promptIds.count, lo + chunk) }
+        for lo in stride(from: 0, to: longest, by: pass) {
+            let pieces = mine.filter { $0.count > lo }.map(\.sequence)
+            let spans = mine.filter { $0.count > lo }.map { c in (c.start + lo)..<(c.start + min(c.count, lo + pass)) }
             let tokens = zip(pieces, spans).flatMap { Array($0.request.promptIds[$1]) }
             let batch = MoEDecoder.Batch(tokens: tokens, segments: zip(pieces, spans).map { .init(cache: $0.cache!, count: $1.count) })
             let xp = x.reserve(max(tokens.count, 1) * h)
@@ -48,13 +49,19 @@ extension ClusterEngine {
                 promptLogprobs(s, n, x: xp, rows: first, positions: span)
             }
         }
-        for s in mine {
-            last[s.slot]!.withUnsafeBufferPointer { emitToken(s, s.sample($0), logits: $0) }
-            if replicatesKV {
-                for l in 0..<model.spec.layers { emitKV(s, layer: l, first: 0, count: s.request.promptIds.count) }
-            }
+        for c in chunks {
+            c.sequence.prefilled += c.count
+            c.sequence.prefillSteps += 1
         }
-        return rows == .all ? all : mine.flatMap { last[$0.slot]! }
+        for c in mine {
+            let s = c.sequence
+            if replicatesKV {
+                for l in 0..<model.spec.layers { emitKV(s, layer: l, first: c.start, count: c.count) }
+            }
+            guard let logits = last[s.slot] else { continue }  // its prompt goes on in a later step
+            logits.withUnsafeBufferPointer { emitToken(s, s.sample($0), logits: $0) }
+        }
+        return rows == .all ? all : mine.compactMap { last[$0.sequence.slot] }.flatMap { $0 }
     }
 
     /// Appends to `s.pendingPromptLogprobs` those of the prompt tokens after `positions` (rows `first...` of x

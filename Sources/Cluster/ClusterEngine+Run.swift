@@ -33,9 +33,12 @@ public struct ClusterResult: Sendable {
     /// (`promptLogprobs`; else nil).
     public var logprobs: [TokenLogprob] = []
     public var promptLogprobs: [TokenLogprob]?
+    /// Steps its prompt's chunks ran in (1 unless `maxStepTokens` or `prefillChunk` split it; 0 in one process).
+    public var prefillSteps = 0
 
     public init(id: String, tokens: [Int], promptTokens: Int, finishReason: FinishReason, timeToFirstToken: Double, latency: Double,
-                sparseLayers: [Int]? = nil, logprobs: [TokenLogprob] = [], promptLogprobs: [TokenLogprob]? = nil) {
+                sparseLayers: [Int]? = nil, logprobs: [TokenLogprob] = [], promptLogprobs: [TokenLogprob]? = nil, prefillSteps: Int = 0) {
+        self.prefillSteps = prefillSteps
         self.sparseLayers = sparseLayers
         self.logprobs = logprobs
         self.promptLogprobs = promptLogprobs
@@ -177,7 +180,7 @@ extension ClusterEngine {
                 plan.error = refusal
             } else if comm.rank == 0 {
                 if sourceOpen, !firstStep {
-                    if let arrived = source.next(wait: pending.isEmpty && active.isEmpty) {
+                    if let arrived = source.next(wait: pending.isEmpty && running.isEmpty) {
                         for var r in arrived {
                             if let reason = Engine.poolProblem(prompt: r.request.promptIds.count, maxNewTokens: r.request.maxNewTokens, pool: model.kvPool) {
                                 source.refuse(id: r.id, reason: reason)
@@ -194,28 +197,16 @@ extension ClusterEngine {
                 let cancelled = Set(source.takeCancellations())
                 if !cancelled.isEmpty {
                     pending.removeAll { cancelled.contains($0.id) }
-                    plan.cancel = active.filter { cancelled.contains($0.id) }.map { Int32($0.slot) }
+                    plan.cancel = running.filter { cancelled.contains($0.id) }.map { Int32($0.slot) }
                 }
-                if pending.isEmpty && active.isEmpty && !sourceOpen {
+                let batch = running.filter { !cancelled.contains($0.id) }
+                if pending.isEmpty && batch.isEmpty && !sourceOpen {
                     plan.shutdown = true
                 } else {
-                    if active.isEmpty, let next = pending.first, next.arrivalStep > step { step = next.arrivalStep }
+                    if batch.isEmpty, let next = pending.first, next.arrivalStep > step { step = next.arrivalStep }
                     plan.step = Int64(step)
-                    var running = active.count - plan.cancel.count, stepTokens = 0
-                    while let next = pending.first, next.arrivalStep <= step, running < maxBatch,
-                          stepTokens == 0 || stepTokens + next.request.promptIds.count <= maxStepTokens,
-                          let owner = placeCache(next.request, slot: nextSlot) {
-                        running += 1
-                        stepTokens += next.request.promptIds.count
-                        pending.removeFirst()
-                        var admission = Moe_Control_Admission()
-                        admission.sequence = Int32(nextSlot)
-                        admission.owner = Int32(owner)
-                        admission.request = Self.message(next)
-                        plan.admit.append(admission)
-                        nextSlot += 1
-                    }
-                    if mode == .auto { plan.decodeMode = chooseMode(active).rawValue }
+                    schedule(&plan, batch: batch, pending: &pending, step: step, nextSlot: &nextSlot)
+                    if mode == .auto { plan.decodeMode = chooseMode(batch.filter { !$0.prefilling }).rawValue }
                 }
             }
             let bytes = try comm.broadcastPatiently(try plan.serializedBytes() as [UInt8], root: 0)
@@ -228,16 +219,21 @@ extension ClusterEngine {
             }
             step = Int(plan.step)
 
-            let decoding = active
+            let decoding = decodable
             for a in plan.admit {
                 try admit(slot: Int(a.sequence), id: a.request.id, request: Self.request(a.request), owner: Int(a.owner))
             }
-            let admitted = plan.admit.map { sequences[Int($0.sequence)]! }
-            if !admitted.isEmpty {
+            let chunks = try plan.prefill.map { c in
+                guard let s = sequences[Int(c.sequence)], c.count > 0, s.prefilled + Int(c.count) <= s.request.promptIds.count else {
+                    throw ClusterError.refused("step \(plan.step): the plan's prefill chunk of sequence \(c.sequence) does not fit its prompt")
+                }
+                return PrefillChunk(s, count: Int(c.count))
+            }
+            if !chunks.isEmpty {
                 let start = Clock.now
-                try prefill(admitted)
+                try prefill(chunks)
                 stats.prefillSeconds += Clock.since(start)
-                stats.prefillTokens += admitted.reduce(0) { $0 + $1.request.promptIds.count }
+                stats.prefillTokens += chunks.reduce(0) { $0 + $1.count }
             }
             let stepMode = mode == .auto ? (DispatchMode(rawValue: plan.decodeMode) ?? .coherent) : mode
             let startState = comm.rank == 0 && stepModel != nil ? decoding.map { ($0.home, $0.cache?.length ?? 0) } : []
@@ -248,8 +244,8 @@ extension ClusterEngine {
                 case .coherent, .auto: try decodeCoherent(decoding)
                 }
             }
-            let finished = try synchronise(prefilled: admitted, decoded: decoding)
-            if !decoding.isEmpty && admitted.isEmpty {
+            let finished = try synchronise(prefilled: chunks, decoded: decoding)
+            if !decoding.isEmpty && chunks.isEmpty {
                 stats.decodeSeconds += Clock.since(start)
                 stats.decodeSteps += 1
                 stats.decodeTokens += decoding.count
@@ -269,7 +265,7 @@ extension ClusterEngine {
                     stats.decodeCounters.seconds[kind, default: 0] += d.seconds[kind] ?? 0
                 }
             }
-            if comm.rank == 0 && !(admitted.isEmpty && decoding.isEmpty) {
+            if comm.rank == 0 && !(chunks.isEmpty && decoding.isEmpty) {
                 let total = model.kvPool?.pageCount ?? 0
                 var bytes: [String: Int] = [:]
                 if sharesCounters {
@@ -280,11 +276,11 @@ extension ClusterEngine {
                 let idle = sequences.count == finished.count
                 source.stepEnded(StepReport(
                     kvPagesInUse: total > 0 && !idle ? total - min(total, freePages.min() ?? total) : 0, kvPages: total,
-                    decodeOnly: admitted.isEmpty, tokens: admitted.count + decoding.count, bytesSent: bytes,
+                    decodeOnly: chunks.isEmpty, tokens: chunks.filter { !$0.sequence.prefilling }.count + decoding.count, bytesSent: bytes,
                     expertRows: sharesCounters ? rankExpertRows : [], remoteExpertRows: rankRemoteRows.reduce(0, +)))
             }
             if comm.rank == 0 {
-                for s in admitted + decoding where !s.tokens.isEmpty {
+                for s in chunks.map(\.sequence) + decoding where !s.tokens.isEmpty {
                     source.progress(SequenceProgress(id: s.id, tokens: s.tokens, logprobs: s.logprobs, promptLogprobs: s.promptLogprobs,
                                                      finished: s.done ? s.finishReason : nil))
                 }
@@ -292,7 +288,7 @@ extension ClusterEngine {
                     try onResult(ClusterResult(
                         id: s.id, tokens: s.tokens, promptTokens: s.request.promptIds.count, finishReason: s.finishReason,
                         timeToFirstToken: Double(s.firstToken - s.admitted) / 1e9, latency: Double(s.finished - s.admitted) / 1e9,
-                        sparseLayers: s.sparseLayers, logprobs: s.logprobs, promptLogprobs: s.promptLogprobs))
+                        sparseLayers: s.sparseLayers, logprobs: s.logprobs, promptLogprobs: s.promptLogprobs, prefillSteps: s.prefillSteps))
                 }
             }
             for s in finished { sequences[s.slot] = nil }
@@ -300,6 +296,37 @@ extension ClusterEngine {
             stats.steps += 1
         }
         return stats
+    }
+
+    /// The head's part of a step plan: decodes first, then prompt chunks within `maxStepTokens` (at least one
+    /// token, so that prompts always move), each at most `prefillChunk`: first those of sequences part-way through
+    /// their prompts, in admission order, then requests admitted now (while the batch has room under `maxBatch`
+    /// and their KV pages are free).
+    func schedule(_ plan: inout Moe_Control_StepPlan, batch: [SequenceState], pending: inout [ClusterRequest], step: Int, nextSlot: inout Int) {
+        var budget = max(maxStepTokens - batch.filter { !$0.prefilling }.count, 1)
+        let most = model.prefillChunk ?? Int.max
+        func chunk(_ slot: Int, remaining: Int) {
+            let n = min(remaining, budget, most)
+            var c = Moe_Control_PrefillChunk()
+            c.sequence = Int32(slot)
+            c.count = Int32(n)
+            plan.prefill.append(c)
+            budget -= n
+        }
+        for s in batch where s.prefilling && budget > 0 { chunk(s.slot, remaining: s.request.promptIds.count - s.prefilled) }
+        var size = batch.count
+        while budget > 0, let next = pending.first, next.arrivalStep <= step, size < maxBatch,
+              let owner = placeCache(next.request, slot: nextSlot) {
+            size += 1
+            pending.removeFirst()
+            var admission = Moe_Control_Admission()
+            admission.sequence = Int32(nextSlot)
+            admission.owner = Int32(owner)
+            admission.request = Self.message(next)
+            plan.admit.append(admission)
+            chunk(nextSlot, remaining: next.request.promptIds.count)
+            nextSlot += 1
+        }
     }
 
     /// `auto` mode, on the head: the mode the step-time model predicts faster for a step of `decoding`, each token
@@ -320,7 +347,7 @@ extension ClusterEngine {
     public func forward(tokens: [Int]) throws -> [Float] {
         try admit(slot: 0, id: "forward", request: GenerationRequest(promptIds: tokens, maxNewTokens: 1), owner: 0)
         defer { sequences[0] = nil }
-        let logits = try prefill([sequences[0]!], logits: .all)
+        let logits = try prefill([PrefillChunk(sequences[0]!, count: tokens.count)], logits: .all)
         tokenOut = ByteWriter()
         kvOut = ByteWriter()
         tokenCount = 0

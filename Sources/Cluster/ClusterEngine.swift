@@ -30,6 +30,12 @@ final class SequenceState {
     /// The KV cache, on the ranks that keep one (ep2: the owner; coherent: every rank).
     let cache: KVCache?
     var tokens: [Int] = []
+    /// Prompt tokens run so far (every rank counts them from the plans); below the prompt's length the sequence
+    /// is prefilling: it takes a chunk in a step's prefill and no part in its decode.
+    var prefilled = 0
+    var prefilling: Bool { prefilled < request.promptIds.count }
+    /// Steps that ran a chunk of its prompt.
+    var prefillSteps = 0
     /// The layers that ran sparse attention for it, as its first token's record tells every rank.
     var sparseLayers: [Int]?
     /// Log-probabilities of its tokens (`request.logprobs`) and of its prompt's tokens after the first
@@ -59,6 +65,19 @@ final class SequenceState {
     /// tokens so far (every rank keeps them, so the rank that samples draws what one process would).
     func sample(_ logits: UnsafeBufferPointer<Float>) -> Int {
         sampler.sample(logits, prompt: request.promptIds, output: tokens, stopIds: request.stopIds)
+    }
+}
+
+/// The next `count` prompt tokens of a sequence that a step runs, from position `start` (what it had run before).
+struct PrefillChunk {
+    let sequence: SequenceState
+    let start: Int
+    let count: Int
+
+    init(_ sequence: SequenceState, count: Int) {
+        self.sequence = sequence
+        start = sequence.prefilled
+        self.count = count
     }
 }
 
@@ -96,7 +115,8 @@ public final class ClusterEngine {
     var sequences: [Int: SequenceState] = [:]
     /// Sequences running at once at most (`moe serve --max-batch`); more wait.
     public var maxBatch = Int.max
-    /// Prompt tokens the head admits into one step at most (`--max-step-tokens`), though always one request.
+    /// Tokens one step runs at most (`--max-step-tokens`): the running decodes, then prompt chunks in what is left
+    /// (at least one token).
     public var maxStepTokens = Int.max
     /// Step-end payload this rank contributes: sampled tokens, and (coherent) K/V rows it computed.
     var tokenOut = ByteWriter(), kvOut = ByteWriter()
@@ -196,12 +216,14 @@ public final class ClusterEngine {
         sequences[slot] = SequenceState(slot: slot, id: id, request: request, owner: owner, cache: cache)
     }
 
-    /// Sequences still generating, by slot.
-    var active: [SequenceState] { sequences.values.filter { !$0.done }.sorted { $0.slot < $1.slot } }
+    /// Sequences in the batch (prefilling or generating), by slot.
+    var running: [SequenceState] { sequences.values.filter { !$0.done }.sorted { $0.slot < $1.slot } }
+    /// Of those, the ones whose prompts are done: a step decodes them.
+    var decodable: [SequenceState] { running.filter { !$0.prefilling } }
 
     /// Shares the tokens sampled this step (and, coherent or auto, the K/V rows; auto, the routing) with every
-    /// rank: one allgather. Returns the sequences that finished in this step.
-    func synchronise(prefilled: [SequenceState], decoded: [SequenceState]) throws -> [SequenceState] {
+    /// rank: one allgather. `prefilled`: the prompt chunks the step ran. Returns the sequences that finished.
+    func synchronise(prefilled: [PrefillChunk], decoded: [SequenceState]) throws -> [SequenceState] {
         var header = ByteWriter()
         header.int(tokenCount)
         var routes = ByteWriter()
@@ -275,9 +297,9 @@ public final class ClusterEngine {
             }
             readKV(r)  // K/V rows: slot, layer, first position, count, then keys and values
         }
-        for s in prefilled where s.owner != comm.rank { s.cache?.commit(s.request.promptIds.count) }  // owners did as they ran it
+        for c in prefilled where c.sequence.owner != comm.rank { c.sequence.cache?.commit(c.count) }  // owners did as they ran it
         for s in decoded { s.cache?.commit(1) }
-        for s in prefilled + decoded { if let c = s.cache { model.releaseUnread(c) } }
+        for s in prefilled.map(\.sequence) + decoded { if let c = s.cache { model.releaseUnread(c) } }
         return finished.sorted { $0.slot < $1.slot }
     }
 

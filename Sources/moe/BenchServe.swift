@@ -54,12 +54,20 @@ extension MoE {
         @Option(help: "Output: md (a table) or json (one object on the last line).")
         var format: String = "md"
 
+        @Option(help: "Also send one request with a prompt of this many random tokens (and one output token), --long-prompt-at seconds in: the report gives its time to first token and the longest inter-token gap of the other streams while it prefilled.")
+        var longPromptLen: Int?
+
+        @Option(help: "Seconds after the start at which the long prompt is sent.")
+        var longPromptAt: Double = 2
+
         func validate() throws {
             if numPrompts < 1 { throw ValidationError("--num-prompts must be at least 1") }
             if let r = requestRate, !(r > 0) { throw ValidationError("--request-rate must be > 0") }
             if let c = maxConcurrency, c < 1 { throw ValidationError("--max-concurrency must be at least 1") }
             if inputLen < 1 || outputLen < 1 { throw ValidationError("--input-len and --output-len must be at least 1") }
             if !["md", "json"].contains(format) { throw ValidationError("--format must be md or json") }
+            if let n = longPromptLen, n < 1 { throw ValidationError("--long-prompt-len must be at least 1") }
+            if !(longPromptAt >= 0) { throw ValidationError("--long-prompt-at must be >= 0") }
             guard URL(string: baseUrl)?.host != nil else { throw ValidationError("--base-url must be a URL such as http://127.0.0.1:8000") }
         }
 
@@ -71,6 +79,9 @@ extension MoE {
             var timeToFirstToken = 0.0
             var latency = 0.0
             var interTokenGaps: [Double] = []
+            /// Seconds from the bench's start: when the request was sent, and when each gap ended.
+            var sent = 0.0
+            var gapEnds: [Double] = []
         }
 
         func run() throws {
@@ -93,7 +104,22 @@ extension MoE {
         }
 
         func measure() async throws {
-            let client = HTTPClient.shared
+            // One connection per request in flight, the long prompt's too (the shared client's pool holds 8 per
+            // host: more would wait in the client, not in the server).
+            var configuration = HTTPClient.Configuration()
+            configuration.connectionPool = .init(idleTimeout: .seconds(60),
+                                                 concurrentHTTP1ConnectionsPerHostSoftLimit: (maxConcurrency ?? numPrompts) + 1)
+            let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+            do {
+                try await measure(client)
+            } catch {
+                try? await client.shutdown()
+                throw error
+            }
+            try await client.shutdown()
+        }
+
+        func measure(_ client: HTTPClient) async throws {
             let base = baseUrl.hasSuffix("/") ? String(baseUrl.dropLast()) : baseUrl
             // The model's name and vocabulary.
             let card = try await Self.json(client, base + "/v1/models", apiKey: apiKey)
@@ -127,6 +153,15 @@ extension MoE {
             let limit = maxConcurrency ?? numPrompts
             let start = Date()
             var samples = [Sample](repeating: Sample(), count: numPrompts)
+            let long: Task<Sample, Never>? = longPromptLen.map { n in
+                let low = min(100, vocabulary / 2)
+                let prompt = JSONValue.array((0..<n).map { _ in .number(Double(low + Int(rng.next() % UInt64(vocabulary - low)))) })
+                let at = longPromptAt
+                return Task {
+                    try? await Task.sleep(nanoseconds: UInt64(at * 1e9))
+                    return await Self.stream(client, base, name: name, prompt: prompt, tokens: 1, apiKey: apiKey, since: start)
+                }
+            }
             try await withThrowingTaskGroup(of: (Int, Sample).self) { group in
                 var inFlight = 0
                 for k in 0..<numPrompts {
@@ -134,16 +169,16 @@ extension MoE {
                     if wait > 0 { try await Task.sleep(nanoseconds: UInt64(wait * 1e9)) }
                     if inFlight >= limit, let (i, s) = try await group.next() { samples[i] = s; inFlight -= 1 }
                     let (prompt, length) = prompts[k]
-                    group.addTask { (k, await Self.stream(client, base, name: name, prompt: prompt, tokens: length, apiKey: apiKey)) }
+                    group.addTask { (k, await Self.stream(client, base, name: name, prompt: prompt, tokens: length, apiKey: apiKey, since: start)) }
                     inFlight += 1
                 }
                 for try await (i, s) in group { samples[i] = s }
             }
             let elapsed = Date().timeIntervalSince(start)
-            report(samples, elapsed: elapsed)
+            report(samples, elapsed: elapsed, long: await long?.value)
         }
 
-        func report(_ samples: [Sample], elapsed: Double) {
+        func report(_ samples: [Sample], elapsed: Double, long: Sample? = nil) {
             let ok = samples.filter(\.ok)
             let outputTokens = ok.reduce(0) { $0 + $1.outputTokens }
             func stats(_ values: [Double]) -> [String: Double] {
@@ -155,13 +190,25 @@ extension MoE {
             let ttft = stats(ok.map(\.timeToFirstToken))
             let tpot = stats(ok.filter { $0.outputTokens > 1 }.map { ($0.latency - $0.timeToFirstToken) / Double($0.outputTokens - 1) })
             let itl = stats(ok.flatMap(\.interTokenGaps))
-            let line: [String: Any] = [
+            // The long prompt: its time to first token, and the longest gap of any other stream that overlaps its
+            // prefill (from when it was sent to its first token), beside the median gap.
+            var longReport: [String: Any]?
+            if let long, let n = longPromptLen {
+                let window = long.sent...(long.sent + (long.ok ? long.timeToFirstToken : long.latency))
+                let during = ok.flatMap { s in zip(s.interTokenGaps, s.gapEnds).filter { gap, end in end >= window.lowerBound && end - gap <= window.upperBound }.map(\.0) }
+                let longest = (during.max() ?? 0) * 1000
+                longReport = ["prompt_tokens": n, "ok": long.ok, "error": long.error as Any? ?? NSNull(), "sent_s": long.sent,
+                              "ttft_ms": long.timeToFirstToken * 1000, "max_itl_during_ms": longest,
+                              "max_itl_over_p50": itl["p50"]! > 0 ? longest / itl["p50"]! : 0]
+            }
+            var line: [String: Any] = [
                 "completed": ok.count, "failed": samples.count - ok.count, "duration_s": elapsed,
                 "request_throughput": Double(ok.count) / elapsed, "output_throughput": Double(outputTokens) / elapsed,
                 "total_output_tokens": outputTokens, "ttft_ms": ttft, "tpot_ms": tpot, "itl_ms": itl,
                 "request_rate": requestRate.map { $0 as Any } ?? "inf", "max_concurrency": maxConcurrency.map { $0 as Any } ?? NSNull(),
                 "errors": Array(Set(samples.compactMap(\.error))).sorted().prefix(5).map { $0 },
             ]
+            if let longReport { line["long_prompt"] = longReport }
             if format == "json" {
                 emit((try? jsonLine(line)) ?? "{}")
                 return
@@ -176,6 +223,11 @@ extension MoE {
             for (label, s) in [("time to first token", ttft), ("time per output token", tpot), ("inter-token latency", itl)] {
                 emit(String(format: "| %@ | %.2f | %.2f | %.2f | %.2f |", label, s["mean"]!, s["p50"]!, s["p90"]!, s["p99"]!))
             }
+            if let l = longReport {
+                emit("")
+                emit(String(format: "long prompt of %d tokens: time to first token %.0f ms; longest gap of another stream meanwhile %.1f ms (%.2fx the p50 gap)",
+                            l["prompt_tokens"] as! Int, l["ttft_ms"] as! Double, l["max_itl_during_ms"] as! Double, l["max_itl_over_p50"] as! Double))
+            }
             emit((try? jsonLine(line)) ?? "{}")
         }
 
@@ -189,8 +241,10 @@ extension MoE {
         }
 
         /// One streaming completion, timed at each chunk that carries text.
-        static func stream(_ client: HTTPClient, _ base: String, name: String, prompt: JSONValue, tokens: Int, apiKey: String?) async -> Sample {
+        static func stream(_ client: HTTPClient, _ base: String, name: String, prompt: JSONValue, tokens: Int, apiKey: String?,
+                           since origin: Date) async -> Sample {
             var sample = Sample()
+            sample.sent = Date().timeIntervalSince(origin)
             let promptJSON: String
             switch prompt {
             case .string(let s): promptJSON = OpenAIServer.jsonText([s]).dropFirst().dropLast().description
@@ -226,7 +280,12 @@ extension MoE {
                         if let u = o["usage"]?.object?["completion_tokens"]?.int { sample.outputTokens = u }
                         if let text = o["choices"]?.array?.first?.object?["text"]?.string, !text.isEmpty {
                             let now = Date().timeIntervalSince(start)
-                            if let l = last { sample.interTokenGaps.append(now - l) } else { sample.timeToFirstToken = now }
+                            if let l = last {
+                                sample.interTokenGaps.append(now - l)
+                                sample.gapEnds.append(sample.sent + now)
+                            } else {
+                                sample.timeToFirstToken = now
+                            }
                             last = now
                         }
                     }

@@ -26,6 +26,9 @@ struct ClusterOptions: ParsableArguments {
     @Option(help: "Under mpirun: what expert ranks send back per token, per-expert rows (exact) or per-rank partial sums (fewer bytes; rounding differs where a token's experts are split).")
     var combine: String = CombineRows.perExpert.rawValue
 
+    @Option(help: "Tokens one step of the cluster (under mpirun, or serve) runs at most: the running decodes first, then prompt chunks (each at most --prefill-chunk), so that a long prompt does not stall the others (default: serve 2048, else no limit).")
+    var maxStepTokens: Int?
+
     var mode: DispatchMode { DispatchMode(rawValue: dispatch)! }
 
     /// `--calibration` feeds the step-time model, which runs under `--dispatch auto` and for `bench --predict`; the
@@ -42,6 +45,7 @@ struct ClusterOptions: ParsableArguments {
         guard DispatchMode(rawValue: dispatch) != nil else { throw ValidationError("--dispatch must be ep2, coherent or auto, got '\(dispatch)'") }
         guard WireDType(rawValue: wireDtype) != nil else { throw ValidationError("--wire-dtype must be f32 or bf16, got '\(wireDtype)'") }
         guard CombineRows(rawValue: combine) != nil else { throw ValidationError("--combine must be per-expert or per-rank, got '\(combine)'") }
+        if let n = maxStepTokens, n < 1 { throw ValidationError("--max-step-tokens must be at least 1") }
         guard KVReplication(rawValue: kvReplication) != nil else {
             throw ValidationError("--kv-replication must be layer or step-end, got '\(kvReplication)'")
         }
@@ -91,6 +95,7 @@ struct DistributedRun {
             engine?.kvReplication = cluster.replication
             engine?.wire = WireDType(rawValue: cluster.wireDtype)!
             engine?.combineRows = CombineRows(rawValue: cluster.combine)!
+            engine?.maxStepTokens = cluster.maxStepTokens ?? Int.max
             if let path = cluster.calibration { calibration = try StepTimeModel.Calibration.load(path: path) }
         } catch {
             failure = "\(error)"

@@ -46,9 +46,6 @@ extension MoE {
         @Option(help: "Sequences in the running batch at most.")
         var maxBatch = 8
 
-        @Option(help: "Prompt tokens admitted into one step at most (one request always fits).")
-        var maxStepTokens = 2048
-
         @Option(help: "The model name the API reports and accepts (default: the model folder's name, or the preset's).")
         var servedModelName: String?
 
@@ -58,7 +55,6 @@ extension MoE {
         func validate() throws {
             if maxQueue < 0 { throw ValidationError("--max-queue must be >= 0") }
             if maxBatch < 1 { throw ValidationError("--max-batch must be at least 1") }
-            if maxStepTokens < 1 { throw ValidationError("--max-step-tokens must be at least 1") }
             if !(0...65535).contains(port) { throw ValidationError("--port must be 0...65535") }
             if maxBodyBytes < 1024 { throw ValidationError("--max-body-bytes must be at least 1024") }
             try cluster.validateCalibration()
@@ -128,7 +124,7 @@ extension MoE {
             defer { run.finish() }
             run.engine.sharesCounters = true  // every rank: expert rows and bytes for /metrics
             run.engine.maxBatch = maxBatch
-            run.engine.maxStepTokens = maxStepTokens
+            run.engine.maxStepTokens = cluster.maxStepTokens ?? 2048
             if rank == 0 { emit("moe serve: ready, \(run.comm.size) rank\(run.comm.size == 1 ? "" : "s"), model '\(modelName)'") }
             do {
                 _ = try run.engine.run(source: queue) { _ in }

@@ -109,9 +109,12 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
 
     /// `--attention routed` under mpirun, with the checkpoint's Flux router (`tiny-mixtral-router`) and with a
     /// policy: each request's decisions (`sparse_layers`) and tokens equal the single process's, in both modes
-    /// (in coherent, ranks that did not prefill a request apply the decisions that came with its K/V).
-    @Test(arguments: [("ep2", nil), ("coherent", nil), ("coherent", "fraction=0.5;min-prompt=6")] as [(String, String?)])
-    func routedAttentionDecidesAsTheSingleProcess(mode: String, policy: String?) throws {
+    /// (in coherent, ranks that did not prefill a request apply the decisions that came with its K/V); with
+    /// `--max-step-tokens 5` too, the longer prompts' chunks spread over steps beside the others' decodes (with the
+    /// policy only: the checkpoint's router reads a prompt's first chunk, so it may decide otherwise than on all).
+    @Test(arguments: [("ep2", nil, false), ("coherent", nil, false), ("coherent", "fraction=0.5;min-prompt=6", false),
+                      ("ep2", "fraction=0.5;min-prompt=6", true), ("coherent", "fraction=0.5;min-prompt=6", true)] as [(String, String?, Bool)])
+    func routedAttentionDecidesAsTheSingleProcess(mode: String, policy: String?, chunked: Bool) throws {
         let requests = TemporaryPath(".jsonl")
         var rng = SplitMix64(seed: 17)
         let prompts = [2, 5, 7, 9, 12, 30].map { n in (0..<n).map { _ in Int.random(in: 3..<300, using: &rng) } }
@@ -121,7 +124,7 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         let args = ["generate", "--model", fixture("tiny-mixtral-router"), "--requests", requests.path, "--attention", "routed",
                     "--sparse-sink", "0", "--sparse-window", "4", "--sparse-block", "1", "--router-pool", "3"]
             + (policy.map { ["--router-policy", $0] } ?? [])
-        let single = try MoEBinary.run(args), cluster = try MPIRun.run(3, args + ["--dispatch", mode])
+        let single = try MoEBinary.run(args), cluster = try MPIRun.run(3, args + ["--dispatch", mode] + (chunked ? ["--max-step-tokens", "5"] : []))
         #expect(single.status == 0 && cluster.status == 0, "\(single.stderr) \(cluster.stderr)")
         func results(_ r: MoEBinary.Result) -> [String: [String: Any]] {
             var out: [String: [String: Any]] = [:]
@@ -137,6 +140,7 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
             let layers = r["sparse_layers"] as? [Int]
             #expect(layers != nil && b[id]?["sparse_layers"] as? [Int] == layers, "\(id)")
             #expect(r["tokens"] as? [Int] != nil && b[id]?["tokens"] as? [Int] == r["tokens"] as? [Int], "\(id)")
+            if chunked, id == "r5" { #expect((b[id]?["prefill_steps"] as? Int ?? 0) >= 6, "\(b[id] ?? [:])") }  // 30 tokens, at most 5 a step
             decisions.insert(layers ?? [])
         }
         #expect(decisions.count > 1, "the prompts should not all get the same decisions: \(decisions)")
@@ -176,6 +180,33 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         for (i, p) in prompts.enumerated() {
             let alone = try Engine(model: model).generate([GenerationRequest(promptIds: p, maxNewTokens: 6)])[0].tokens
             #expect(results.first { $0["id"] as? String == "r\(i)" }?["tokens"] as? [Int] == alone, "r\(i)")
+        }
+    }
+
+    /// Prompts in chunks spread over steps (`--max-step-tokens 4`, `--prefill-chunk 3`), beside sequences that
+    /// decode: a 9-token prompt arriving while one sequence decodes takes 3 steps of 3 tokens (the decode takes
+    /// the 4th), the 2-token one that arrives with it waits for a step with room, and every request gets the
+    /// tokens it gets alone.
+    @Test(arguments: ["ep2", "coherent"])
+    func promptChunksShareStepsWithDecodes(mode: String) throws {
+        let model = try MoEDecoder.load(directory: fixture("tiny-mixtral"))
+        let prompts = [[5, 6, 7], [15, 16, 17, 18, 19, 20, 21, 22, 23], [30, 31], [40, 41, 42, 43, 44]]
+        let arrivals = [0, 2, 2, 9]
+        let requests = TemporaryPath(".jsonl")
+        try prompts.enumerated().map { i, p in #"{"id": "r\#(i)", "prompt_ids": \#(p), "max_new_tokens": 12, "temperature": 0, "arrival_step": \#(arrivals[i])}"# }
+            .joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let r = try MPIRun.run(2, ["generate", "--model", fixture("tiny-mixtral"), "--requests", requests.path, "--dispatch", mode,
+                                   "--max-step-tokens", "4", "--prefill-chunk", "3"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let results = r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(results.count == prompts.count)
+        for (i, p) in prompts.enumerated() {
+            let alone = try Engine(model: model).generate([GenerationRequest(promptIds: p, maxNewTokens: 12)])[0].tokens
+            let result = results.first { $0["id"] as? String == "r\(i)" }
+            #expect(result?["tokens"] as? [Int] == alone, "r\(i)")
+            // r0 alone: one step (0). r1 beside r0's decode: 3 + 3 + 3 (steps 2-4); r2 waits for room: step 5.
+            // r3 (step 9) beside three decodes: 1 token a step until r0's last (step 11), then 2: 1 + 1 + 1 + 2.
+            #expect(result?["prefill_steps"] as? Int == [1, 3, 1, 4][i], "r\(i): \(result ?? [:])")
         }
     }
 

@@ -158,6 +158,24 @@ public nonisolated struct Moe_Control_StepPlan: Sendable {
   /// Sequences (by slot) that end now without a result (their client went away, or a stop string was seen).
   public var cancel: [Int32] = []
 
+  /// The prompt tokens each prefilling sequence runs in this step (its next chunk), admitted ones included.
+  public var prefill: [Moe_Control_PrefillChunk] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The next `count` prompt tokens of sequence `sequence`.
+public nonisolated struct Moe_Control_PrefillChunk: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sequence: Int32 = 0
+
+  public var count: Int32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -410,7 +428,7 @@ nonisolated extension Moe_Control_Admission: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StepPlan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}step\0\u{1}admit\0\u{1}shutdown\0\u{3}decode_mode\0\u{1}error\0\u{1}cancel\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}step\0\u{1}admit\0\u{1}shutdown\0\u{3}decode_mode\0\u{1}error\0\u{1}cancel\0\u{1}prefill\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -424,6 +442,7 @@ nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf
       case 4: try { try decoder.decodeSingularStringField(value: &self.decodeMode) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.error) }()
       case 6: try { try decoder.decodeRepeatedInt32Field(value: &self.cancel) }()
+      case 7: try { try decoder.decodeRepeatedMessageField(value: &self.prefill) }()
       default: break
       }
     }
@@ -448,6 +467,9 @@ nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf
     if !self.cancel.isEmpty {
       try visitor.visitPackedInt32Field(value: self.cancel, fieldNumber: 6)
     }
+    if !self.prefill.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.prefill, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -458,6 +480,42 @@ nonisolated extension Moe_Control_StepPlan: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.decodeMode != rhs.decodeMode {return false}
     if lhs.error != rhs.error {return false}
     if lhs.cancel != rhs.cancel {return false}
+    if lhs.prefill != rhs.prefill {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Moe_Control_PrefillChunk: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PrefillChunk"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{1}count\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt32Field(value: &self.sequence) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.count) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.sequence != 0 {
+      try visitor.visitSingularInt32Field(value: self.sequence, fieldNumber: 1)
+    }
+    if self.count != 0 {
+      try visitor.visitSingularInt32Field(value: self.count, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Moe_Control_PrefillChunk, rhs: Moe_Control_PrefillChunk) -> Bool {
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs.count != rhs.count {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
