@@ -162,25 +162,33 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         #expect(tokens(single) != nil && tokens(cluster) == tokens(single))
     }
 
+    /// Runs `prompts` as `moe generate --requests` lines under mpirun (`arrivals`: their arrival steps) and checks
+    /// that each gets the greedy tokens it gets alone in one process; returns the result lines by request index.
+    func requestsGetTheirTokensAlone(_ prompts: [[Int]], arrivals: [Int]? = nil, newTokens: Int, ranks: Int, _ flags: [String]) throws -> [[String: Any]?] {
+        let model = try MoEDecoder.load(directory: fixture("tiny-mixtral"))
+        let requests = TemporaryPath(".jsonl")
+        try prompts.enumerated().map { i, p in
+            #"{"id": "r\#(i)", "prompt_ids": \#(p), "max_new_tokens": \#(newTokens), "temperature": 0, "arrival_step": \#(arrivals?[i] ?? 0)}"#
+        }.joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let r = try MPIRun.run(ranks, ["generate", "--model", fixture("tiny-mixtral"), "--requests", requests.path] + flags)
+        #expect(r.status == 0, "\(r.stderr)")
+        let results = r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(results.count == prompts.count)
+        return try prompts.enumerated().map { i, p in
+            let alone = try Engine(model: model).generate([GenerationRequest(promptIds: p, maxNewTokens: newTokens)])[0].tokens
+            let result = results.first { $0["id"] as? String == "r\(i)" }
+            #expect(result?["tokens"] as? [Int] == alone, "r\(i)")
+            return result
+        }
+    }
+
     /// A KV pool of 4 pages of 4 tokens per rank (`--kv-memory 12K` on tiny-mixtral) holds one or two of these
     /// requests at a time: the head admits each only when its pages are free on the ranks that keep it (every rank
     /// in coherent, the owner in ep2), and every request gets the tokens it gets alone.
     @Test(arguments: ["ep2", "coherent"])
     func admissionWaitsForFreePages(mode: String) throws {
-        let model = try MoEDecoder.load(directory: fixture("tiny-mixtral"))
         let prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [15, 16, 17], [25, 26, 27, 28, 29, 30, 31], [1, 2], [40, 41, 42, 43]]
-        let requests = TemporaryPath(".jsonl")
-        try prompts.enumerated().map { i, p in #"{"id": "r\#(i)", "prompt_ids": \#(p), "max_new_tokens": 6, "temperature": 0}"# }
-            .joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
-        let r = try MPIRun.run(3, ["generate", "--model", fixture("tiny-mixtral"), "--requests", requests.path, "--dispatch", mode,
-                                   "--page-size", "4", "--kv-memory", "12K"])
-        #expect(r.status == 0, "\(r.stderr)")
-        let results = r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-        #expect(results.count == prompts.count)
-        for (i, p) in prompts.enumerated() {
-            let alone = try Engine(model: model).generate([GenerationRequest(promptIds: p, maxNewTokens: 6)])[0].tokens
-            #expect(results.first { $0["id"] as? String == "r\(i)" }?["tokens"] as? [Int] == alone, "r\(i)")
-        }
+        _ = try requestsGetTheirTokensAlone(prompts, newTokens: 6, ranks: 3, ["--dispatch", mode, "--page-size", "4", "--kv-memory", "12K"])
     }
 
     /// Prompts in chunks spread over steps (`--max-step-tokens 4`, `--prefill-chunk 3`), beside sequences that
@@ -189,25 +197,12 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
     /// tokens it gets alone.
     @Test(arguments: ["ep2", "coherent"])
     func promptChunksShareStepsWithDecodes(mode: String) throws {
-        let model = try MoEDecoder.load(directory: fixture("tiny-mixtral"))
         let prompts = [[5, 6, 7], [15, 16, 17, 18, 19, 20, 21, 22, 23], [30, 31], [40, 41, 42, 43, 44]]
-        let arrivals = [0, 2, 2, 9]
-        let requests = TemporaryPath(".jsonl")
-        try prompts.enumerated().map { i, p in #"{"id": "r\#(i)", "prompt_ids": \#(p), "max_new_tokens": 12, "temperature": 0, "arrival_step": \#(arrivals[i])}"# }
-            .joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
-        let r = try MPIRun.run(2, ["generate", "--model", fixture("tiny-mixtral"), "--requests", requests.path, "--dispatch", mode,
-                                   "--max-step-tokens", "4", "--prefill-chunk", "3"])
-        #expect(r.status == 0, "\(r.stderr)")
-        let results = r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-        #expect(results.count == prompts.count)
-        for (i, p) in prompts.enumerated() {
-            let alone = try Engine(model: model).generate([GenerationRequest(promptIds: p, maxNewTokens: 12)])[0].tokens
-            let result = results.first { $0["id"] as? String == "r\(i)" }
-            #expect(result?["tokens"] as? [Int] == alone, "r\(i)")
-            // r0 alone: one step (0). r1 beside r0's decode: 3 + 3 + 3 (steps 2-4); r2 waits for room: step 5.
-            // r3 (step 9) beside three decodes: 1 token a step until r0's last (step 11), then 2: 1 + 1 + 1 + 2.
-            #expect(result?["prefill_steps"] as? Int == [1, 3, 1, 4][i], "r\(i): \(result ?? [:])")
-        }
+        let results = try requestsGetTheirTokensAlone(prompts, arrivals: [0, 2, 2, 9], newTokens: 12, ranks: 2,
+                                                      ["--dispatch", mode, "--max-step-tokens", "4", "--prefill-chunk", "3"])
+        // r0 alone: one step (0). r1 beside r0's decode: 3 + 3 + 3 (steps 2-4); r2 waits for room: step 5.
+        // r3 (step 9) beside three decodes: 1 token a step until r0's last (step 11), then 2: 1 + 1 + 1 + 2.
+        #expect(results.map { $0?["prefill_steps"] as? Int } == [1, 3, 1, 4], "\(results)")
     }
 
     /// Prefill in passes of 4 tokens under mpirun: the forward logits within 1e-4 of one pass in one process.
