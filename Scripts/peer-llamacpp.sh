@@ -73,7 +73,7 @@ serve() {
     for r in $(seq 1 "$rounds"); do
         for peer_name in moe llama; do
             if [ $peer_name = moe ]; then
-                "$moe" serve --model "$model" --port 8601 --max-batch 8 > .build/peer-serve-moe.log 2>&1 &
+                "$moe" serve --model "$model" --tokenizer Sources/moe/Resources/mixtral-tokenizer --port 8601 --max-batch 8 > .build/peer-serve-moe.log 2>&1 &
                 url=http://127.0.0.1:8601
             else
                 "$bin/llama-server" -m "$gguf" -t 2 --parallel 8 -c 4096 -fa on --port 8602 > .build/peer-serve-llama.log 2>&1 &

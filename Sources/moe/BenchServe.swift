@@ -254,6 +254,9 @@ extension MoE {
             var request = HTTPClientRequest(url: base + "/v1/completions")
             request.method = .POST
             request.headers.add(name: "Content-Type", value: "application/json")
+            // A connection per request: servers that end kept-alive connections on their own schedule (llama-server's
+            // cpp-httplib) would otherwise fail requests the client sent on a connection being closed.
+            request.headers.add(name: "Connection", value: "close")
             if let apiKey { request.headers.add(name: "Authorization", value: "Bearer \(apiKey)") }
             let body = #"{"model": \#(OpenAIServer.jsonText([name]).dropFirst().dropLast()), "prompt": \#(promptJSON), "max_tokens": \#(tokens), "temperature": 0, "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}}"#
             request.body = .bytes(ByteBuffer(string: body))
