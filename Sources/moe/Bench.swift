@@ -45,14 +45,18 @@ extension MoE {
         @Option(help: "GEMM peak per core in GFLOP/s for the prefill fraction.")
         var peakGflopsPerCore: Double = 125
 
-        @Option(help: "DRAM read bandwidth in GB/s for the decode fraction.")
-        var dramGbps: Double = 40
+        @Option(help: "DRAM read bandwidth in GB/s for the decode fraction (default: measured at start-up by a read loop on every kernel thread).")
+        var dramGbps: Double?
+
+        @Flag(help: "Also print a summary line: tokens/s, and decode's fraction of the DRAM read bandwidth and prefill's of GEMM peak.")
+        var compare = false
 
         func validate() throws {
             if batch < 1 { throw ValidationError("--batch must be at least 1") }
             if promptLen < 1 { throw ValidationError("--prompt-len must be at least 1") }
             if genLen < 1 { throw ValidationError("--gen-len must be at least 1") }
             if repetitions < 1 { throw ValidationError("--repetitions must be at least 1") }
+            if let g = dramGbps, !(g > 0) || !g.isFinite { throw ValidationError("--dram-gbps must be a number > 0") }
             if format != "md" && format != "json" { throw ValidationError("--format must be md or json") }
             try cluster.validateCalibration(predicting: predict)
             if predict && !DistributedRun.active { throw ValidationError("--predict is for runs under mpirun (the step-time model predicts the cluster)") }
@@ -82,6 +86,8 @@ extension MoE {
                 let decodeShare = median { $0.decodeAttention / $0.decodeSeconds }
                 let sparseFraction = runs[0].sparseFraction
 
+                // The bandwidth decode is held against: measured here, after the runs (and their memory) are done.
+                let dram = dramGbps ?? MemoryBandwidth.measureRead() / 1e9
                 let costs = CostModel(model: model)
                 let flops = Double(batch) * costs.flops(positions: 0..<promptLen, logitRows: 1)
                 let threads = Parallel.workers
@@ -93,14 +99,21 @@ extension MoE {
                     "prefill_tokens_per_s": Double(batch * promptLen) / prefill,
                     "decode_tokens_per_s": Double(batch * genLen) / decode,
                     "prefill_gflops": gflops, "prefill_peak_fraction": gflops / (peakGflopsPerCore * Double(threads)),
-                    "decode_gb_per_s": gbps, "decode_dram_fraction": gbps / dramGbps,
+                    "decode_gb_per_s": gbps, "decode_dram_fraction": gbps / dram,
+                    "dram_gbps": dram, "dram_gbps_source": dramGbps == nil ? "measured" : "flag",
                     "decode_bytes_per_step": bytesPerStep,
                     "prefill_attention_share": prefillShare, "decode_attention_share": decodeShare,
                     "attention": modelOptions.attention, "sparse_fraction_per_layer": sparseFraction,
                     "kv_page_size": model.kvPool?.pageSize ?? 0, "kv_pages": model.kvPool?.pageCount ?? 0,
                     "kv_pages_peak": model.kvPool.map { $0.pageCount - $0.lowestFree } ?? 0,
                 ]
+                let summary = String(
+                    format: "%@ %@, batch %d: decode %.1f tok/s, %.1f GB/s = %.0f%% of the %@ DRAM read bandwidth (%.1f GB/s); prefill %.0f tok/s, %.0f GFLOP/s = %.0f%% of %d x %.0f GFLOP/s",
+                    modelOptions.label, model.embedding.type.rawValue, batch, Double(batch * genLen) / decode, gbps, 100 * gbps / dram,
+                    dramGbps == nil ? "measured" : "given", dram, Double(batch * promptLen) / prefill, gflops,
+                    100 * gflops / (peakGflopsPerCore * Double(threads)), threads, peakGflopsPerCore)
                 if format == "json" {
+                    if compare { emit(summary) }  // before the JSON, which stays the last line
                     emit(try jsonLine(report))
                 } else {
                     emit("| model | weights | threads | batch | prompt | gen | prefill tok/s | GFLOP/s (of peak) | decode tok/s | GB/s (of DRAM) | attention share (prefill / decode) | sparse layers |")
@@ -108,8 +121,9 @@ extension MoE {
                     emit(String(format: "| %@ | %@ | %d | %d | %d | %d | %.0f | %.0f (%.0f%%) | %.1f | %.1f (%.0f%%) | %.0f%% / %.0f%% | %@ |",
                                 modelOptions.label, model.embedding.type.rawValue, threads, batch, promptLen, genLen,
                                 Double(batch * promptLen) / prefill, gflops, 100 * gflops / (peakGflopsPerCore * Double(threads)),
-                                Double(batch * genLen) / decode, gbps, 100 * gbps / dramGbps, 100 * prefillShare, 100 * decodeShare,
+                                Double(batch * genLen) / decode, gbps, 100 * gbps / dram, 100 * prefillShare, 100 * decodeShare,
                                 String(format: "%.1f of %d", sparseFraction.reduce(0, +), model.spec.layers)))
+                    if compare { emit(summary) }
                 }
             }
         }

@@ -3,6 +3,19 @@ import Kernels
 import Testing
 
 @Suite struct ElementwiseTests {
+    /// The read loop's sum against a Double loop, on lengths that are not multiples of its 64-float stride; the
+    /// bandwidth it measures over a small buffer is a finite positive rate.
+    @Test func readLoopSumsEveryElement() {
+        for n in [1, 17, 64, 1000, 4099] {
+            let x = randomFloats(n, seed: UInt64(n))
+            let want = x.reduce(0.0) { $0 + Double($1) }
+            let got = x.withUnsafeBufferPointer { MemoryBandwidth.sum($0.baseAddress!, n) }
+            #expect(abs(Double(got) - want) <= 1e-4 * max(1, abs(want)), "n = \(n)")
+        }
+        let rate = MemoryBandwidth.measureRead(bytes: 4 << 20, passes: 2)
+        #expect(rate > 1e8 && rate.isFinite, "\(rate)")
+    }
+
     @Test func rmsNormMatchesDefinition() {
         let rows = 3, n = 37
         let x = randomFloats(rows * n, seed: 10), w = randomFloats(n, seed: 11)

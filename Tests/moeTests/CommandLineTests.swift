@@ -162,6 +162,15 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
             #expect((json[key] as? Double).map { $0 > 0 && $0 < 1 } == true, "\(key)")
         }
         #expect(json["sparse_fraction_per_layer"] as? [Double] == [0, 0])
+        // Decode against the DRAM read bandwidth measured at start-up, or the one given.
+        #expect(json["dram_gbps_source"] as? String == "measured")
+        let dram = try #require(json["dram_gbps"] as? Double)
+        #expect(dram > 0.1 && dram.isFinite, "\(dram)")
+        #expect(abs((json["decode_dram_fraction"] as? Double ?? 0) - (json["decode_gb_per_s"] as? Double ?? -1) / dram) < 1e-9)
+        let given = try MoEBinary.run(["bench", "--preset", "tiny", "--batch", "1", "--prompt-len", "4", "--gen-len", "2",
+                                       "--repetitions", "1", "--dram-gbps", "12.5", "--compare"])
+        #expect(given.status == 0, "\(given.stderr)")
+        #expect(given.lastLine.contains("of the given DRAM read bandwidth (12.5 GB/s)"), "\(given.stdout)")
         // Two sequences of 8 + 4 + 1 positions (the warm-up's are shorter): one page of 16 each, at the peak.
         #expect(json["kv_page_size"] as? Int == 16 && json["kv_pages_peak"] as? Int == 2, "\(json)")
         // Routed by a policy: every other layer sparse for both sequences, and min-prompt above the prompt: none.
@@ -271,6 +280,11 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
         ["generate", "--prompt-ids", "1", "--presence-penalty", "3"],
         ["generate", "--prompt-ids", "1", "--repetition-penalty", "0"],
         ["generate", "--prompt-ids", "1", "--min-tokens", "-1"],
+        ["generate", "--prompt-ids", "1", "--max-step-tokens", "0"],
+        ["bench", "--dram-gbps", "0"],
+        ["serve", "--max-step-tokens", "0"],
+        ["bench", "serve", "--base-url", "http://127.0.0.1:1", "--long-prompt-len", "0"],
+        ["bench", "serve", "--base-url", "http://127.0.0.1:1", "--long-prompt-len", "9", "--long-prompt-at=-1"],
         ["no-such-command"],
     ])
     func badFlagsExitWithUsageCode(args: [String]) throws {
