@@ -19,8 +19,9 @@ extension ClusterEngine {
         var all: [Float] = []  // `.all`: every row of this rank's chunks, pass by pass
         var last: [Int: [Float]] = [:]  // slot → logits of its prompt's last position
         for lo in stride(from: 0, to: longest, by: pass) {
-            let pieces = mine.filter { $0.count > lo }.map(\.sequence)
-            let spans = mine.filter { $0.count > lo }.map { c in (c.start + lo)..<(c.start + min(c.count, lo + pass)) }
+            let inPass = mine.filter { $0.count > lo }
+            let pieces = inPass.map(\.sequence)
+            let spans = inPass.map { c in (c.start + lo)..<(c.start + min(c.count, lo + pass)) }
             let tokens = zip(pieces, spans).flatMap { Array($0.request.promptIds[$1]) }
             let batch = MoEDecoder.Batch(tokens: tokens, segments: zip(pieces, spans).map { .init(cache: $0.cache!, count: $1.count) })
             let xp = x.reserve(max(tokens.count, 1) * h)

@@ -35,12 +35,12 @@ import Testing
 
     /// The values of a completions `top_logprobs` entry, as the reference ranks them: its most likely logprob is
     /// the position's best, and each printable one-byte token's value is that token's.
-    static func checkTop(_ top: [String: Double], _ ref: [Double], alternatives n: Int, chosen: Int, _ where_: String) {
-        #expect(top.count <= n + 1 && top.count >= 1, "\(where_): \(top.count) entries")
-        #expect(abs(top.values.max()! - (n > 0 ? ref.max()! : ref[chosen])) < tolerance, "\(where_)")
+    static func checkTop(_ top: [String: Double], _ ref: [Double], alternatives n: Int, chosen: Int, _ context: String) {
+        #expect(top.count <= n + 1 && top.count >= 1, "\(context): \(top.count) entries")
+        #expect(abs(top.values.max()! - (n > 0 ? ref.max()! : ref[chosen])) < tolerance, "\(context)")
         for (text, value) in top {
             guard text.unicodeScalars.count == 1, let b = text.unicodeScalars.first?.value, (33...126).contains(b) else { continue }
-            #expect(abs(value - ref[Int(b)]) < tolerance, "\(where_): '\(text)'")
+            #expect(abs(value - ref[Int(b)]) < tolerance, "\(context): '\(text)'")
         }
     }
 
