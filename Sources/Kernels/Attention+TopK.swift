@@ -29,14 +29,8 @@ extension Attention {
         for k in 0..<pages where !chosen[k] {
             let base = (kv.pages.map { Int($0[k]) } ?? k) * kvDim + kvHead * d
             let lo = bounds.minima + base, hi = bounds.maxima + base
-            var score: Float = 0  // a plain loop: measured 5x faster here than SIMD16 with pointwiseMax
-            for hh in 0..<g {
-                let qh = q + (kvHead * g + hh) * d
-                for i in 0..<d {
-                    let a = qh[i] * lo[i], b = qh[i] * hi[i]
-                    score += a > b ? a : b
-                }
-            }
+            var score: Float = 0
+            for hh in 0..<g { score += pageBound(q + (kvHead * g + hh) * d, lo, hi, d) }
             scored.append((score, k))
         }
         // Highest bound first; equal bounds to the later page (the more recent context).
@@ -46,6 +40,29 @@ extension Attention {
             taken += 1
         }
         return (0..<pages).filter { chosen[$0] }
+    }
+
+    /// Σ_i max(q_i·lo_i, q_i·hi_i) over `d` dimensions: the most q·k can be for a key within [lo, hi].
+    /// Lanes pick by compare-and-blend (the standard library's `pointwiseMax` goes one lane at a time).
+    @inline(__always)
+    static func pageBound(_ q: UnsafePointer<Float>, _ lo: UnsafePointer<Float>, _ hi: UnsafePointer<Float>, _ d: Int) -> Float {
+        var acc = SIMD8<Float>()
+        var i = 0
+        while i + 8 <= d {
+            let qi = UnsafeRawPointer(q + i).loadUnaligned(as: SIMD8<Float>.self)
+            var a = qi * UnsafeRawPointer(lo + i).loadUnaligned(as: SIMD8<Float>.self)
+            let b = qi * UnsafeRawPointer(hi + i).loadUnaligned(as: SIMD8<Float>.self)
+            a.replace(with: b, where: b .> a)
+            acc += a
+            i += 8
+        }
+        var score = acc.sum()
+        while i < d {
+            let a = q[i] * lo[i], b = q[i] * hi[i]
+            score += a > b ? a : b
+            i += 1
+        }
+        return score
     }
 
     /// One decode query at `position` against the pages `selectPages` picks for each KV head (position's own page

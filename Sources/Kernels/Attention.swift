@@ -366,15 +366,7 @@ public enum Attention {
 
     @inline(__always)
     static func rowMax(_ row: UnsafeMutablePointer<Float>, _ r: Range<Int>) -> Float {
-        var i = r.lowerBound
-        var m = SIMD16<Float>(repeating: -.infinity)
-        while i + 16 <= r.upperBound {
-            m = pointwiseMax(m, Elementwise.load(row + i))
-            i += 16
-        }
-        var best = m.max()
-        while i < r.upperBound { best = max(best, row[i]); i += 1 }
-        return best
+        VectorMath.maximum(row + r.lowerBound, count: r.count)
     }
 
     /// row[i] = e^(row[i] - m) over `r`; returns their sum.

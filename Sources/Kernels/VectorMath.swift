@@ -31,6 +31,30 @@ public enum VectorMath {
         return y * unsafeBitCast(bits, to: SIMD16<Float>.self)
     }
 
+    /// The largest of `count` floats at `x` (-∞ when `count` is 0; NaN is never chosen).
+    ///
+    /// Compares and blends two SIMD8 lanes at a time: the standard library's `pointwiseMax` on SIMD types orders
+    /// NaN and is lowered one lane at a time through the stack, measured 65-100x slower here on rows of 256.
+    @inlinable
+    public static func maximum(_ x: UnsafePointer<Float>, count: Int) -> Float {
+        var m0 = SIMD8<Float>(repeating: -.infinity), m1 = m0
+        var i = 0
+        while i + 16 <= count {
+            let v0 = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+            let v1 = UnsafeRawPointer(x + i + 8).loadUnaligned(as: SIMD8<Float>.self)
+            m0.replace(with: v0, where: v0 .> m0)
+            m1.replace(with: v1, where: v1 .> m1)
+            i += 16
+        }
+        m0.replace(with: m1, where: m1 .> m0)
+        var best = m0.max()
+        while i < count {
+            if x[i] > best { best = x[i] }
+            i += 1
+        }
+        return best
+    }
+
     /// e^x for one value (the C library's `expf`).
     @inlinable
     public static func exp(_ x: Float) -> Float { expf(x) }

@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 
 /// One token's log-probability under the model's raw distribution (a log-softmax of the logits, before
 /// temperature, penalties or truncation, as vLLM's default `raw_logprobs`), with the most likely tokens there.
@@ -34,15 +35,7 @@ public struct TokenLogprob: Sendable, Equatable {
 
     /// log Σ exp(logits): the maximum plus the log of the shifted sum, accumulated in Double.
     static func logNormaliser(_ logits: UnsafeBufferPointer<Float>) -> Float {
-        let n = logits.count
-        var m = SIMD8<Float>(repeating: -.infinity)
-        var i = 0
-        while i + 8 <= n {
-            m = pointwiseMax(m, SIMD8(logits[i..<(i + 8)]))
-            i += 8
-        }
-        var top = m.max()
-        while i < n { top = max(top, logits[i]); i += 1 }
+        let top = logits.isEmpty ? -Float.infinity : VectorMath.maximum(logits.baseAddress!, count: logits.count)
         var sum = 0.0
         for v in logits { sum += Double(exp(v - top)) }
         return top + Float(log(sum))

@@ -1,5 +1,5 @@
 import Foundation
-import Kernels
+@testable import Kernels
 import Testing
 
 /// Causal softmax attention in Double, the plain definition.
@@ -284,6 +284,17 @@ func referenceMasked(q: [Float], tokens: Int, first: Int, keys: [Float], values:
             }
             return (out, read)
         }
+    }
+
+    /// A page's bound Σ_i max(q_i·lo_i, q_i·hi_i) against Double, on head sizes around its 8-float stride, with
+    /// queries of both signs (so either end of the box wins).
+    @Test(arguments: [1, 7, 8, 13, 64, 70])
+    func pageBoundIsTheBestCornerOfTheBox(d: Int) {
+        let q = randomFloats(d, seed: UInt64(d)), a = randomFloats(d, seed: UInt64(d) + 1), b = randomFloats(d, seed: UInt64(d) + 2)
+        let lo = zip(a, b).map { Swift.min($0, $1) }, hi = zip(a, b).map { Swift.max($0, $1) }
+        let want = (0..<d).reduce(0.0) { $0 + Swift.max(Double(q[$1]) * Double(lo[$1]), Double(q[$1]) * Double(hi[$1])) }
+        let got = Attention.pageBound(q, lo, hi, d)
+        #expect(abs(Double(got) - want) <= 1e-5 * Swift.max(1, abs(want)), "d = \(d): \(got) against \(want)")
     }
 
     /// A budget covering every page is full attention; a smaller one reads per KV head exactly the pages the

@@ -47,6 +47,26 @@ import Testing
         #expect(small[0] >= 0 && small[0] < 1e-37)
     }
 
+    /// The blended SIMD maximum against `Array.max()` on lengths around its 16-float stride, with the largest
+    /// value at every position of the row (each lane, each tail slot), negative rows, -∞ and an empty row.
+    @Test func maximumFindsTheLargestAnywhere() {
+        for n in [1, 7, 15, 16, 17, 31, 32, 33, 100, 256, 259] {
+            let x = randomFloats(n, seed: UInt64(100 + n)).map { $0 - 3 }  // all negative
+            for peak in 0..<n {
+                var row = x
+                row[peak] = 5 + Float(peak) * 1e-3
+                let got = row.withUnsafeBufferPointer { VectorMath.maximum($0.baseAddress!, count: n) }
+                #expect(got == row.max()!, "n = \(n), peak at \(peak)")
+            }
+            let got = x.withUnsafeBufferPointer { VectorMath.maximum($0.baseAddress!, count: n) }
+            #expect(got == x.max()!, "n = \(n), negative row")
+        }
+        let masked: [Float] = [-.infinity, -.infinity, -2.5] + [Float](repeating: -.infinity, count: 20)
+        #expect(masked.withUnsafeBufferPointer { VectorMath.maximum($0.baseAddress!, count: $0.count) } == -2.5)
+        let none: [Float] = [0]
+        #expect(none.withUnsafeBufferPointer { VectorMath.maximum($0.baseAddress!, count: 0) } == -.infinity)
+    }
+
     @Test func siluGLUMatchesDefinition() {
         let rows = 2, n = 21
         var gu = randomFloats(rows * 2 * n, seed: 12).map { $0 * 8 }
