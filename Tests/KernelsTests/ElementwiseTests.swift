@@ -12,8 +12,10 @@ import Testing
             let got = x.withUnsafeBufferPointer { MemoryBandwidth.sum($0.baseAddress!, n) }
             #expect(abs(Double(got) - want) <= 1e-4 * max(1, abs(want)), "n = \(n)")
         }
+        // A debug build on a loaded machine has read this at under 100 MB/s (the suite once failed on 1e8 here, beside a
+        // compile); a timer or unit slip (nanoseconds taken for seconds, say) would be off by 1e3 or more either way.
         let rate = MemoryBandwidth.measureRead(bytes: 4 << 20, passes: 2)
-        #expect(rate > 1e8 && rate.isFinite, "\(rate)")
+        #expect(rate > 1e6 && rate < 1e13 && rate.isFinite, "\(rate)")
     }
 
     @Test func rmsNormMatchesDefinition() {
