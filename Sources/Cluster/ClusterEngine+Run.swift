@@ -232,8 +232,10 @@ extension ClusterEngine {
             if !chunks.isEmpty {
                 let start = Clock.now
                 try prefill(chunks)
-                stats.prefillSeconds += Clock.since(start)
+                let seconds = Clock.since(start)
+                stats.prefillSeconds += seconds
                 stats.prefillTokens += chunks.reduce(0) { $0 + $1.count }
+                if comm.rank == 0 { stepBudget?.observePrefill(chunks.map { .init(count: $0.count, context: $0.start) }, seconds: seconds) }
             }
             let stepMode = mode == .auto ? (DispatchMode(rawValue: plan.decodeMode) ?? .coherent) : mode
             let startState = comm.rank == 0 && stepModel != nil ? decoding.map { ($0.home, $0.cache?.length ?? 0) } : []
@@ -245,6 +247,7 @@ extension ClusterEngine {
                 }
             }
             let finished = try synchronise(prefilled: chunks, decoded: decoding)
+            if comm.rank == 0 && !decoding.isEmpty { stepBudget?.observeDecode(sequences: decoding.count, seconds: Clock.since(start)) }
             if !decoding.isEmpty && chunks.isEmpty {
                 stats.decodeSeconds += Clock.since(start)
                 stats.decodeSteps += 1
@@ -301,30 +304,50 @@ extension ClusterEngine {
     /// The head's part of a step plan: decodes first, then prompt chunks within `maxStepTokens` (at least one
     /// token, so that prompts always move), each at most `prefillChunk`: first those of sequences part-way through
     /// their prompts, in admission order, then requests admitted now (while the batch has room under `maxBatch`
-    /// and their KV pages are free).
+    /// and their KV pages are free). With a `stepBudget` that knows the costs, while sequences decode the chunks
+    /// also fit the seconds it allows; the first chunk gets at least one token even when none fits.
     func schedule(_ plan: inout Moe_Control_StepPlan, batch: [SequenceState], pending: inout [ClusterRequest], step: Int, nextSlot: inout Int) {
-        var budget = max(maxStepTokens - batch.filter { !$0.prefilling }.count, 1)
-        let most = model.prefillChunk ?? Int.max
-        func chunk(_ slot: Int, remaining: Int) {
+        let decodes = batch.filter { !$0.prefilling }.count
+        var budget = max(maxStepTokens - decodes, 1)
+        let probing = stepBudget?.probing(decoding: decodes) ?? false
+        let most = min(model.prefillChunk ?? Int.max, probing ? StepBudget.probeTokens : Int.max)
+        let allowance = stepBudget?.allowance(decoding: decodes)
+        var chosen: [StepBudget.Chunk] = []
+        /// Tokens of a chunk with `remaining` prompt tokens after `context` cached ones that fit this step (0: none).
+        func fitting(remaining: Int, context: Int) -> Int {
             let n = min(remaining, budget, most)
+            guard let allowance, let stepBudget else { return n }
+            let timed = stepBudget.largestChunk(after: chosen, context: context, most: n, allowance: allowance)
+            return chosen.isEmpty ? max(timed, 1) : timed
+        }
+        func chunk(_ slot: Int, tokens n: Int, remaining: Int, context: Int) {
             var c = Moe_Control_PrefillChunk()
             c.sequence = Int32(slot)
             c.count = Int32(n)
             plan.prefill.append(c)
-            budget -= n
+            chosen.append(.init(count: n, context: context))
+            // A chunk cut short by the time budget ends the step's prompt work.
+            budget = n < min(remaining, budget, most) ? 0 : budget - n
         }
-        for s in batch where s.prefilling && budget > 0 { chunk(s.slot, remaining: s.request.promptIds.count - s.prefilled) }
-        var size = batch.count
-        while budget > 0, let next = pending.first, next.arrivalStep <= step, size < maxBatch,
-              let owner = placeCache(next.request, slot: nextSlot) {
-            size += 1
+        for s in batch where s.prefilling && budget > 0 {
+            let remaining = s.request.promptIds.count - s.prefilled
+            let n = fitting(remaining: remaining, context: s.prefilled)
+            if n == 0 { break }
+            chunk(s.slot, tokens: n, remaining: remaining, context: s.prefilled)
+        }
+        var running = batch.count
+        while budget > 0, let next = pending.first, next.arrivalStep <= step, running < maxBatch {
+            let remaining = next.request.promptIds.count
+            let n = fitting(remaining: remaining, context: 0)
+            guard n > 0, let owner = placeCache(next.request, slot: nextSlot) else { break }
+            running += 1
             pending.removeFirst()
             var admission = Moe_Control_Admission()
             admission.sequence = Int32(nextSlot)
             admission.owner = Int32(owner)
             admission.request = Self.message(next)
             plan.admit.append(admission)
-            chunk(nextSlot, remaining: next.request.promptIds.count)
+            chunk(nextSlot, tokens: n, remaining: remaining, context: 0)
             nextSlot += 1
         }
     }

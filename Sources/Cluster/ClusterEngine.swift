@@ -118,6 +118,9 @@ public final class ClusterEngine {
     /// Tokens one step runs at most (`--max-step-tokens`): the running decodes, then prompt chunks in what is left
     /// (at least one token).
     public var maxStepTokens = Int.max
+    /// The head's time budget for prompt chunks (`--step-time-target`), learned from the steps it runs; nil: tokens
+    /// only.
+    public var stepBudget: StepBudget?
     /// Step-end payload this rank contributes: sampled tokens, and (coherent) K/V rows it computed.
     var tokenOut = ByteWriter(), kvOut = ByteWriter()
     /// Free KV pages of every rank as of the last step-end allgather (the head admits by them).

@@ -29,7 +29,13 @@ struct ClusterOptions: ParsableArguments {
     @Option(help: "Tokens one step of the cluster (under mpirun, or serve) runs at most: the running decodes first, then prompt chunks (each at most --prefill-chunk), so that a long prompt does not stall the others (default: serve 2048, else no limit).")
     var maxStepTokens: Int?
 
+    @Option(help: "With decodes running, cut each step's prompt chunks to what a step of this length leaves: a time (90ms) or a multiple of the decodes alone (1.4x). The head learns a prefill pass's cost from the steps it runs (per pass, per token, per attended position), so chunks shrink as the context they attend to grows; --max-step-tokens still applies. Default: tokens only.")
+    var stepTimeTarget: String?
+
     var mode: DispatchMode { DispatchMode(rawValue: dispatch)! }
+
+    /// `--step-time-target` as a budget (validated).
+    var stepBudget: StepBudget? { stepTimeTarget.flatMap(StepBudget.Target.init).map { StepBudget(target: $0) } }
 
     /// `--calibration` feeds the step-time model, which runs under `--dispatch auto` and for `bench --predict`; the
     /// command's own `validate` calls this (an option group cannot see its command's other flags).
@@ -46,6 +52,9 @@ struct ClusterOptions: ParsableArguments {
         guard WireDType(rawValue: wireDtype) != nil else { throw ValidationError("--wire-dtype must be f32 or bf16, got '\(wireDtype)'") }
         guard CombineRows(rawValue: combine) != nil else { throw ValidationError("--combine must be per-expert or per-rank, got '\(combine)'") }
         if let n = maxStepTokens, n < 1 { throw ValidationError("--max-step-tokens must be at least 1") }
+        if let t = stepTimeTarget, StepBudget.Target(t) == nil {
+            throw ValidationError("--step-time-target must be a time such as 90ms or 0.09s, or a multiple of the decode time above 1 such as 1.4x, got '\(t)'")
+        }
         guard KVReplication(rawValue: kvReplication) != nil else {
             throw ValidationError("--kv-replication must be layer or step-end, got '\(kvReplication)'")
         }
@@ -96,6 +105,7 @@ struct DistributedRun {
             engine?.wire = WireDType(rawValue: cluster.wireDtype)!
             engine?.combineRows = CombineRows(rawValue: cluster.combine)!
             engine?.maxStepTokens = cluster.maxStepTokens ?? Int.max
+            engine?.stepBudget = cluster.stepBudget
             if let path = cluster.calibration { calibration = try StepTimeModel.Calibration.load(path: path) }
         } catch {
             failure = "\(error)"

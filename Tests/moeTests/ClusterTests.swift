@@ -205,6 +205,17 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         #expect(results.map { $0?["prefill_steps"] as? Int } == [1, 3, 1, 4], "\(results)")
     }
 
+    /// A time budget for prompt chunks (`--step-time-target`): a 40-token prompt that arrives while another
+    /// sequence decodes goes in chunks of at most `StepBudget.probeTokens` until three passes have been measured,
+    /// then in what the budget allows, so it takes at least three steps; the schedule never changes a token.
+    @Test(arguments: ["ep2", "coherent"])
+    func timeBudgetedChunksKeepEveryToken(mode: String) throws {
+        let prompts = [[5, 6, 7], Array(10..<50), [60, 61]]
+        let results = try requestsGetTheirTokensAlone(prompts, arrivals: [0, 2, 3], newTokens: 10, ranks: 2,
+                                                      ["--dispatch", mode, "--step-time-target", "1.5x"])
+        #expect((results[1]?["prefill_steps"] as? Int ?? 0) >= 3, "\(results)")
+    }
+
     /// Prefill in passes of 4 tokens under mpirun: the forward logits within 1e-4 of one pass in one process.
     @Test(arguments: ["ep2", "coherent"])
     func chunkedPrefillMatchesOnePass(mode: String) throws {
