@@ -235,7 +235,9 @@ extension ClusterEngine {
                 let seconds = Clock.since(start)
                 stats.prefillSeconds += seconds
                 stats.prefillTokens += chunks.reduce(0) { $0 + $1.count }
-                if comm.rank == 0 { stepBudget?.observePrefill(chunks.map { .init(count: $0.count, context: $0.start) }, seconds: seconds) }
+                if comm.rank == 0 && !decoding.isEmpty {
+                    stepBudget?.observePrefill(chunks.map { .init(count: $0.count, context: $0.start) }, seconds: seconds)
+                }
             }
             let stepMode = mode == .auto ? (DispatchMode(rawValue: plan.decodeMode) ?? .coherent) : mode
             let startState = comm.rank == 0 && stepModel != nil ? decoding.map { ($0.home, $0.cache?.length ?? 0) } : []
@@ -309,8 +311,8 @@ extension ClusterEngine {
     func schedule(_ plan: inout Moe_Control_StepPlan, batch: [SequenceState], pending: inout [ClusterRequest], step: Int, nextSlot: inout Int) {
         let decodes = batch.filter { !$0.prefilling }.count
         var budget = max(maxStepTokens - decodes, 1)
-        let probing = stepBudget?.probing(decoding: decodes) ?? false
-        let most = min(model.prefillChunk ?? Int.max, probing ? StepBudget.probeTokens : Int.max)
+        if stepBudget?.probing(decoding: decodes) == true { budget = min(budget, StepBudget.probeTokens) }
+        let most = model.prefillChunk ?? Int.max
         let allowance = stepBudget?.allowance(decoding: decodes)
         var chosen: [StepBudget.Chunk] = []
         /// Tokens of a chunk with `remaining` prompt tokens after `context` cached ones that fit this step (0: none).

@@ -10,6 +10,8 @@ import Foundation
 /// and key positions its attention multiplies, a chunk of L tokens after c cached ones has L·c + L(L+1)/2), by
 /// least squares with non-negative coefficients over recent passes (older ones weigh less), and what a decode of
 /// n sequences costs (a running mean by n). A step's chunks get what the target leaves after its decodes.
+/// Only passes beside decodes teach the fit: the long passes of steps in which nothing decodes (a new wave of
+/// prompts) are another regime (attention over long chunks runs as large GEMMs) and would skew the short ones.
 /// What it cannot remove: a step that runs any prompt token pays a whole pass over the weights beside the decode
 /// pass (prefill and decode are separate passes), so a target below decode + one pass still runs one token a step.
 public struct StepBudget: Sendable {
@@ -92,8 +94,8 @@ public struct StepBudget: Sendable {
         return c.pass * x[0] + c.perToken * x[1] + c.perKiloPair * x[2]
     }
 
-    /// Tokens a chunk beside decodes has at most until the costs are known (three passes measured): the passes
-    /// that teach the fit, short enough not to stall the streams.
+    /// Prompt tokens a step with decodes runs at most until the costs are known (three passes measured): the
+    /// passes that teach the fit, short enough not to stall the streams.
     public static let probeTokens = 16
 
     /// Whether the chunks of a step with `decoding` sequences are limited to `probeTokens`: sequences decode and

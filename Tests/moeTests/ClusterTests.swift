@@ -206,8 +206,8 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
     }
 
     /// A time budget for prompt chunks (`--step-time-target`): a 40-token prompt that arrives while another
-    /// sequence decodes goes in chunks of at most `StepBudget.probeTokens` until three passes have been measured,
-    /// then in what the budget allows, so it takes at least three steps; the schedule never changes a token.
+    /// sequence decodes goes at most `StepBudget.probeTokens` a step until three passes beside decodes have been
+    /// measured, then as the budget allows, so it takes at least three steps; the schedule never changes a token.
     @Test(arguments: ["ep2", "coherent"])
     func timeBudgetedChunksKeepEveryToken(mode: String) throws {
         let prompts = [[5, 6, 7], Array(10..<50), [60, 61]]
