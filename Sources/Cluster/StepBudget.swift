@@ -15,7 +15,7 @@ import Foundation
 /// What it cannot remove: a step that runs any prompt token pays a whole pass over the weights beside the decode
 /// pass (prefill and decode are separate passes), so a target below decode + one pass still runs one token a step.
 public struct StepBudget: Sendable {
-    /// How long a step with decodes may take: a fixed time, or a multiple of the same decodes alone.
+    /// How long a step with decodes may take: a fixed time, or a multiple of the slowest decode step measured.
     public enum Target: Sendable, Equatable, CustomStringConvertible {
         case seconds(Double)
         case ratio(Double)
