@@ -96,6 +96,7 @@ extension MoE {
                 let report: [String: Any] = [
                     "model": modelOptions.label, "weights_dtype": model.embedding.type.rawValue, "threads": threads,
                     "batch": batch, "prompt_len": promptLen, "gen_len": genLen,
+                    "prefill_passes": runs[0].prefillPasses,
                     "prefill_tokens_per_s": Double(batch * promptLen) / prefill,
                     "decode_tokens_per_s": Double(batch * genLen) / decode,
                     "prefill_gflops": gflops, "prefill_peak_fraction": gflops / (peakGflopsPerCore * Double(threads)),
@@ -134,11 +135,13 @@ extension MoE {
             var bytesPerStep: Double
             /// Seconds in attention proper during prefill and decode.
             var prefillAttention = 0.0, decodeAttention = 0.0
+            /// Forward passes the prefill took (more than one with --prefill-chunk).
+            var prefillPasses = 0
             /// Per layer, the fraction of the batch's sequences whose attention ran sparse.
             var sparseFraction: [Double] = []
         }
 
-        /// One prefill of every prompt, then `steps` greedy decode steps.
+        /// One prefill of every prompt (in passes of --prefill-chunk), then `steps` greedy decode steps.
         func measure(_ model: MoEDecoder, prompts: [[Int]], steps: Int) throws -> Measurement {
             let caches = try prompts.map { try model.makeCache(capacity: $0.count + steps + 1, promptLength: $0.count) }
             let vocab = model.spec.vocabSize
@@ -149,9 +152,18 @@ extension MoE {
             }
             var start = Clock.now
             let attention0 = model.attentionSeconds
-            var tokens = next(try model.forward(
-                .init(tokens: prompts.flatMap { $0 }, segments: caches.map { .init(cache: $0, count: promptLen) }),
-                logits: .lastOfEachSegment))
+            // Passes of at most --prefill-chunk positions of every prompt (the prompts have one length), as
+            // `generate` runs them; the last gives the first tokens.
+            let pass = model.prefillChunk ?? promptLen
+            var logits: [Float] = []
+            var passes = 0
+            for lo in stride(from: 0, to: promptLen, by: pass) {
+                passes += 1
+                let n = min(pass, promptLen - lo)
+                logits = try model.forward(.init(tokens: prompts.flatMap { $0[lo..<(lo + n)] }, segments: caches.map { .init(cache: $0, count: n) }),
+                                           logits: .lastOfEachSegment)
+            }
+            var tokens = next(logits)
             let prefill = Clock.since(start)
             let attention1 = model.attentionSeconds
             let costs = CostModel(model: model)
@@ -167,6 +179,7 @@ extension MoE {
             let sparse = caches.map { Set(model.sparseLayers($0) ?? []) }
             return Measurement(prefillSeconds: prefill, decodeSeconds: decode, bytesPerStep: bytes / Double(steps),
                                prefillAttention: attention1 - attention0, decodeAttention: model.attentionSeconds - attention1,
+                               prefillPasses: passes,
                                sparseFraction: (0..<model.spec.layers).map { l in Double(sparse.filter { $0.contains(l) }.count) / Double(caches.count) })
         }
     }

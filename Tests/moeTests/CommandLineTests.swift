@@ -147,6 +147,16 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
         #expect((json["tokens"] as? [Int])?.count == 4)
     }
 
+    /// `bench --prefill-chunk` prefills in passes of that many positions, as generate does (it used to run one
+    /// pass whatever the flag said).
+    @Test func benchPrefillsInChunks() throws {
+        let b = try MoEBinary.run(["bench", "--preset", "tiny", "--batch", "2", "--prompt-len", "8", "--gen-len", "2",
+                                   "--repetitions", "1", "--prefill-chunk", "3", "--format", "json"])
+        #expect(b.status == 0, "\(b.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(b.lastLine.utf8)) as? [String: Any]
+        #expect(json?["prefill_passes"] as? Int == 3)
+    }
+
     @Test func builtInPresetAndBenchJSON() throws {
         let g = try MoEBinary.run(["generate", "--preset", "tiny", "--prompt-ids", "5,9,1", "--max-new-tokens", "3"])
         #expect(g.status == 0, "\(g.stderr)")
@@ -158,6 +168,7 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
             #expect((json[key] as? Double ?? 0) > 0, "\(key)")
         }
         #expect(json["batch"] as? Int == 2)
+        #expect(json["prefill_passes"] as? Int == 1)
         for key in ["prefill_attention_share", "decode_attention_share"] {
             #expect((json[key] as? Double).map { $0 > 0 && $0 < 1 } == true, "\(key)")
         }
