@@ -29,7 +29,7 @@ struct ClusterOptions: ParsableArguments {
     @Option(help: "Tokens one step of the cluster (under mpirun, or serve) runs at most: the running decodes first, then prompt chunks (each at most --prefill-chunk), so that a long prompt does not stall the others (default: serve 2048, else no limit).")
     var maxStepTokens: Int?
 
-    @Option(help: "With decodes running, cut each step's prompt chunks to what a step of this length leaves: a time (90ms) or a multiple of the decodes alone (1.4x). The head learns a prefill pass's cost from the steps it runs (per pass, per token, per attended position), so chunks shrink as the context they attend to grows; --max-step-tokens still applies. Default: tokens only.")
+    @Option(help: "With decodes running, cut each step's prompt chunks to what a step of this length leaves after its decodes: a time (90ms) or a multiple of the slowest decode step measured (1.4x). The head learns a prefill pass's cost from the steps it runs (per pass, per token, per attended query-key pair), so chunks shrink as the context they attend to grows; --max-step-tokens still applies. Default: tokens only.")
     var stepTimeTarget: String?
 
     var mode: DispatchMode { DispatchMode(rawValue: dispatch)! }
