@@ -315,32 +315,31 @@ extension ClusterEngine {
         let most = model.prefillChunk ?? Int.max
         let allowance = stepBudget?.allowance(decoding: decodes)
         var chosen: [StepBudget.Chunk] = []
-        /// Tokens of a chunk with `remaining` prompt tokens after `context` cached ones that fit this step (0: none).
-        func fitting(remaining: Int, context: Int) -> Int {
-            let n = min(remaining, budget, most)
-            guard let allowance, let stepBudget else { return n }
-            let timed = stepBudget.largestChunk(after: chosen, context: context, most: n, allowance: allowance)
+        /// Of the `wanted` tokens of a chunk after `context` cached ones, those that fit this step's time (0: none).
+        func fitting(_ wanted: Int, context: Int) -> Int {
+            guard let allowance, let stepBudget else { return wanted }
+            let timed = stepBudget.largestChunk(after: chosen, context: context, most: wanted, allowance: allowance)
             return chosen.isEmpty ? max(timed, 1) : timed
         }
-        func chunk(_ slot: Int, tokens n: Int, remaining: Int, context: Int) {
+        func chunk(_ slot: Int, tokens n: Int, wanted: Int, context: Int) {
             var c = Moe_Control_PrefillChunk()
             c.sequence = Int32(slot)
             c.count = Int32(n)
             plan.prefill.append(c)
             chosen.append(.init(count: n, context: context))
             // A chunk cut short by the time budget ends the step's prompt work.
-            budget = n < min(remaining, budget, most) ? 0 : budget - n
+            budget = n < wanted ? 0 : budget - n
         }
         for s in batch where s.prefilling && budget > 0 {
-            let remaining = s.request.promptIds.count - s.prefilled
-            let n = fitting(remaining: remaining, context: s.prefilled)
+            let wanted = min(s.request.promptIds.count - s.prefilled, budget, most)
+            let n = fitting(wanted, context: s.prefilled)
             if n == 0 { break }
-            chunk(s.slot, tokens: n, remaining: remaining, context: s.prefilled)
+            chunk(s.slot, tokens: n, wanted: wanted, context: s.prefilled)
         }
         var running = batch.count
         while budget > 0, let next = pending.first, next.arrivalStep <= step, running < maxBatch {
-            let remaining = next.request.promptIds.count
-            let n = fitting(remaining: remaining, context: 0)
+            let wanted = min(next.request.promptIds.count, budget, most)
+            let n = fitting(wanted, context: 0)
             guard n > 0, let owner = placeCache(next.request, slot: nextSlot) else { break }
             running += 1
             pending.removeFirst()
@@ -349,7 +348,7 @@ extension ClusterEngine {
             admission.owner = Int32(owner)
             admission.request = Self.message(next)
             plan.admit.append(admission)
-            chunk(nextSlot, tokens: n, remaining: remaining, context: 0)
+            chunk(nextSlot, tokens: n, wanted: wanted, context: 0)
             nextSlot += 1
         }
     }

@@ -16,7 +16,7 @@ import Foundation
 /// pass (prefill and decode are separate passes), so a target below decode + one pass still runs one token a step.
 public struct StepBudget: Sendable {
     /// How long a step with decodes may take: a fixed time, or a multiple of the slowest decode step measured.
-    public enum Target: Sendable, Equatable, CustomStringConvertible {
+    public enum Target: Sendable, Equatable {
         case seconds(Double)
         case ratio(Double)
 
@@ -32,13 +32,6 @@ public struct StepBudget: Sendable {
             else if let v = number("x"), v > 1 { self = .ratio(v) }
             else if let v = number("s"), v > 0 { self = .seconds(v) }
             else { return nil }
-        }
-
-        public var description: String {
-            switch self {
-            case .seconds(let s): String(format: "%gms", s * 1000)
-            case .ratio(let r): String(format: "%gx", r)
-            }
         }
     }
 
