@@ -9,10 +9,18 @@ extension ClusterEngine {
     /// at most that many tokens (every rank runs as many passes as the longest chunk needs, so all make the same
     /// collectives). A sequence whose prompt ends in this step has its first token sampled by its owner; in
     /// coherent mode the owner also queues the chunk's K/V for the step-end allgather.
+    ///
+    /// `riding`: the step's decodes, when they run in the same pass (a mixed step: one stream of the weights for
+    /// both). Each runs where it is at home, as `ep2` decodes do, first in its rank's first pass; in modes that
+    /// replicate K/V its rows go to every rank layer by layer, as `auto`'s `ep2` steps send them. Coherent mode
+    /// gives up its single all-to-all for these steps only: its tokens change rank inside the pass, prompt
+    /// chunks do not.
     /// - Returns: on the owner, the logits of the chosen rows (`.all` for `moe forward`).
     @discardableResult
-    func prefill(_ chunks: [PrefillChunk], logits rows: MoEDecoder.LogitRows = .lastOfEachSegment) throws -> [Float] {
+    func prefill(_ chunks: [PrefillChunk], logits rows: MoEDecoder.LogitRows = .lastOfEachSegment,
+                 riding decoding: [SequenceState] = []) throws -> [Float] {
         let mine = chunks.filter { $0.sequence.owner == comm.rank }
+        let decodes = decoding.filter { $0.home == comm.rank }
         let longest = chunks.map(\.count).max() ?? 0
         let pass = model.prefillChunk ?? max(longest, 1)
         let vocab = model.spec.vocabSize
@@ -22,12 +30,17 @@ extension ClusterEngine {
             let inPass = mine.filter { $0.count > lo }
             let pieces = inPass.map(\.sequence)
             let spans = inPass.map { c in (c.start + lo)..<(c.start + min(c.count, lo + pass)) }
-            let tokens = zip(pieces, spans).flatMap { Array($0.request.promptIds[$1]) }
-            let batch = MoEDecoder.Batch(tokens: tokens, segments: zip(pieces, spans).map { .init(cache: $0.cache!, count: $1.count) })
+            let riders = lo == 0 ? decodes : []
+            let tokens = riders.map { $0.tokens.last! } + zip(pieces, spans).flatMap { Array($0.request.promptIds[$1]) }
+            let batch = MoEDecoder.Batch(tokens: tokens, segments: riders.map { .init(cache: $0.cache!, count: 1) }
+                                            + zip(pieces, spans).map { .init(cache: $0.cache!, count: $1.count) })
             let xp = x.reserve(max(tokens.count, 1) * h)
             model.embed(tokens, into: xp)
-            let positions = zip(pieces, spans).flatMap { s, span in span.map { (s.slot, $0) } }
-            try ownedLayers(batch: batch, positions: positions, x: xp, observe: true)
+            let positions = riders.map { ($0.slot, $0.cache!.length) } + zip(pieces, spans).flatMap { s, span in span.map { (s.slot, $0) } }
+            try ownedLayers(batch: batch, positions: positions, x: xp, observe: decoding.isEmpty,
+                            replicate: !decoding.isEmpty && lo == 0 && replicatesKV ? (decodes, decoding.count) : nil)
+            sampleAndEmit(riders, x: xp)
+            let chunkRows = xp + riders.count * h  // the chunks' rows follow the decodes'
             for (s, span) in zip(pieces, spans) { s.cache!.commit(span.count) }  // the next pass attends to it
             // Rows of prompts that end in this pass: (sequence, its last row in the pass).
             var ending: [(SequenceState, Int)] = []
@@ -36,8 +49,8 @@ extension ClusterEngine {
                 end += span.count
                 if span.upperBound == s.request.promptIds.count { ending.append((s, end - 1)) }
             }
-            let selected = rows == .all ? Array(tokens.indices) : ending.map(\.1)
-            let logits = selected.isEmpty ? [] : model.logits(xp, rows: selected)
+            let selected = rows == .all ? Array(0..<(tokens.count - riders.count)) : ending.map(\.1)
+            let logits = selected.isEmpty ? [] : model.logits(chunkRows, rows: selected)
             if rows == .all { all += logits }
             for (j, (s, lastRow)) in ending.enumerated() {
                 let row = rows == .all ? lastRow : j
@@ -47,7 +60,7 @@ extension ClusterEngine {
             for (s, span) in zip(pieces, spans) {
                 defer { first += span.count }
                 guard let n = s.request.promptLogprobs else { continue }
-                promptLogprobs(s, n, x: xp, rows: first, positions: span)
+                promptLogprobs(s, n, x: chunkRows, rows: first, positions: span)
             }
         }
         for c in chunks {

@@ -59,8 +59,13 @@ public struct ClusterRunStats: Sendable {
     public var decodeTokens = 0
     public var decodeSeconds = 0.0
     public var decodeCounters = CommCounters()
+    /// Prompt tokens run, and the seconds of the passes that ran them (a mixed step's whole time: its decodes ride
+    /// in the prompt chunks' pass).
     public var prefillTokens = 0
     public var prefillSeconds = 0.0
+    /// Steps whose decodes rode in the prompt chunks' pass (`ClusterEngine.mixedSteps`), and their seconds.
+    public var mixedSteps = 0
+    public var mixedSeconds = 0.0
     /// Decode steps run in each mode (`ep2`, `coherent`; under `auto` the head's choices).
     public var modeSteps: [String: Int] = [:]
     /// Seconds decode steps waited for posted K/V rows (`--kv-replication layer`: what the overlap did not hide).
@@ -229,27 +234,39 @@ extension ClusterEngine {
                 }
                 return PrefillChunk(s, count: Int(c.count))
             }
-            if !chunks.isEmpty {
-                let start = Clock.now
+            // A mixed step: the decodes ride in the prompt chunks' pass (`mixedSteps`; not while an observer
+            // wants prefill's routing alone).
+            let mixed = mixedSteps && !chunks.isEmpty && !decoding.isEmpty && routingObserver == nil
+            let chunkShapes = chunks.map { StepBudget.Chunk(count: $0.count, context: $0.start) }
+            let stepStart = Clock.now
+            if !chunks.isEmpty && !mixed {
                 try prefill(chunks)
-                let seconds = Clock.since(start)
+                let seconds = Clock.since(stepStart)
                 stats.prefillSeconds += seconds
-                stats.prefillTokens += chunks.reduce(0) { $0 + $1.count }
-                if comm.rank == 0 && !decoding.isEmpty {
-                    stepBudget?.observePrefill(chunks.map { .init(count: $0.count, context: $0.start) }, seconds: seconds)
-                }
+                if comm.rank == 0 && !decoding.isEmpty { stepBudget?.observePrefill(chunkShapes, seconds: seconds) }
             }
+            stats.prefillTokens += chunks.reduce(0) { $0 + $1.count }
             let stepMode = mode == .auto ? (DispatchMode(rawValue: plan.decodeMode) ?? .coherent) : mode
             let startState = comm.rank == 0 && stepModel != nil ? decoding.map { ($0.home, $0.cache?.length ?? 0) } : []
             let before = comm.counters, start = Clock.now, waitedBefore = kvWaitSeconds
-            if !decoding.isEmpty {
+            if mixed {
+                try prefill(chunks, riding: decoding)
+            } else if !decoding.isEmpty {
                 switch stepMode {
                 case .ep2: try decodeOwned(decoding)
                 case .coherent, .auto: try decodeCoherent(decoding)
                 }
             }
             let finished = try synchronise(prefilled: chunks, decoded: decoding)
-            if comm.rank == 0 && !decoding.isEmpty { stepBudget?.observeDecode(sequences: decoding.count, seconds: Clock.since(start)) }
+            if mixed {
+                let seconds = Clock.since(stepStart)
+                stats.mixedSteps += 1
+                stats.mixedSeconds += seconds
+                stats.prefillSeconds += seconds
+                if comm.rank == 0 { stepBudget?.observeMixed(chunkShapes, decoding: decoding.count, seconds: seconds) }
+            } else if comm.rank == 0 && !decoding.isEmpty {
+                stepBudget?.observeDecode(sequences: decoding.count, seconds: Clock.since(start))
+            }
             if !decoding.isEmpty && chunks.isEmpty {
                 stats.decodeSeconds += Clock.since(start)
                 stats.decodeSteps += 1

@@ -118,6 +118,9 @@ public final class ClusterEngine {
     /// Tokens one step runs at most (`--max-step-tokens`): the running decodes, then prompt chunks in what is left
     /// (at least one token).
     public var maxStepTokens = Int.max
+    /// Whether a step that runs prompt chunks while sequences decode runs both in one pass (one stream of the
+    /// weights, as vLLM's and Sarathi-Serve's mixed batches), else a prefill pass and then a decode pass.
+    public var mixedSteps = true
     /// The head's time budget for prompt chunks (`--step-time-target`), learned from the steps it runs; nil: tokens
     /// only.
     public var stepBudget: StepBudget?

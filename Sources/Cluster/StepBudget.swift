@@ -12,8 +12,11 @@ import Foundation
 /// n sequences costs (a running mean by n). A step's chunks get what the target leaves after its decodes.
 /// Only passes beside decodes teach the fit: the long passes of steps in which nothing decodes (a new wave of
 /// prompts) are another regime (attention over long chunks runs as large GEMMs) and would skew the short ones.
-/// What it cannot remove: a step that runs any prompt token pays a whole pass over the weights beside the decode
-/// pass (prefill and decode are separate passes), so a target below decode + one pass still runs one token a step.
+/// In a mixed step (the decodes ride in the chunks' pass, `ClusterEngine.mixedSteps`) the head sees only the whole
+/// step: it learns the chunks' part as the step's time less its decode estimate, so `pass` becomes what joining a
+/// prompt to the decodes costs at all, not a second stream of the weights. With separate passes a step that runs
+/// any prompt token pays a whole pass over the weights beside the decode pass, so a target below decode + one
+/// pass still runs one token a step.
 public struct StepBudget: Sendable {
     /// How long a step with decodes may take: a fixed time, or a multiple of the slowest decode step measured.
     public enum Target: Sendable, Equatable {
@@ -61,7 +64,21 @@ public struct StepBudget: Sendable {
 
     /// A prefill pass that ran `chunks` in `seconds`.
     public mutating func observePrefill(_ chunks: [Chunk], seconds: Double) {
-        guard !chunks.isEmpty, seconds.isFinite, seconds >= 0 else { return }
+        guard seconds >= 0 else { return }
+        add(chunks, seconds: seconds)
+    }
+
+    /// A mixed step that ran `chunks` beside the decodes of `decoding` sequences in `seconds`: the chunks' part is
+    /// what the step took beyond its decode estimate (nothing is learned before there is one). That part may come
+    /// out below zero on a noisy step; it is kept as it is, so that noise does not bias the fit upwards (the
+    /// coefficients stay >= 0 anyway).
+    public mutating func observeMixed(_ chunks: [Chunk], decoding: Int, seconds: Double) {
+        guard decoding > 0, let d = decodeEstimate(decoding) else { return }
+        add(chunks, seconds: seconds - d)
+    }
+
+    private mutating func add(_ chunks: [Chunk], seconds: Double) {
+        guard !chunks.isEmpty, seconds.isFinite else { return }
         let x = Self.features(chunks)
         for i in 0..<9 { xtx[i] *= forgetting }
         for i in 0..<3 { xty[i] *= forgetting }
@@ -73,7 +90,8 @@ public struct StepBudget: Sendable {
         coefficients = observations >= 3 ? fit() : nil
     }
 
-    /// A decode of `sequences` tokens (and the step's end) that took `seconds`.
+    /// A decode of `sequences` tokens (and the step's end) that took `seconds`: a step that ran no prompt chunk, or
+    /// the decode pass of a step that ran its chunks in a pass of their own.
     public mutating func observeDecode(sequences: Int, seconds: Double) {
         guard sequences > 0, seconds.isFinite, seconds >= 0 else { return }
         decodeSeconds[sequences] = decodeSeconds[sequences].map { 0.8 * $0 + 0.2 * seconds } ?? seconds

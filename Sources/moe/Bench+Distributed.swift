@@ -76,6 +76,8 @@ extension MoE.Bench {
             "collectives_per_moe_layer": collectives, "cross_rank_bytes_per_token": bytes,
             "max_mean_tokens_per_rank": imbalance.isEmpty ? 1 : imbalance.reduce(0, +) / Double(imbalance.count),
             "expert_bytes_per_rank": run.expertBytes, "mode_steps": stats.modeSteps,
+            // Steps whose decodes rode in a prompt chunk's pass; their time counts to prefill, their tokens not to decode.
+            "mixed_steps": stats.mixedSteps,
             "kv_replication": cluster.kvReplication, "kv_wait_ms_per_step": 1e3 * stats.kvWaitSeconds / steps,
             // Inside MPI calls, each rank: moving bytes and waiting for ranks that arrive later.
             "communication_ms_per_step": all.map { 1e3 * ($0["communication_by_kind"] as! [String: Double]).values.reduce(0, +) / steps },

@@ -32,6 +32,9 @@ struct ClusterOptions: ParsableArguments {
     @Option(help: "With decodes running, cut each step's prompt chunks to what a step of this length leaves after its decodes: a time (90ms) or a multiple of the slowest decode step measured (1.4x). The head learns a prefill pass's cost from the steps it runs (per pass, per token, per attended query-key pair), so chunks shrink as the context they attend to grows; --max-step-tokens still applies. Default: tokens only.")
     var stepTimeTarget: String?
 
+    @Flag(inversion: .prefixedNo, help: "A step that runs prompt chunks while sequences decode runs both in one pass, streaming the weights once (under mpirun its decodes then reach experts as in ep2); --no-mixed-steps runs a prefill pass, then a decode pass.")
+    var mixedSteps = true
+
     var mode: DispatchMode { DispatchMode(rawValue: dispatch)! }
 
     /// `--step-time-target` as a budget (validated).
@@ -106,6 +109,7 @@ struct DistributedRun {
             engine?.combineRows = CombineRows(rawValue: cluster.combine)!
             engine?.maxStepTokens = cluster.maxStepTokens ?? Int.max
             engine?.stepBudget = cluster.stepBudget
+            engine?.mixedSteps = cluster.mixedSteps
             if let path = cluster.calibration { calibration = try StepTimeModel.Calibration.load(path: path) }
         } catch {
             failure = "\(error)"

@@ -216,6 +216,40 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         #expect((results[1]?["prefill_steps"] as? Int ?? 0) >= 3, "\(results)")
     }
 
+    /// Mixed steps (the default): prompt chunks that arrive while others decode run in the decodes' pass. With
+    /// sampling (each request its own seed), every request gets the tokens it gets alone in one process, with mixed
+    /// steps and with separate passes (`--no-mixed-steps`); `moe bench` counts the steps that mixed, and none
+    /// without them.
+    @Test(arguments: ["ep2", "coherent", "auto"])
+    func mixedStepsGiveEachRequestItsOwnTokens(mode: String) throws {
+        let model = try MoEDecoder.load(directory: fixture("tiny-mixtral"))
+        let prompts = [[5, 6, 7], Array(10..<21), [30, 31, 32, 33, 34], [40, 41]]
+        let arrivals = [0, 1, 1, 4]
+        let requests = TemporaryPath(".jsonl")
+        try prompts.enumerated().map { i, p in
+            #"{"id": "r\#(i)", "prompt_ids": \#(p), "max_new_tokens": 9, "temperature": 0.9, "seed": \#(i + 1), "arrival_step": \#(arrivals[i])}"#
+        }.joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let calibration = TemporaryPath(".json")
+        try #"{"latency_s": 5e-5, "bandwidth_bytes_per_s": 1e9, "stream_rows": [1, 8], "stream_s_per_byte": [1e-10, 2e-10]}"#
+            .write(toFile: calibration.path, atomically: true, encoding: .utf8)
+        let flags = ["--dispatch", mode, "--max-step-tokens", "4", "--prefill-chunk", "3"] + (mode == "auto" ? ["--calibration", calibration.path] : [])
+        for mixing in [[], ["--no-mixed-steps"]] {
+            let r = try MPIRun.run(2, ["generate", "--model", fixture("tiny-mixtral"), "--requests", requests.path] + flags + mixing)
+            #expect(r.status == 0, "\(r.stderr)")
+            let results = r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            #expect(results.count == prompts.count)
+            for (i, p) in prompts.enumerated() {
+                let alone = try Engine(model: model).generate([GenerationRequest(
+                    promptIds: p, maxNewTokens: 9, sampling: SamplingParameters(temperature: 0.9, seed: UInt64(i + 1)))])[0].tokens
+                #expect(results.first { $0["id"] as? String == "r\(i)" }?["tokens"] as? [Int] == alone, "r\(i) \(mixing)")
+            }
+        }
+        // bench, 3 prompts of 4 tokens, 4 tokens a step: the first prompt decodes while the second's chunk runs.
+        let benchFlags = ["--max-step-tokens", "4"] + (mode == "auto" ? ["--calibration", calibration.path] : [])
+        #expect((try bench(2, mode, benchFlags)["mixed_steps"] as? Int ?? 0) > 0)
+        #expect(try bench(2, mode, benchFlags + ["--no-mixed-steps"])["mixed_steps"] as? Int == 0)
+    }
+
     /// Prefill in passes of 4 tokens under mpirun: the forward logits within 1e-4 of one pass in one process.
     @Test(arguments: ["ep2", "coherent"])
     func chunkedPrefillMatchesOnePass(mode: String) throws {
