@@ -9,6 +9,10 @@ public enum GEMM {
     /// faster than sgemm up to 24-32 tokens on the development machine, `moe kernel-bench`).
     @usableFromInline static let smallBatch = 32
 
+    /// From this many tokens on, q8 weights are dequantized into tiles for the f32 kernels (fewer tokens stream
+    /// the blocks themselves: `SmallBatchGEMM.q8`, measured with `moe kernel-bench --dtype q8`).
+    @usableFromInline static let q8TileTokens = 3
+
     /// From this many tokens on, 16-bit weights are widened a whole chunk at a time.
     @usableFromInline static let wideTileTokens = 128
 
@@ -18,16 +22,21 @@ public enum GEMM {
     /// `y = x · Wᵀ` (or `y += x · Wᵀ` with `accumulate`): x `[tokens, W.cols]` with row stride `ldx` (default
     /// `W.cols`), y `[tokens, W.rows]` with row stride `ldy` (default `W.rows`).
     ///
-    /// f32 weights go straight to `sgemm`/`sgemv`; bf16 and f16 weights are widened to f32 a tile of rows at a
-    /// time on the thread that multiplies them, so they stay 16-bit in memory and results equal the f32 path.
+    /// f32 weights go straight to `sgemm`/`sgemv`; bf16, f16 and q8 weights are widened to f32 a tile of rows at a
+    /// time on the thread that multiplies them, so they stay small in memory and results equal the f32 path on
+    /// the widened values. Up to `smallBatch` tokens, f32, bf16 and q8 weights stream through `SmallBatchGEMM`.
+    ///
+    /// `threads`: how many worker threads may split it (1: the calling thread alone, for callers that already run
+    /// products side by side); default: all, for products large enough to pay for the split. The split only
+    /// divides the output rows, so results do not depend on it.
     public static func linear(
         _ x: UnsafePointer<Float>, tokens: Int, ldx: Int? = nil, weight w: WeightMatrix,
-        into y: UnsafeMutablePointer<Float>, ldy: Int? = nil, accumulate: Bool = false
+        into y: UnsafeMutablePointer<Float>, ldy: Int? = nil, accumulate: Bool = false, threads: Int? = nil
     ) {
         guard tokens > 0, w.rows > 0 else { return }
         let ldy = ldy ?? w.rows, ldx = ldx ?? w.cols
         let work = tokens * w.rows * w.cols
-        let parts = work < parallelThreshold ? 1 : Parallel.workers
+        let parts = threads ?? (work < parallelThreshold ? 1 : Parallel.workers)
         let chunks = Parallel.ranges(w.rows, parts: parts)
         nonisolated(unsafe) let (xp, yp) = (x, y)
         Parallel.run(chunks.count) { c in
@@ -44,15 +53,35 @@ public enum GEMM {
                                     cols: w.cols, rows: rows, into: yp, ldy: ldy, accumulate: accumulate)
                 return
             }
+            if tokens < q8TileTokens && w.type == .q8 {
+                SmallBatchGEMM.q8(x: xp, tokens: tokens, ldx: ldx, weights: w.base, cols: w.cols, rows: rows, into: yp,
+                                  ldy: ldy, accumulate: accumulate)
+                return
+            }
+            if tokens <= smallBatch && w.type == .q8 {
+                // Dequantized once into an L2-sized tile, then every token pair runs from cache in the f32 kernel.
+                let tileRows = max(4, min(rows.count, tileFloats / max(w.cols, 1)))
+                let tile = ThreadScratch.buffer(.weightTile, count: tileRows * w.cols)
+                var r = rows.lowerBound
+                while r < rows.upperBound {
+                    let n = min(tileRows, rows.upperBound - r)
+                    w.widen(rows: r..<(r + n), into: tile)
+                    SmallBatchGEMM.f32(x: xp, tokens: tokens, ldx: ldx, weights: tile, cols: w.cols, rows: 0..<n, into: yp + r,
+                                       ldy: ldy, accumulate: accumulate)
+                    r += n
+                }
+                return
+            }
             if w.type == .f32 {
                 multiply(xp, tokens: tokens, ldx: ldx, cols: w.cols,
                          weights: w.base.assumingMemoryBound(to: Float.self) + rows.lowerBound * w.cols,
                          rows: rows.count, into: yp + rows.lowerBound, ldy: ldy, accumulate: accumulate)
                 return
             }
-            // 16-bit weights: widened to f32 a tile of rows at a time and multiplied by BLAS; results equal the
-            // f32 path since widening is exact. Many tokens amortise widening, so the whole chunk goes at once
-            // (sgemm is faster on wide shapes); fewer tokens take L2-sized tiles so the widened rows stay cached.
+            // 16-bit and q8 weights: widened (dequantized) to f32 a tile of rows at a time and multiplied by BLAS;
+            // results equal the f32 path on the widened values, since widening is exact. Many tokens amortise
+            // widening, so the whole chunk goes at once (sgemm is faster on wide shapes); fewer tokens take
+            // L2-sized tiles so the widened rows stay cached.
             let tileRows = tokens >= wideTileTokens ? rows.count : max(8, min(rows.count, tileFloats / max(w.cols, 1)))
             let tile = ThreadScratch.buffer(.weightTile, count: tileRows * w.cols)
             var r = rows.lowerBound

@@ -1,9 +1,28 @@
-/// Element types that weights may keep in memory.
+/// Element types that weights may keep in memory: the three of checkpoints, and `q8` blocks made at load (`Q8`).
 public enum ElementType: String, Sendable, CaseIterable {
-    case f32, bf16, f16
+    case f32, bf16, f16, q8
 
-    /// Bytes per element.
-    public var byteSize: Int { self == .f32 ? 4 : 2 }
+    /// Bytes per element of the three checkpoint types (a q8 weight takes 34/32 bytes: use `rowBytes`).
+    public var byteSize: Int {
+        precondition(self != .q8, "q8 has no whole number of bytes per element")
+        return self == .f32 ? 4 : 2
+    }
+
+    /// Bytes of one row of `cols` elements.
+    @inlinable
+    public func rowBytes(_ cols: Int) -> Int {
+        switch self {
+        case .f32: return cols * 4
+        case .bf16, .f16: return cols * 2
+        case .q8: return Q8.rowBytes(cols)
+        }
+    }
+
+    /// The types a checkpoint stores.
+    public static let stored: [ElementType] = [.f32, .bf16, .f16]
+
+    /// The stored type named `name` (`init-model --dtype` and the like); nil for anything else, q8 included.
+    public static func stored(_ name: String) -> ElementType? { stored.first { $0.rawValue == name } }
 }
 
 /// A read-only row-major weight matrix `[rows, cols]` in its stored element type (PyTorch `Linear.weight`
@@ -27,16 +46,19 @@ public struct WeightMatrix: @unchecked Sendable {
     }
 
     /// Bytes the matrix occupies.
-    public var byteCount: Int { rows * cols * type.byteSize }
+    public var byteCount: Int { rows * rowBytes }
+
+    /// Bytes of one row.
+    @inlinable public var rowBytes: Int { type.rowBytes(cols) }
 
     /// Rows `range` as a matrix of their own (a view, no copy).
     public func rows(_ range: Range<Int>) -> WeightMatrix {
         precondition(range.lowerBound >= 0 && range.upperBound <= rows, "row range out of bounds")
         return WeightMatrix(rows: range.count, cols: cols, type: type,
-                            base: base + range.lowerBound * cols * type.byteSize, owner: owner)
+                            base: base + range.lowerBound * rowBytes, owner: owner)
     }
 
-    /// Widens rows `range` into `dst` (`[range.count, cols]` f32).
+    /// Widens (or dequantizes) rows `range` into `dst` (`[range.count, cols]` f32).
     @inlinable
     public func widen(rows range: Range<Int>, into dst: UnsafeMutablePointer<Float>) {
         let n = range.count * cols
@@ -48,6 +70,8 @@ public struct WeightMatrix: @unchecked Sendable {
             Widen.bf16(base.assumingMemoryBound(to: UInt16.self) + start, into: dst, count: n)
         case .f16:
             Widen.f16(base.assumingMemoryBound(to: UInt16.self) + start, into: dst, count: n)
+        case .q8:
+            for (i, r) in range.enumerated() { Q8.dequantize(row: base + r * rowBytes, cols: cols, into: dst + i * cols) }
         }
     }
 

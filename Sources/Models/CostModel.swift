@@ -33,11 +33,11 @@ public struct CostModel {
     public func decodeBytes(activeExperts: [Int], contexts: [Int]) -> Double {
         let s = model.spec
         let total = model.weightBytes
-        let perExpert = Double(s.expertIntermediate * s.hiddenSize * 3 * model.embedding.type.byteSize)
+        let perExpert = Double(model.bank.experts.joined().first { $0 != nil }??.byteCount ?? 0)
         let experts = Double(activeExperts.reduce(0, +)) * perExpert
         let nonExpert = Double(total.total - total.experts - model.embedding.byteCount)
         let embeddingRows = Double(contexts.count * s.hiddenSize * model.embedding.type.byteSize)
-        let kv = Double(contexts.reduce(0, +)) * Double(2 * s.kvDim * 4 * s.layers)
+        let kv = Double(contexts.reduce(0, +)) * Double(2 * s.kvDim * model.kvDType.byteSize * s.layers)
         return nonExpert + experts + embeddingRows + kv + (s.tieWordEmbeddings ? Double(model.lmHead.byteCount) : 0)
     }
 }

@@ -373,6 +373,9 @@ public final class MoEDecoder {
         }
     }
 
+    /// The type the linear layers keep (their first: all share it), what `bench` reports as the weights' type.
+    public var linearType: ElementType { layers.first?.attention.q.type ?? embedding.type }
+
     /// Bytes of weights in memory: everything, and the routed experts' share.
     public var weightBytes: (total: Int, experts: Int) {
         var total = embedding.byteCount + (spec.tieWordEmbeddings ? 0 : lmHead.byteCount) + finalNorm.count * 4

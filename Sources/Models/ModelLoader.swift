@@ -1,18 +1,27 @@
 import Foundation
 import Kernels
 
+/// What loading does to the stored weights (`--weights-dtype`).
+public enum WeightConversion: String, Sendable, CaseIterable {
+    /// Every matrix widened to f32.
+    case f32
+    /// The linear layers (attention projections, experts, shared and dense feed-forwards, an untied LM head)
+    /// quantized to `Q8` blocks; embeddings, norms and routers keep their stored type.
+    case q8
+}
+
 /// How a model is loaded.
 public struct LoadOptions: Sendable {
-    /// Widen every weight to f32 at load (`--weights-dtype f32`) instead of keeping the stored type.
-    public var convertToF32 = false
+    /// What happens to the stored weights; nil keeps them as stored (16-bit ones widen inside the kernels).
+    public var weights: WeightConversion?
     /// Memory the model may use; nil means what the machine has available (MemAvailable), or the
     /// `MOE_MEMORY_LIMIT` environment variable (bytes) when set.
     public var memoryLimit: Int?
     /// Which routed experts to load (`layer`, `expert`); nil loads all. Others stay unmapped.
     public var holdsExpert: (@Sendable (Int, Int) -> Bool)?
 
-    public init(convertToF32: Bool = false, memoryLimit: Int? = nil, holdsExpert: (@Sendable (Int, Int) -> Bool)? = nil) {
-        self.convertToF32 = convertToF32
+    public init(weights: WeightConversion? = nil, memoryLimit: Int? = nil, holdsExpert: (@Sendable (Int, Int) -> Bool)? = nil) {
+        self.weights = weights
         self.memoryLimit = memoryLimit
         self.holdsExpert = holdsExpert
     }
@@ -30,7 +39,7 @@ extension MoEDecoder {
         }
         let configPath = (directory as NSString).appendingPathComponent("config.json")
         let spec = try ModelRegistry.spec(try ModelConfig.load(path: configPath), path: configPath)
-        let store = try WeightStore.open(directory: directory, convertToF32: options.convertToF32)
+        let store = try WeightStore.open(directory: directory, conversion: options.weights)
         try MemoryBudget.check(neededBytes: store.bytes(of: store.names), limit: options.memoryLimit)
         return try build(spec: spec, store: store, options: options)
     }
@@ -40,7 +49,7 @@ extension MoEDecoder {
         let h = spec.hiddenSize
         let embedding = try store.matrix("model.embed_tokens.weight", rows: spec.vocabSize, cols: h)
         let lmHead = spec.tieWordEmbeddings && !store.contains("lm_head.weight")
-            ? embedding : try store.matrix("lm_head.weight", rows: spec.vocabSize, cols: h)
+            ? embedding : try store.matrix("lm_head.weight", rows: spec.vocabSize, cols: h, linear: true)
         let finalNorm = try store.vector("model.norm.weight", count: h)
         var layers: [Layer] = []
         var experts: [[FeedForwardWeights?]] = []
@@ -104,10 +113,10 @@ extension MoEDecoder {
                         try store.vector(p + "k_norm.weight", count: spec.headDim))
         }
         return AttentionWeights(
-            q: try store.matrix(p + "q_proj.weight", rows: q, cols: h),
-            k: try store.matrix(p + "k_proj.weight", rows: kv, cols: h),
-            v: try store.matrix(p + "v_proj.weight", rows: kv, cols: h),
-            o: try store.matrix(p + "o_proj.weight", rows: h, cols: q),
+            q: try store.matrix(p + "q_proj.weight", rows: q, cols: h, linear: true),
+            k: try store.matrix(p + "k_proj.weight", rows: kv, cols: h, linear: true),
+            v: try store.matrix(p + "v_proj.weight", rows: kv, cols: h, linear: true),
+            o: try store.matrix(p + "o_proj.weight", rows: h, cols: q, linear: true),
             qBias: spec.qkvBias ? try store.vector(p + "q_proj.bias", count: q) : nil,
             kBias: spec.qkvBias ? try store.vector(p + "k_proj.bias", count: kv) : nil,
             vBias: spec.qkvBias ? try store.vector(p + "v_proj.bias", count: kv) : nil,
@@ -121,10 +130,10 @@ extension MoEDecoder {
         let h = spec.hiddenSize, i = spec.expertIntermediate, n = spec.names
         let holds = { (e: Int) in options.holdsExpert?(layer, e) ?? true }
         if !store.contains("\(b)experts.0.\(n.expertGate).weight") && store.contains("\(b)experts.gate_up_proj") {
-            let gateUp = try store.matrices("\(b)experts.gate_up_proj", count: spec.experts, rows: 2 * i, cols: h)
-            let down = try store.matrices("\(b)experts.down_proj", count: spec.experts, rows: h, cols: i)
+            let gateUp = try store.matrices("\(b)experts.gate_up_proj", count: spec.experts, rows: 2 * i, cols: h, keep: holds)
+            let down = try store.matrices("\(b)experts.down_proj", count: spec.experts, rows: h, cols: i, keep: holds)
             return (0..<spec.experts).map { e in
-                holds(e) ? FeedForwardWeights(gate: gateUp[e].rows(0..<i), up: gateUp[e].rows(i..<(2 * i)), down: down[e]) : nil
+                gateUp[e].map { FeedForwardWeights(gate: $0.rows(0..<i), up: $0.rows(i..<(2 * i)), down: down[e]!) }
             }
         }
         return try (0..<spec.experts).map { e in
@@ -136,9 +145,9 @@ extension MoEDecoder {
     static func feedForwardWeights(store: WeightStore, prefix p: String, names n: TensorNames,
                                    hidden: Int, intermediate: Int) throws -> FeedForwardWeights {
         FeedForwardWeights(
-            gate: try store.matrix("\(p)\(n.expertGate).weight", rows: intermediate, cols: hidden),
-            up: try store.matrix("\(p)\(n.expertUp).weight", rows: intermediate, cols: hidden),
-            down: try store.matrix("\(p)\(n.expertDown).weight", rows: hidden, cols: intermediate))
+            gate: try store.matrix("\(p)\(n.expertGate).weight", rows: intermediate, cols: hidden, linear: true),
+            up: try store.matrix("\(p)\(n.expertUp).weight", rows: intermediate, cols: hidden, linear: true),
+            down: try store.matrix("\(p)\(n.expertDown).weight", rows: hidden, cols: intermediate, linear: true))
     }
 }
 

@@ -104,7 +104,8 @@ public enum SyntheticModel {
                                       byteCount: n * dtype.byteSize, file: "preset \(preset.rawValue)", owner: storage)
             offset += n * dtype.byteSize
         }
-        return try MoEDecoder.build(spec: spec, store: WeightStore(tensors: tensors, origin: "preset \(preset.rawValue)"),
+        return try MoEDecoder.build(spec: spec, store: WeightStore(tensors: tensors, origin: "preset \(preset.rawValue)",
+                                                                   conversion: options.weights),
                                     options: options)
     }
 
@@ -159,6 +160,8 @@ public enum SyntheticModel {
             for i in 0..<count {
                 out[i] = dtype == .bf16 ? Widen.toBF16(scratch[i]) : Float16(scratch[i]).bitPattern
             }
+        case .q8:
+            preconditionFailure("q8 is made at load (`WeightMatrix.quantizedQ8`), not stored: callers check `ElementType.stored`")
         }
     }
 }
@@ -181,6 +184,7 @@ extension ElementType {
         case .f32: return .F32
         case .bf16: return .BF16
         case .f16: return .F16
+        case .q8: preconditionFailure("q8 has no safetensors dtype: it is made at load")
         }
     }
 }

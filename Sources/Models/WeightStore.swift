@@ -8,20 +8,20 @@ public final class WeightStore: @unchecked Sendable {
     let tensors: [String: TensorRef]
     /// What lookups search, for messages ("model.safetensors", "3 shards of DIR").
     public let origin: String
-    /// When set, every matrix is widened to f32 at load instead of staying in its stored type.
-    public let convertToF32: Bool
+    /// What loading does to the matrices (nil: they stay in their stored type).
+    public let conversion: WeightConversion?
     /// Bytes the looked-up tensors occupy in memory (after any conversion).
     public private(set) var residentBytes = 0
 
-    public init(tensors: [String: TensorRef], origin: String, convertToF32: Bool = false) {
+    public init(tensors: [String: TensorRef], origin: String, conversion: WeightConversion? = nil) {
         self.tensors = tensors
         self.origin = origin
-        self.convertToF32 = convertToF32
+        self.conversion = conversion
     }
 
     /// Opens the safetensors weights of a Hugging Face folder: `model.safetensors.index.json` with its shards,
     /// else `model.safetensors`, else every `*.safetensors` file there.
-    public static func open(directory: String, convertToF32: Bool = false) throws -> WeightStore {
+    public static func open(directory: String, conversion: WeightConversion? = nil) throws -> WeightStore {
         let fm = FileManager.default
         let indexPath = (directory as NSString).appendingPathComponent("model.safetensors.index.json")
         var files: [String] = []
@@ -44,7 +44,7 @@ public final class WeightStore: @unchecked Sendable {
             all.merge(file.tensors) { first, _ in first }
         }
         let origin = files.count == 1 ? files[0] : "\(files.count) shards in \(directory)"
-        return WeightStore(tensors: all, origin: origin, convertToF32: convertToF32)
+        return WeightStore(tensors: all, origin: origin, conversion: conversion)
     }
 
     static func shardFiles(index: String, directory: String) throws -> [String] {
@@ -92,18 +92,22 @@ public final class WeightStore: @unchecked Sendable {
         return t
     }
 
-    /// A `[rows, cols]` weight matrix, kept in its stored type (or widened to f32 if `convertToF32`).
-    public func matrix(_ name: String, rows: Int, cols: Int) throws -> WeightMatrix {
+    /// A `[rows, cols]` weight matrix, kept in its stored type or converted as `conversion` says: widened to f32,
+    /// or (`linear`: a linear layer's weight, as opposed to an embedding or a router) quantized to q8.
+    public func matrix(_ name: String, rows: Int, cols: Int, linear: Bool = false) throws -> WeightMatrix {
         let t = try tensor(name, shape: [rows, cols])
-        return account(matrix(t, rows: rows, cols: cols))
+        return account(matrix(t, rows: rows, cols: cols, linear: linear))
     }
 
-    /// The `[count, rows, cols]` tensor `name` as `count` matrices (fused expert weights).
-    public func matrices(_ name: String, count: Int, rows: Int, cols: Int) throws -> [WeightMatrix] {
+    /// The `[count, rows, cols]` tensor `name` as `count` matrices (fused expert weights: linear layers), those
+    /// that `keep` accepts converted as `matrix` does; nil for the others.
+    public func matrices(_ name: String, count: Int, rows: Int, cols: Int, keep: (Int) -> Bool = { _ in true }) throws -> [WeightMatrix?] {
         let t = try tensor(name, shape: [count, rows, cols])
-        let whole = matrix(t, rows: count * rows, cols: cols)
-        _ = account(whole)
-        return (0..<count).map { whole.rows($0 * rows..<($0 + 1) * rows) }
+        let stored = WeightMatrix(rows: count * rows, cols: cols, type: t.dtype.elementType!, base: t.data, owner: t.owner)
+        return (0..<count).map { i in
+            guard keep(i) else { return nil }
+            return account(convert(stored.rows(i * rows..<(i + 1) * rows), linear: true))
+        }
     }
 
     /// A vector of `count` values widened to f32 (norm weights, biases).
@@ -113,12 +117,22 @@ public final class WeightStore: @unchecked Sendable {
         return matrix(t, rows: 1, cols: count).toFloatArray()
     }
 
-    private func matrix(_ t: TensorRef, rows: Int, cols: Int) -> WeightMatrix {
-        let m = WeightMatrix(rows: rows, cols: cols, type: t.dtype.elementType!, base: t.data, owner: t.owner)
-        guard convertToF32, m.type != .f32 else { return m }
-        let storage = FloatStorage(count: rows * cols)
-        m.widen(rows: 0..<rows, into: storage.pointer)
-        return storage.matrix(rows: rows, cols: cols)
+    private func matrix(_ t: TensorRef, rows: Int, cols: Int, linear: Bool = false) -> WeightMatrix {
+        convert(WeightMatrix(rows: rows, cols: cols, type: t.dtype.elementType!, base: t.data, owner: t.owner), linear: linear)
+    }
+
+    private func convert(_ m: WeightMatrix, linear: Bool) -> WeightMatrix {
+        let rows = m.rows, cols = m.cols
+        switch conversion {
+        case .f32 where m.type != .f32:
+            let storage = FloatStorage(count: rows * cols)
+            m.widen(rows: 0..<rows, into: storage.pointer)
+            return storage.matrix(rows: rows, cols: cols)
+        case .q8 where linear:
+            return m.quantizedQ8()
+        default:
+            return m
+        }
     }
 
     private func account(_ m: WeightMatrix) -> WeightMatrix {
@@ -126,11 +140,12 @@ public final class WeightStore: @unchecked Sendable {
         return m
     }
 
-    /// Bytes the named tensors would occupy in memory (stored type, or f32 when converting).
+    /// Bytes the named tensors would occupy in memory (stored type, f32 when widening; when quantizing, the stored
+    /// bytes: the checkpoint's pages are read while the blocks are made).
     public func bytes(of names: [String]) -> Int {
         names.reduce(0) { sum, n in
             guard let t = tensors[n] else { return sum }
-            return sum + (convertToF32 ? t.elementCount * 4 : t.byteCount)
+            return sum + (conversion == .f32 ? t.elementCount * 4 : t.byteCount)
         }
     }
 }

@@ -94,7 +94,7 @@ extension MoE {
                 let gflops = flops / prefill / 1e9
                 let gbps = bytesPerStep * Double(genLen) / decode / 1e9
                 let report: [String: Any] = [
-                    "model": modelOptions.label, "weights_dtype": model.embedding.type.rawValue, "threads": threads,
+                    "model": modelOptions.label, "weights_dtype": model.linearType.rawValue, "threads": threads,
                     "batch": batch, "prompt_len": promptLen, "gen_len": genLen,
                     "prefill_passes": runs[0].prefillPasses,
                     "prefill_tokens_per_s": Double(batch * promptLen) / prefill,
@@ -107,10 +107,11 @@ extension MoE {
                     "attention": modelOptions.attention, "sparse_fraction_per_layer": sparseFraction,
                     "kv_page_size": model.kvPool?.pageSize ?? 0, "kv_pages": model.kvPool?.pageCount ?? 0,
                     "kv_pages_peak": model.kvPool.map { $0.pageCount - $0.lowestFree } ?? 0,
+                    "weight_bytes": model.weightBytes.total,
                 ]
                 let summary = String(
-                    format: "%@ %@, batch %d: decode %.1f tok/s, %.1f GB/s = %.0f%% of the %@ DRAM read bandwidth (%.1f GB/s); prefill %.0f tok/s, %.0f GFLOP/s = %.0f%% of %d x %.0f GFLOP/s",
-                    modelOptions.label, model.embedding.type.rawValue, batch, Double(batch * genLen) / decode, gbps, 100 * gbps / dram,
+                    format: "%@ %@ (%.0f MB of weights), batch %d: decode %.1f tok/s, %.1f GB/s = %.0f%% of the %@ DRAM read bandwidth (%.1f GB/s); prefill %.0f tok/s, %.0f GFLOP/s = %.0f%% of %d x %.0f GFLOP/s",
+                    modelOptions.label, model.linearType.rawValue, Double(model.weightBytes.total) / 1e6, batch, Double(batch * genLen) / decode, gbps, 100 * gbps / dram,
                     dramGbps == nil ? "measured" : "given", dram, Double(batch * promptLen) / prefill, gflops,
                     100 * gflops / (peakGflopsPerCore * Double(threads)), threads, peakGflopsPerCore)
                 if format == "json" {
@@ -120,7 +121,7 @@ extension MoE {
                     emit("| model | weights | threads | batch | prompt | gen | prefill tok/s | GFLOP/s (of peak) | decode tok/s | GB/s (of DRAM) | attention share (prefill / decode) | sparse layers |")
                     emit("|---|---|---|---|---|---|---|---|---|---|---|---|")
                     emit(String(format: "| %@ | %@ | %d | %d | %d | %d | %.0f | %.0f (%.0f%%) | %.1f | %.1f (%.0f%%) | %.0f%% / %.0f%% | %@ |",
-                                modelOptions.label, model.embedding.type.rawValue, threads, batch, promptLen, genLen,
+                                modelOptions.label, model.linearType.rawValue, threads, batch, promptLen, genLen,
                                 Double(batch * promptLen) / prefill, gflops, 100 * gflops / (peakGflopsPerCore * Double(threads)),
                                 Double(batch * genLen) / decode, gbps, 100 * gbps / dram, 100 * prefillShare, 100 * decodeShare,
                                 String(format: "%.1f of %d", sparseFraction.reduce(0, +), model.spec.layers)))

@@ -31,7 +31,7 @@ extension MoE {
         var output: String
 
         func validate() throws {
-            guard ElementType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be f32, bf16 or f16") }
+            guard ElementType.stored(dtype) != nil else { throw ValidationError("--dtype must be f32, bf16 or f16") }
             if !(1...65536).contains(streamMib) { throw ValidationError("--stream-mib must be between 1 and 65536") }
         }
 

@@ -176,7 +176,7 @@ extension ModelOptions {
 
     /// Loads the model keeping only the routed experts `holding` accepts.
     func load(holding: @escaping @Sendable (Int, Int) -> Bool) throws -> MoEDecoder {
-        let options = LoadOptions(convertToF32: weightsDtype == "f32", holdsExpert: holding)
+        let options = LoadOptions(weights: weightsDtype.flatMap(WeightConversion.init), holdsExpert: holding)
         let loaded = try model.map { try MoEDecoder.load(directory: $0, options: options) }
             ?? SyntheticModel.build(SyntheticModel.Preset(rawValue: preset)!, options: options)
         try configure(loaded)

@@ -28,7 +28,7 @@ extension MoE {
             if SyntheticModel.Preset(rawValue: preset) == nil {
                 throw ValidationError("unknown preset '\(preset)' (choose \(SyntheticModel.Preset.allCases.map(\.rawValue).joined(separator: ", ")))")
             }
-            if ElementType(rawValue: dtype) == nil { throw ValidationError("--dtype must be f32, bf16 or f16, got '\(dtype)'") }
+            if ElementType.stored(dtype) == nil { throw ValidationError("--dtype must be f32, bf16 or f16, got '\(dtype)'") }
             if shardBytes < 1 { throw ValidationError("--shard-bytes must be positive") }
         }
 

@@ -25,32 +25,35 @@ extension MoE {
         var rows: Int = 2816
         @Option var cols: Int = 1024
 
-        @Option(help: "Weight type: f32, bf16 or f16.")
+        @Option(help: "Weight type: f32, bf16, f16, or q8 (f32 weights quantized in blocks of 32).")
         var dtype: String = "f32"
 
         func validate() throws {
-            guard ElementType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be f32, bf16 or f16") }
+            guard ElementType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be f32, bf16, f16 or q8") }
             guard tokens > 0, threads > 0, matrices > 0, rows > 0, cols > 0 else { throw ValidationError("counts must be positive") }
         }
 
         func run() throws {
             Parallel.configure(workers: threads)
             let type = ElementType(rawValue: dtype)!
-            let per = rows * cols * type.byteSize
+            let stored = type == .q8 ? ElementType.f32 : type
+            let per = rows * cols * stored.byteSize
             let storage = UnsafeMutableRawPointer.allocate(byteCount: per * matrices, alignment: 64)
-            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: type == .f32 ? 1 : rows * cols * matrices)
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: stored == .f32 ? 1 : rows * cols * matrices)
             defer { storage.deallocate(); scratch.deallocate() }
-            SyntheticModel.encode(name: "bench", count: rows * cols * matrices, dtype: type, scratch: scratch, into: storage)
+            SyntheticModel.encode(name: "bench", count: rows * cols * matrices, dtype: stored, scratch: scratch, into: storage)
+            let weights = (0..<matrices).map { m in
+                let w = WeightMatrix(rows: rows, cols: cols, type: stored, base: UnsafeRawPointer(storage + m * per), owner: nil)
+                return type == .q8 ? w.quantizedQ8() : w
+            }
+            let bytes = weights.reduce(0) { $0 + $1.byteCount }
             let x = [Float](repeating: 0.5, count: tokens * cols)
             var y = [Float](repeating: 0, count: tokens * rows)
             for rep in 0..<3 {
                 let start = Clock.now
-                for m in 0..<matrices {
-                    let w = WeightMatrix(rows: rows, cols: cols, type: type, base: UnsafeRawPointer(storage + m * per), owner: nil)
-                    GEMM.linear(x, tokens: tokens, weight: w, into: &y)
-                }
+                for w in weights { GEMM.linear(x, tokens: tokens, weight: w, into: &y) }
                 let seconds = Clock.since(start)
-                let gbps = Double(per * matrices) / seconds / 1e9
+                let gbps = Double(bytes) / seconds / 1e9
                 let gflops = 2 * Double(tokens * rows * cols * matrices) / seconds / 1e9
                 emit(String(format: "run %d: %@ %dx%d, %d tokens, %d threads: %.1f GB/s of weights, %.1f GFLOP/s",
                             rep, dtype, rows, cols, tokens, threads, gbps, gflops))

@@ -57,7 +57,7 @@ extension MoE {
         func validate() throws {
             if let shape, Self.namedShape(shape) == nil { throw ValidationError("--shape must be mixtral-8x7b or qwen3-30b-a3b, not '\(shape)'") }
             if ranks < 1 { throw ValidationError("--ranks must be at least 1") }
-            guard ElementType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be bf16, f16 or f32") }
+            guard ElementType.stored(dtype) != nil else { throw ValidationError("--dtype must be bf16, f16 or f32") }
             if let nodes, nodes < 1 || nodes > ranks || ranks % nodes != 0 { throw ValidationError("--nodes must divide --ranks") }
             if batch < 1 || promptLen < 1 || genLen < 1 { throw ValidationError("--batch, --prompt-len and --gen-len must be at least 1") }
             if let linkGbps, !(linkGbps > 0) { throw ValidationError("--link-gbps must be positive") }

@@ -25,7 +25,7 @@ import Testing
         let dir = try TemporaryDirectory()
         try rewriteCheckpoint(from: Fixtures.path("tiny-mixtral"), to: dir.path, dtype: SafeTensorsDType(rawValue: dtype)!)
         let kept = try MoEDecoder.load(directory: dir.path)
-        let converted = try MoEDecoder.load(directory: dir.path, options: LoadOptions(convertToF32: true))
+        let converted = try MoEDecoder.load(directory: dir.path, options: LoadOptions(weights: .f32))
         #expect(kept.embedding.type == (dtype == "BF16" ? .bf16 : .f16))
         #expect(converted.embedding.type == .f32)
         #expect(kept.weightBytes.total * 2 < converted.weightBytes.total + 4096)

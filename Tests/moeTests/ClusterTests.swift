@@ -250,6 +250,18 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         #expect(try bench(2, mode, benchFlags + ["--no-mixed-steps"])["mixed_steps"] as? Int == 0)
     }
 
+    /// q8 weights under mpirun (each rank quantizes the experts it holds): the tokens one process gets with q8.
+    @Test(arguments: ["ep2", "coherent"])
+    func q8WeightsGiveTheSingleProcessTokens(mode: String) throws {
+        let model = try MoEDecoder.load(directory: fixture("tiny-qwen2moe"), options: LoadOptions(weights: .q8))
+        let prompt = Reference.all["tiny-qwen2moe"]!.prompt
+        let alone = try Engine(model: model).generate([GenerationRequest(promptIds: prompt, maxNewTokens: 8)])[0].tokens
+        let g = try MPIRun.run(2, ["generate", "--model", fixture("tiny-qwen2moe"), "--prompt-ids", prompt.map(String.init).joined(separator: ","),
+                                   "--max-new-tokens", "8", "--temperature", "0", "--json", "--dispatch", mode, "--weights-dtype", "q8"])
+        #expect(g.status == 0, "\(g.stderr)")
+        #expect((try JSONSerialization.jsonObject(with: Data(g.lastLine.utf8)) as? [String: Any])?["tokens"] as? [Int] == alone)
+    }
+
     /// Prefill in passes of 4 tokens under mpirun: the forward logits within 1e-4 of one pass in one process.
     @Test(arguments: ["ep2", "coherent"])
     func chunkedPrefillMatchesOnePass(mode: String) throws {

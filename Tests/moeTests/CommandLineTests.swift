@@ -157,6 +157,23 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
         #expect(json?["prefill_passes"] as? Int == 3)
     }
 
+    /// `--weights-dtype q8` on the built-in preset: bench reports the type and the weights' bytes (about 0.27x
+    /// of f32: the linear layers take 34 bytes per 32 weights, the embeddings stay f32), and generate runs.
+    @Test func q8WeightsReportTheirTypeAndBytes() throws {
+        func bench(_ extra: [String]) throws -> [String: Any] {
+            let b = try MoEBinary.run(["bench", "--preset", "tiny", "--batch", "2", "--prompt-len", "8", "--gen-len", "4",
+                                       "--repetitions", "1", "--format", "json"] + extra)
+            #expect(b.status == 0, "\(b.stderr)")
+            return try JSONSerialization.jsonObject(with: Data(b.lastLine.utf8)) as! [String: Any]
+        }
+        let f32 = try bench([]), q8 = try bench(["--weights-dtype", "q8"])
+        #expect(f32["weights_dtype"] as? String == "f32" && q8["weights_dtype"] as? String == "q8")
+        let ratio = Double(q8["weight_bytes"] as? Int ?? 0) / Double(f32["weight_bytes"] as? Int ?? 1)
+        #expect(ratio > 0.26 && ratio < 0.5, "\(ratio)")
+        let g = try MoEBinary.run(["generate", "--preset", "tiny", "--prompt-ids", "5,9,1", "--max-new-tokens", "3", "--weights-dtype", "q8"])
+        #expect(g.status == 0, "\(g.stderr)")
+    }
+
     @Test func builtInPresetAndBenchJSON() throws {
         let g = try MoEBinary.run(["generate", "--preset", "tiny", "--prompt-ids", "5,9,1", "--max-new-tokens", "3"])
         #expect(g.status == 0, "\(g.stderr)")
@@ -273,6 +290,9 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
         ["init-model", "--preset", "tiny", "--dtype", "int8", "--output", "/tmp/x"],
         ["generate", "--preset", "gigantic", "--prompt-ids", "1"],
         ["generate", "--prompt-ids", "1", "--weights-dtype", "f8"],
+        ["bench", "--weights-dtype", "q4"],
+        ["init-model", "--preset", "tiny", "--dtype", "q8", "--output", "/tmp/x"],
+        ["kernel-bench", "--dtype", "q4"],
         ["generate", "--prompt-ids", "1", "--max-model-len", "0"],
         ["generate", "--prompt-ids", "1", "--prefill-chunk", "0"],
         ["generate", "--prompt-ids", "1", "--attention", "sparse", "--sparse-sink", "100"],
