@@ -58,12 +58,14 @@ public struct FeedForwardWeights: Sendable {
     public var byteCount: Int { gate.byteCount + up.byteCount + down.byteCount }
 
     /// `out = down(silu(gate·x) * (up·x))` for `rows` tokens; `scratch` holds at least `rows * 2 * intermediate`.
-    public func apply(_ x: UnsafePointer<Float>, rows: Int, scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+    /// `threads`: as `GEMM.linear` takes it (1 when experts run side by side).
+    public func apply(_ x: UnsafePointer<Float>, rows: Int, scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>,
+                      threads: Int? = nil) {
         let i = intermediate
-        GEMM.linear(x, tokens: rows, weight: gate, into: scratch, ldy: 2 * i)
-        GEMM.linear(x, tokens: rows, weight: up, into: scratch + i, ldy: 2 * i)
+        GEMM.linear(x, tokens: rows, weight: gate, into: scratch, ldy: 2 * i, threads: threads)
+        GEMM.linear(x, tokens: rows, weight: up, into: scratch + i, ldy: 2 * i, threads: threads)
         Elementwise.siluGLU(scratch, rows: rows, n: i)
-        GEMM.linear(scratch, tokens: rows, ldx: 2 * i, weight: down, into: out)
+        GEMM.linear(scratch, tokens: rows, ldx: 2 * i, weight: down, into: out, threads: threads)
     }
 }
 
@@ -98,32 +100,51 @@ public final class ExpertBank {
     /// Bytes of the routed experts held.
     public var byteCount: Int { experts.joined().reduce(0) { $0 + ($1?.byteCount ?? 0) } }
 
+    /// Up to this many rows an expert gets in a step, the experts of a layer run side by side, one whole expert
+    /// on one thread each, instead of one after another with each product split over the threads: a decode
+    /// step's products are too small to split well (two threads on one 4 MB matrix streamed no faster than
+    /// one), and a layer then synchronises the threads once, not three times per expert.
+    public static let sideBySideRows = 8
+
     /// Sorts `assignments` by expert (stable), then writes `weight · expert(hidden[row])` for each into `output`
-    /// (`[assignments.count, hiddenSize]`, in the sorted order). Every expert named must be held.
+    /// (`[assignments.count, hiddenSize]`, in the sorted order). Every expert named must be held. Results do not
+    /// depend on whether the experts run side by side.
     public func apply(layer: Int, hidden: UnsafePointer<Float>, assignments: inout [ExpertAssignment],
                       into output: UnsafeMutablePointer<Float>) {
         let h = hiddenSize, bank = experts[layer]
         assignments.sort { $0.expert < $1.expert || ($0.expert == $1.expert && $0.row < $1.row) }
-        var active = 0
-        var start = 0
+        // Each expert's rows: a run of the sorted assignments.
+        var groups: [(ffn: FeedForwardWeights, rows: Range<Int>, scratch: Int)] = []
+        var start = 0, scratchFloats = 0
         while start < assignments.count {
             let e = Int(assignments[start].expert)
             var end = start
             while end < assignments.count && Int(assignments[end].expert) == e { end += 1 }
             guard let ffn = bank[e] else { preconditionFailure("layer \(layer) expert \(e) is not held by this process") }
-            active += 1
-            let rows = end - start
-            let x = gathered.reserve(rows * h), y = results.reserve(rows * h)
-            for r in 0..<rows { (x + r * h).update(from: hidden + Int(assignments[start + r].row) * h, count: h) }
-            ffn.apply(x, rows: rows, scratch: scratch.reserve(rows * 2 * ffn.intermediate), into: y)
-            for r in 0..<rows {
-                let w = assignments[start + r].weight
-                let src = y + r * h, dst = output + (start + r) * h
-                for i in 0..<h { dst[i] = w * src[i] }
-            }
+            groups.append((ffn, start..<end, scratchFloats))
+            scratchFloats += (end - start) * 2 * ffn.intermediate
             start = end
         }
-        activeExperts[layer] = active
+        activeExperts[layer] = groups.count
+        let x = gathered.reserve(assignments.count * h), y = results.reserve(assignments.count * h)
+        let work = scratch.reserve(scratchFloats)
+        for (r, a) in assignments.enumerated() { (x + r * h).update(from: hidden + Int(a.row) * h, count: h) }
+        let sideBySide = groups.count > 1 && Parallel.workers > 1 && groups.allSatisfy { $0.rows.count <= Self.sideBySideRows }
+        nonisolated(unsafe) let (xp, yp, sp) = (x, y, work)
+        let list = groups
+        func run(_ g: Int, threads: Int?) {
+            let (ffn, rows, offset) = list[g]
+            ffn.apply(xp + rows.lowerBound * h, rows: rows.count, scratch: sp + offset, into: yp + rows.lowerBound * h, threads: threads)
+        }
+        if sideBySide {
+            Parallel.run(groups.count) { run($0, threads: 1) }
+        } else {
+            for g in groups.indices { run(g, threads: nil) }
+        }
+        for (r, a) in assignments.enumerated() {
+            let src = y + r * h, dst = output + r * h
+            for i in 0..<h { dst[i] = a.weight * src[i] }
+        }
     }
 }
 
