@@ -8,6 +8,9 @@
 #                                           attention and its f16 KV cache; both with 2 threads
 #   Scripts/peer-llamacpp.sh serve          moe serve --max-batch 8 and llama-server --parallel 8, the same
 #                                           `moe bench serve --max-concurrency 8 --input-len 128 --output-len 64`
+#   Scripts/peer-llamacpp.sh decode [TYPES] 128-token prompts, 64 decode steps, batch 1 and 8, for TYPES (default
+#                                           f32 q8): moe bench (q8: --weights-dtype q8 on the f32 checkpoint) and
+#                                           llama-batched-bench on the f32 GGUF or its Q8_0 (llama-quantize)
 # ROUNDS (default 3) interleaved rounds; prints one line per run and the medians. Nothing of llama.cpp is kept
 # in the repository: it is downloaded and built here.
 set -euo pipefail
@@ -16,6 +19,7 @@ peer=.build-peer
 moe=.build/release/moe
 model=.build/models/medium-f32
 gguf=.build/models/medium-f32.gguf
+gguf_q8=.build/models/medium-q8_0.gguf
 rounds=${ROUNDS:-3}
 src() { ls -d "$peer"/llama_cpp_python-*/vendor/llama.cpp 2>/dev/null | head -1; }
 
@@ -28,11 +32,12 @@ setup() {
     command -v cmake > /dev/null || apt-get install -y cmake
     local dir; dir=$(src)
     cmake -S "$dir" -B "$dir/build" -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release > /dev/null
-    cmake --build "$dir/build" -j2 --target llama-bench llama-server
+    cmake --build "$dir/build" -j2 --target llama-bench llama-server llama-batched-bench llama-quantize
     swift build -c release --product moe
     [ -f "$model/config.json" ] || "$moe" init-model --preset medium --output "$model"
     python3 -c 'import numpy' 2> /dev/null || pip install numpy
     [ -f "$gguf" ] || PYTHONPATH="$dir/gguf-py" python3 Scripts/hf_to_gguf.py "$model" Sources/moe/Resources/mixtral-tokenizer "$gguf"
+    [ -f "$gguf_q8" ] || "$dir/build/bin/llama-quantize" "$gguf" "$gguf_q8" Q8_0
 }
 
 median() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print("%.1f" % statistics.median(v) if v else "-")' "$@"; }
@@ -91,9 +96,42 @@ serve() {
     echo "serve medians: moe $(median "${mo[@]}") output tok/s | llama-server $(median "${lo[@]}")"
 }
 
+decode() {
+    local types=("$@"); [ ${#types[@]} -gt 0 ] || types=(f32 q8)
+    local bin; bin=$(src)/build/bin
+    declare -A runs
+    for r in $(seq 1 "$rounds"); do
+        for t in "${types[@]}"; do
+            local flags=() file=$gguf
+            if [ "$t" = q8 ]; then flags=(--weights-dtype q8); file=$gguf_q8; fi
+            for b in 1 8; do
+                local j
+                j=$("$moe" bench --model "$model" "${flags[@]}" --batch $b --prompt-len 128 --gen-len 64 --repetitions 1 --format json | tail -1)
+                runs[moe-$t-$b-decode]+=" $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["decode_tokens_per_s"])' "$j")"
+                runs[moe-$t-$b-prefill]+=" $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["prefill_tokens_per_s"])' "$j")"
+            done
+            local lines
+            lines=$("$bin/llama-batched-bench" -m "$file" -t 2 -c 4096 -fa on -npp 128 -ntg 64 -npl 1,8 --output-format jsonl 2> /dev/null | grep '"pl"')
+            for b in 1 8; do
+                local line; line=$(echo "$lines" | grep "\"pl\": $b,")
+                runs[llama-$t-$b-decode]+=" $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["speed_tg"])' "$line")"
+                runs[llama-$t-$b-prefill]+=" $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["speed_pp"])' "$line")"
+            done
+            echo "round $r $t: moe decode b1 ${runs[moe-$t-1-decode]##* } b8 ${runs[moe-$t-8-decode]##* } prefill b1 ${runs[moe-$t-1-prefill]##* } | llama.cpp decode b1 ${runs[llama-$t-1-decode]##* } b8 ${runs[llama-$t-8-decode]##* } prefill b1 ${runs[llama-$t-1-prefill]##* }"
+        done
+    done
+    for t in "${types[@]}"; do
+        for b in 1 8; do
+            # shellcheck disable=SC2086
+            echo "$t batch $b medians: decode moe $(median ${runs[moe-$t-$b-decode]}) llama.cpp $(median ${runs[llama-$t-$b-decode]}); prefill moe $(median ${runs[moe-$t-$b-prefill]}) llama.cpp $(median ${runs[llama-$t-$b-prefill]})"
+        done
+    done
+}
+
 case "${1:-}" in
     setup) setup ;;
     context) shift; context "$@" ;;
     serve) serve ;;
-    *) echo "usage: Scripts/peer-llamacpp.sh setup | context [LENS...] | serve" >&2; exit 2 ;;
+    decode) shift; decode "$@" ;;
+    *) echo "usage: Scripts/peer-llamacpp.sh setup | context [LENS...] | serve | decode [TYPES...]" >&2; exit 2 ;;
 esac

@@ -9,10 +9,6 @@ public enum GEMM {
     /// faster than sgemm up to 24-32 tokens on the development machine, `moe kernel-bench`).
     @usableFromInline static let smallBatch = 32
 
-    /// From this many tokens on, q8 weights are dequantized into tiles for the f32 kernels (fewer tokens stream
-    /// the blocks themselves: `SmallBatchGEMM.q8`, measured with `moe kernel-bench --dtype q8`).
-    @usableFromInline static let q8TileTokens = 3
-
     /// From this many tokens on, 16-bit weights are widened a whole chunk at a time.
     @usableFromInline static let wideTileTokens = 128
 
@@ -53,23 +49,9 @@ public enum GEMM {
                                     cols: w.cols, rows: rows, into: yp, ldy: ldy, accumulate: accumulate)
                 return
             }
-            if tokens < q8TileTokens && w.type == .q8 {
+            if tokens <= smallBatch && w.type == .q8 {
                 SmallBatchGEMM.q8(x: xp, tokens: tokens, ldx: ldx, weights: w.base, cols: w.cols, rows: rows, into: yp,
                                   ldy: ldy, accumulate: accumulate)
-                return
-            }
-            if tokens <= smallBatch && w.type == .q8 {
-                // Dequantized once into an L2-sized tile, then every token pair runs from cache in the f32 kernel.
-                let tileRows = max(4, min(rows.count, tileFloats / max(w.cols, 1)))
-                let tile = ThreadScratch.buffer(.weightTile, count: tileRows * w.cols)
-                var r = rows.lowerBound
-                while r < rows.upperBound {
-                    let n = min(tileRows, rows.upperBound - r)
-                    w.widen(rows: r..<(r + n), into: tile)
-                    SmallBatchGEMM.f32(x: xp, tokens: tokens, ldx: ldx, weights: tile, cols: w.cols, rows: 0..<n, into: yp + r,
-                                       ldy: ldy, accumulate: accumulate)
-                    r += n
-                }
                 return
             }
             if w.type == .f32 {

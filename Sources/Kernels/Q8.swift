@@ -9,9 +9,9 @@ import Darwin
 /// A block is 34 bytes, scale first, so a row streams as one run of 1.0625 bytes a weight (the layout idea of
 /// llama.cpp's Q8_0). A row whose length is not a multiple of 32 ends in a short block, padded with zeros.
 ///
-/// `d · q` is exact in f32 (an 11-bit by 8-bit product), so a product with q8 weights equals the f32 product
-/// with the dequantized weights summed in the same order: the small-batch kernel sums as its f32 twin does, and
-/// larger batches dequantize tiles for sgemm.
+/// `d · q` is exact in f32 (an 11-bit by 8-bit product), so larger batches, which dequantize tiles for sgemm, get
+/// exactly the f32 product with the dequantized weights; the small-batch kernel (`SmallBatchGEMM.q8`) applies
+/// each block's scale to the block's sum, which regroups that sum (within 1e-6 of its magnitude).
 public enum Q8 {
     /// Columns per block.
     @inlinable public static var block: Int { 32 }
