@@ -9,8 +9,9 @@
 #   Scripts/peer-llamacpp.sh serve          moe serve --max-batch 8 and llama-server --parallel 8, the same
 #                                           `moe bench serve --max-concurrency 8 --input-len 128 --output-len 64`
 #   Scripts/peer-llamacpp.sh decode [TYPES] 128-token prompts, 64 decode steps, batch 1 and 8, for TYPES (default
-#                                           f32 q8): moe bench (q8: --weights-dtype q8 on the f32 checkpoint) and
-#                                           llama-batched-bench on the f32 GGUF or its Q8_0 (llama-quantize)
+#                                           f32 q8; also bf16): moe bench (q8: --weights-dtype q8 on the f32
+#                                           checkpoint; bf16: the preset written in bf16) and llama-batched-bench on
+#                                           the f32 GGUF or its Q8_0 / BF16 (llama-quantize)
 # ROUNDS (default 3) interleaved rounds; prints one line per run and the medians. Nothing of llama.cpp is kept
 # in the repository: it is downloaded and built here.
 set -euo pipefail
@@ -20,6 +21,8 @@ moe=.build/release/moe
 model=.build/models/medium-f32
 gguf=.build/models/medium-f32.gguf
 gguf_q8=.build/models/medium-q8_0.gguf
+gguf_bf16=.build/models/medium-bf16.gguf
+model_bf16=.build/models/medium-bf16
 rounds=${ROUNDS:-3}
 src() { ls -d "$peer"/llama_cpp_python-*/vendor/llama.cpp 2>/dev/null | head -1; }
 
@@ -38,6 +41,8 @@ setup() {
     python3 -c 'import numpy' 2> /dev/null || pip install numpy
     [ -f "$gguf" ] || PYTHONPATH="$dir/gguf-py" python3 Scripts/hf_to_gguf.py "$model" Sources/moe/Resources/mixtral-tokenizer "$gguf"
     [ -f "$gguf_q8" ] || "$dir/build/bin/llama-quantize" "$gguf" "$gguf_q8" Q8_0
+    [ -f "$gguf_bf16" ] || "$dir/build/bin/llama-quantize" "$gguf" "$gguf_bf16" BF16
+    [ -f "$model_bf16/config.json" ] || "$moe" init-model --preset medium --dtype bf16 --output "$model_bf16"
 }
 
 median() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print("%.1f" % statistics.median(v) if v else "-")' "$@"; }
@@ -102,11 +107,12 @@ decode() {
     declare -A runs
     for r in $(seq 1 "$rounds"); do
         for t in "${types[@]}"; do
-            local flags=() file=$gguf
-            if [ "$t" = q8 ]; then flags=(--weights-dtype q8); file=$gguf_q8; fi
+            local flags=(--model "$model") file=$gguf
+            if [ "$t" = q8 ]; then flags+=(--weights-dtype q8); file=$gguf_q8; fi
+            if [ "$t" = bf16 ]; then flags=(--model "$model_bf16"); file=$gguf_bf16; fi
             for b in 1 8; do
                 local j
-                j=$("$moe" bench --model "$model" "${flags[@]}" --batch $b --prompt-len 128 --gen-len 64 --repetitions 1 --format json | tail -1)
+                j=$("$moe" bench "${flags[@]}" --batch $b --prompt-len 128 --gen-len 64 --repetitions 1 --format json | tail -1)
                 runs[moe-$t-$b-decode]+=" $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["decode_tokens_per_s"])' "$j")"
                 runs[moe-$t-$b-prefill]+=" $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["prefill_tokens_per_s"])' "$j")"
             done
