@@ -137,7 +137,11 @@ public final class ExpertBank {
             ffn.apply(xp + rows.lowerBound * h, rows: rows.count, scratch: sp + offset, into: yp + rows.lowerBound * h, threads: threads)
         }
         if sideBySide {
-            Parallel.run(groups.count) { run($0, threads: 1) }
+            // At most `Parallel.workers` at once (the kernel threads asked for): lane i takes experts i, i + lanes, ...
+            let lanes = min(groups.count, Parallel.workers)
+            Parallel.run(lanes) { lane in
+                for g in stride(from: lane, to: list.count, by: lanes) { run(g, threads: 1) }
+            }
         } else {
             for g in groups.indices { run(g, threads: nil) }
         }
