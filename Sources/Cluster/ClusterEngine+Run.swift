@@ -63,9 +63,8 @@ public struct ClusterRunStats: Sendable {
     /// in the prompt chunks' pass).
     public var prefillTokens = 0
     public var prefillSeconds = 0.0
-    /// Steps whose decodes rode in the prompt chunks' pass (`ClusterEngine.mixedSteps`), and their seconds.
+    /// Steps whose decodes rode in the prompt chunks' pass (`ClusterEngine.mixedSteps`).
     public var mixedSteps = 0
-    public var mixedSeconds = 0.0
     /// Decode steps run in each mode (`ep2`, `coherent`; under `auto` the head's choices).
     public var modeSteps: [String: Int] = [:]
     /// Seconds decode steps waited for posted K/V rows (`--kv-replication layer`: what the overlap did not hide).
@@ -261,7 +260,6 @@ extension ClusterEngine {
             if mixed {
                 let seconds = Clock.since(stepStart)
                 stats.mixedSteps += 1
-                stats.mixedSeconds += seconds
                 stats.prefillSeconds += seconds
                 if comm.rank == 0 { stepBudget?.observeMixed(chunkShapes, decoding: decoding.count, seconds: seconds) }
             } else if comm.rank == 0 && !decoding.isEmpty {

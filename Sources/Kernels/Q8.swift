@@ -103,7 +103,7 @@ extension WeightMatrix {
     }
 }
 
-/// Owns bytes that weight matrices point into (quantized weights).
+/// Owns bytes that weight matrices point into (quantized weights, the built-in presets' tensors).
 public final class ByteStorage: @unchecked Sendable {
     // @unchecked: written once at creation, read-only afterwards.
     public let pointer: UnsafeMutableRawPointer

@@ -93,7 +93,7 @@ public enum SyntheticModel {
         let shapes = tensorShapes(c)
         let total = shapes.reduce(0) { $0 + $1.shape.reduce(1, *) * dtype.byteSize }
         try MemoryBudget.check(neededBytes: total)
-        let storage = RawStorage(byteCount: total)
+        let storage = ByteStorage(byteCount: total)
         var offset = 0
         let scratch = FloatStorage(count: shapes.map { $0.shape.reduce(1, *) }.max() ?? 0)
         for (name, shape) in shapes {
@@ -164,17 +164,6 @@ public enum SyntheticModel {
             preconditionFailure("q8 is made at load (`WeightMatrix.quantizedQ8`), not stored: callers check `ElementType.stored`")
         }
     }
-}
-
-/// Owns raw bytes that tensors point into.
-final class RawStorage: @unchecked Sendable {
-    // @unchecked: written once while the model is made, read-only afterwards.
-    let pointer: UnsafeMutableRawPointer
-    init(byteCount: Int) {
-        pointer = .allocate(byteCount: max(byteCount, 1), alignment: 1 << 21)
-        madvise(pointer, max(byteCount, 1), MADV_HUGEPAGE)  // fewer TLB misses when decode streams the weights
-    }
-    deinit { pointer.deallocate() }
 }
 
 extension ElementType {
