@@ -18,9 +18,9 @@ public enum GEMM {
     /// `y = x · Wᵀ` (or `y += x · Wᵀ` with `accumulate`): x `[tokens, W.cols]` with row stride `ldx` (default
     /// `W.cols`), y `[tokens, W.rows]` with row stride `ldy` (default `W.rows`).
     ///
-    /// f32 weights go straight to `sgemm`/`sgemv`; bf16, f16 and q8 weights are widened to f32 a tile of rows at a
+    /// f32 weights go straight to `sgemm`/`sgemv`; bf16, f16, q8 and fp8 weights are widened to f32 a tile of rows at a
     /// time on the thread that multiplies them, so they stay small in memory and results equal the f32 path on
-    /// the widened values. Up to `smallBatch` tokens, f32, bf16 and q8 weights stream through `SmallBatchGEMM`.
+    /// the widened values. Up to `smallBatch` tokens, f32, bf16, q8 and fp8 weights stream through `SmallBatchGEMM`.
     ///
     /// `threads`: how many worker threads may split it (1: the calling thread alone, for callers that already run
     /// products side by side); default: all, for products large enough to pay for the split. The split only
@@ -50,8 +50,13 @@ public enum GEMM {
                 return
             }
             if tokens <= smallBatch && w.type == .q8 {
-                SmallBatchGEMM.q8(x: xp, tokens: tokens, ldx: ldx, weights: w.base, cols: w.cols, rows: rows, into: yp,
-                                  ldy: ldy, accumulate: accumulate)
+                SmallBatchGEMM.blocked(Q8.self, x: xp, tokens: tokens, ldx: ldx, weights: w.base, cols: w.cols, rows: rows,
+                                       into: yp, ldy: ldy, accumulate: accumulate)
+                return
+            }
+            if tokens <= smallBatch && w.type == .fp8 {
+                SmallBatchGEMM.blocked(FP8.self, x: xp, tokens: tokens, ldx: ldx, weights: w.base, cols: w.cols, rows: rows,
+                                       into: yp, ldy: ldy, accumulate: accumulate)
                 return
             }
             if w.type == .f32 {
@@ -60,7 +65,7 @@ public enum GEMM {
                          rows: rows.count, into: yp + rows.lowerBound, ldy: ldy, accumulate: accumulate)
                 return
             }
-            // 16-bit and q8 weights: widened (dequantized) to f32 a tile of rows at a time and multiplied by BLAS;
+            // 16-bit and block weights: widened (dequantized) to f32 a tile of rows at a time and multiplied by BLAS;
             // results equal the f32 path on the widened values, since widening is exact. Many tokens amortise
             // widening, so the whole chunk goes at once (sgemm is faster on wide shapes); fewer tokens take
             // L2-sized tiles so the widened rows stay cached.

@@ -12,38 +12,33 @@ import Darwin
 /// `d · q` is exact in f32 (an 11-bit by 8-bit product), so larger batches, which dequantize tiles for sgemm, get
 /// exactly the f32 product with the dequantized weights; the small-batch kernel (`SmallBatchGEMM.q8`) applies
 /// each block's scale to the block's sum, which regroups that sum (within 1e-6 of its magnitude).
-public enum Q8 {
+public enum Q8: BlockQuantized {
     /// Columns per block.
     @inlinable public static var block: Int { 32 }
+    /// The f16 scale's bytes.
+    @inlinable public static var scaleBytes: Int { 2 }
     /// Bytes per block: the f16 scale, then the 32 quants.
     @inlinable public static var blockBytes: Int { 2 + block }
+    public static var elementType: ElementType { .q8 }
 
-    /// Blocks in a row of `cols` columns.
-    @inlinable public static func blocks(_ cols: Int) -> Int { (cols + block - 1) / block }
-
-    /// Bytes of one row of `cols` columns.
-    @inlinable public static func rowBytes(_ cols: Int) -> Int { blocks(cols) * blockBytes }
-
-    /// The scale of block `b` of the row at `row`.
+    /// The f16 scale at the start of `block`.
     @inlinable @inline(__always)
-    public static func scale(_ row: UnsafeRawPointer, _ b: Int) -> Float {
-        Float(Float16(bitPattern: row.loadUnaligned(fromByteOffset: b * blockBytes, as: UInt16.self)))
+    public static func scale(_ block: UnsafeRawPointer) -> Float {
+        Float(Float16(bitPattern: block.loadUnaligned(as: UInt16.self)))
     }
 
-    /// The 32 quants of block `b` of the row at `row`.
+    /// Eight signed quants at `p` as floats.
     @inlinable @inline(__always)
-    public static func quants(_ row: UnsafeRawPointer, _ b: Int) -> UnsafePointer<Int8> {
-        (row + b * blockBytes + 2).assumingMemoryBound(to: Int8.self)
-    }
-
-    /// Eight quants at `p` as floats.
-    @inlinable @inline(__always)
-    public static func widen8(_ p: UnsafePointer<Int8>) -> SIMD8<Float> {
+    public static func widen8(_ p: UnsafeRawPointer) -> SIMD8<Float> {
         // Lane by lane: LLVM makes one sign-extending load and one conversion of it, where the standard library's
         // vector conversions stayed calls to a generic specialisation.
-        let v = UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Int8>.self)
+        let v = p.loadUnaligned(as: SIMD8<Int8>.self)
         return SIMD8(Float(v[0]), Float(v[1]), Float(v[2]), Float(v[3]), Float(v[4]), Float(v[5]), Float(v[6]), Float(v[7]))
     }
+
+    /// One signed quant at `p` as a float.
+    @inlinable @inline(__always)
+    public static func widen1(_ p: UnsafeRawPointer) -> Float { Float(p.load(as: Int8.self)) }
 
     /// Quantizes one row of `cols` f32 values into `dst` (`rowBytes(cols)` bytes): per block, the scale is the
     /// largest magnitude over 127, rounded to f16 (and raised to the next f16 where rounding down would put the
@@ -60,46 +55,11 @@ public enum Q8 {
             while amax > 0 && amax / Float(d) > 127.5 { d = d.nextUp }
             let block = dst + b * blockBytes
             block.storeBytes(of: d.bitPattern, as: UInt16.self)
-            let q = (block + 2).assumingMemoryBound(to: Int8.self)
+            let q = (block + scaleBytes).assumingMemoryBound(to: Int8.self)
             let inverse: Float = d == 0 ? 0 : 1 / Float(d)
             for i in 0..<n { q[i] = Int8(max(-127, min(127, (src[lo + i] * inverse).rounded()))) }
             for i in n..<Self.block { q[i] = 0 }
         }
-    }
-
-    /// Dequantizes one row of `cols` values at `src` into `dst`.
-    @inlinable
-    public static func dequantize(row src: UnsafeRawPointer, cols: Int, into dst: UnsafeMutablePointer<Float>) {
-        for b in 0..<blocks(cols) {
-            let d = SIMD8<Float>(repeating: scale(src, b)), q = quants(src, b)
-            let lo = b * block, n = min(block, cols - lo)
-            var i = 0
-            while i + 8 <= n {
-                UnsafeMutableRawPointer(dst + lo + i).storeBytes(of: widen8(q + i) * d, as: SIMD8<Float>.self)
-                i += 8
-            }
-            while i < n { dst[lo + i] = Float(q[i]) * d[0]; i += 1 }
-        }
-    }
-}
-
-extension WeightMatrix {
-    /// The matrix in q8 blocks, in memory of its own (the source may be of any stored type); rows are quantized
-    /// in parallel over the kernel threads.
-    public func quantizedQ8() -> WeightMatrix {
-        let rowBytes = Q8.rowBytes(cols)
-        let storage = ByteStorage(byteCount: rows * rowBytes)
-        let parts = Parallel.ranges(rows, parts: rows * cols < 1 << 16 ? 1 : Parallel.workers, align: 1)
-        nonisolated(unsafe) let out = storage.pointer
-        let source = self
-        Parallel.run(parts.count) { p in
-            let row = ThreadScratch.buffer(.weightTile, count: source.cols)
-            for r in parts[p] {
-                source.widen(rows: r..<(r + 1), into: row)
-                Q8.quantize(row: row, cols: source.cols, into: out + r * rowBytes)
-            }
-        }
-        return WeightMatrix(rows: rows, cols: cols, type: .q8, base: UnsafeRawPointer(storage.pointer), owner: storage)
     }
 }
 

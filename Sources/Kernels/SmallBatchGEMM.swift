@@ -95,7 +95,7 @@ public enum SmallBatchGEMM {
         }
     }
 
-    /// q8 weights (`Q8` blocks, `rowBytes` bytes a row) at `w`; writes rows `rows` of y.
+    /// Block-quantized weights (`Q8`, `FP8`; `F.rowBytes(cols)` bytes a row) at `w`; writes rows `rows` of y.
     ///
     /// Per block, the quants (widened to f32) meet x unscaled, and the block's sum takes the scale once: a
     /// conversion and a multiply-add per weight and token, against a widening, a scaling and a multiply-add. Every
@@ -103,14 +103,14 @@ public enum SmallBatchGEMM {
     /// others; the order differs from the f32 kernel's on the dequantized values by that per-block grouping.
     /// Tokens go two at a time (the last alone), each form in a loop of its own so that the accumulators stay in
     /// registers; the four rows' blocks stay in L1 while every pair reads them, so the weights stream from memory
-    /// once. (Dequantizing L2 tiles for the f32 kernel instead decoded 8 sequences of `medium` at 156-165 tok/s
+    /// once. (Dequantizing L2 tiles for the f32 kernel instead decoded 8 sequences of `medium` q8 at 156-165 tok/s
     /// against 213-223 this way.)
     @inlinable
-    public static func q8(
-        x: UnsafePointer<Float>, tokens: Int, ldx: Int, weights w: UnsafeRawPointer, cols: Int,
+    public static func blocked<F: BlockQuantized>(
+        _ format: F.Type, x: UnsafePointer<Float>, tokens: Int, ldx: Int, weights w: UnsafeRawPointer, cols: Int,
         rows: Range<Int>, into y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool
     ) {
-        let rowBytes = Q8.rowBytes(cols)
+        let rowBytes = F.rowBytes(cols), full = cols / F.block
         let quarters = Quarters(rows)
         for step in 0..<quarters.steps {
             let r = quarters.rows(step)
@@ -119,16 +119,14 @@ public enum SmallBatchGEMM {
             while t + 1 < tokens {
                 let x0 = x + t * ldx, x1 = x0 + ldx
                 var a = (SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>()), b = a
-                for k in 0..<(cols / Q8.block) {
-                    let o = k * Q8.blockBytes, xa = x0 + k * Q8.block, xb = x1 + k * Q8.block
-                    let pa = (load(xa), load(xa + 8), load(xa + 16), load(xa + 24))
-                    let pb = (load(xb), load(xb + 8), load(xb + 16), load(xb + 24))
-                    q8Block(w4.0 + o, pa, pb, &a.0, &b.0)
-                    q8Block(w4.1 + o, pa, pb, &a.1, &b.1)
-                    q8Block(w4.2 + o, pa, pb, &a.2, &b.2)
-                    q8Block(w4.3 + o, pa, pb, &a.3, &b.3)
+                for k in 0..<full {
+                    let o = k * F.blockBytes, xa = x0 + k * F.block, xb = x1 + k * F.block
+                    block(F.self, w4.0 + o, xa, xb, &a.0, &b.0)
+                    block(F.self, w4.1 + o, xa, xb, &a.1, &b.1)
+                    block(F.self, w4.2 + o, xa, xb, &a.2, &b.2)
+                    block(F.self, w4.3 + o, xa, xb, &a.3, &b.3)
                 }
-                let s = q8Tail(w4, cols: cols, x: x0, a), z = q8Tail(w4, cols: cols, x: x1, b)
+                let s = tail(F.self, w4, cols: cols, x: x0, a), z = tail(F.self, w4, cols: cols, x: x1, b)
                 quarters.store(s, step, y + t * ldy, accumulate)
                 quarters.store(z, step, y + (t + 1) * ldy, accumulate)
                 t += 2
@@ -136,71 +134,95 @@ public enum SmallBatchGEMM {
             if t < tokens {
                 let x0 = x + t * ldx
                 var a = (SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>())
-                for k in 0..<(cols / Q8.block) {
-                    let o = k * Q8.blockBytes, xa = x0 + k * Q8.block
-                    let pa = (load(xa), load(xa + 8), load(xa + 16), load(xa + 24))
-                    q8Block(w4.0 + o, pa, &a.0)
-                    q8Block(w4.1 + o, pa, &a.1)
-                    q8Block(w4.2 + o, pa, &a.2)
-                    q8Block(w4.3 + o, pa, &a.3)
+                for k in 0..<full {
+                    let o = k * F.blockBytes, xa = x0 + k * F.block
+                    block(F.self, w4.0 + o, xa, &a.0)
+                    block(F.self, w4.1 + o, xa, &a.1)
+                    block(F.self, w4.2 + o, xa, &a.2)
+                    block(F.self, w4.3 + o, xa, &a.3)
                 }
-                quarters.store(q8Tail(w4, cols: cols, x: x0, a), step, y + t * ldy, accumulate)
+                quarters.store(tail(F.self, w4, cols: cols, x: x0, a), step, y + t * ldy, accumulate)
             }
         }
     }
 
-    /// One full block at `block` (scale, 32 quants) against 32 values of x in four vectors: `a += d · Σ q·x`.
+    /// One full block at `block` against `F.block` values of x: `a += scale · Σ q·x`. A long block (FP8's 128)
+    /// sums in two chains (even and odd eights), so that it is not one chain of 16 dependent multiply-adds; a short
+    /// one (q8's 32) in one, which keeps the one-token loop's accumulators in registers (two chains there made
+    /// `kernel-bench --dtype q8 --tokens 1` 4x slower).
     @inlinable @inline(__always)
-    static func q8Block(_ block: UnsafeRawPointer, _ p: (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>),
-                        _ a: inout SIMD8<Float>) {
-        let q = (block + 2).assumingMemoryBound(to: Int8.self)
-        var s = Q8.widen8(q) * p.0
-        s.addProduct(Q8.widen8(q + 8), p.1)
-        s.addProduct(Q8.widen8(q + 16), p.2)
-        s.addProduct(Q8.widen8(q + 24), p.3)
-        a.addProduct(s, SIMD8(repeating: Q8.scale(block, 0)))
+    static func block<F: BlockQuantized>(_ format: F.Type, _ block: UnsafeRawPointer, _ x: UnsafePointer<Float>,
+                                         _ a: inout SIMD8<Float>) {
+        let q = block + F.scaleBytes
+        if F.block <= 32 {
+            var s = F.widen8(q) * load(x)
+            for i in stride(from: 8, to: F.block, by: 8) { s.addProduct(F.widen8(q + i), load(x + i)) }
+            a.addProduct(s, SIMD8(repeating: F.scale(block)))
+            return
+        }
+        var s = F.widen8(q) * load(x), s1 = F.widen8(q + 8) * load(x + 8)
+        for i in stride(from: 16, to: F.block, by: 16) {
+            s.addProduct(F.widen8(q + i), load(x + i))
+            s1.addProduct(F.widen8(q + i + 8), load(x + i + 8))
+        }
+        a.addProduct(s + s1, SIMD8(repeating: F.scale(block)))
     }
 
     /// The same block against two tokens' values, each summed as the one-token form sums it.
     @inlinable @inline(__always)
-    static func q8Block(_ block: UnsafeRawPointer, _ p: (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>),
-                        _ r: (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>), _ a: inout SIMD8<Float>, _ b: inout SIMD8<Float>) {
-        let q = (block + 2).assumingMemoryBound(to: Int8.self)
-        let u0 = Q8.widen8(q), u1 = Q8.widen8(q + 8), u2 = Q8.widen8(q + 16), u3 = Q8.widen8(q + 24)
-        var s = u0 * p.0, z = u0 * r.0
-        s.addProduct(u1, p.1); z.addProduct(u1, r.1)
-        s.addProduct(u2, p.2); z.addProduct(u2, r.2)
-        s.addProduct(u3, p.3); z.addProduct(u3, r.3)
-        let d = SIMD8<Float>(repeating: Q8.scale(block, 0))
-        a.addProduct(s, d)
-        b.addProduct(z, d)
+    static func block<F: BlockQuantized>(_ format: F.Type, _ block: UnsafeRawPointer, _ x: UnsafePointer<Float>,
+                                         _ x1: UnsafePointer<Float>, _ a: inout SIMD8<Float>, _ b: inout SIMD8<Float>) {
+        let q = block + F.scaleBytes
+        if F.block <= 32 {
+            var u = F.widen8(q)
+            var s = u * load(x), z = u * load(x1)
+            for i in stride(from: 8, to: F.block, by: 8) {
+                u = F.widen8(q + i)
+                s.addProduct(u, load(x + i)); z.addProduct(u, load(x1 + i))
+            }
+            let d = SIMD8<Float>(repeating: F.scale(block))
+            a.addProduct(s, d)
+            b.addProduct(z, d)
+            return
+        }
+        var u = F.widen8(q), v = F.widen8(q + 8)
+        var s = u * load(x), z = u * load(x1), s1 = v * load(x + 8), z1 = v * load(x1 + 8)
+        for i in stride(from: 16, to: F.block, by: 16) {
+            u = F.widen8(q + i); v = F.widen8(q + i + 8)
+            s.addProduct(u, load(x + i)); z.addProduct(u, load(x1 + i))
+            s1.addProduct(v, load(x + i + 8)); z1.addProduct(v, load(x1 + i + 8))
+        }
+        let d = SIMD8<Float>(repeating: F.scale(block))
+        a.addProduct(s + s1, d)
+        b.addProduct(z + z1, d)
     }
 
     /// The four rows' sums of one token: the full blocks' accumulators `a`, plus the short last block (its whole
     /// eights summed as a block, then one column at a time).
     @inlinable @inline(__always)
-    static func q8Tail(_ w4: (UnsafeRawPointer, UnsafeRawPointer, UnsafeRawPointer, UnsafeRawPointer), cols: Int,
-                       x: UnsafePointer<Float>, _ a: (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)) -> (Float, Float, Float, Float) {
-        let full = cols / Q8.block, k0 = full * Q8.block
+    static func tail<F: BlockQuantized>(_ format: F.Type, _ w4: (UnsafeRawPointer, UnsafeRawPointer, UnsafeRawPointer, UnsafeRawPointer),
+                                        cols: Int, x: UnsafePointer<Float>,
+                                        _ a: (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)) -> (Float, Float, Float, Float) {
+        let full = cols / F.block, k0 = full * F.block
         guard k0 < cols else { return (a.0.sum(), a.1.sum(), a.2.sum(), a.3.sum()) }
         var a = a
         let eights = (cols - k0) & ~7
         if eights > 0 {
             func part(_ row: UnsafeRawPointer) -> SIMD8<Float> {
-                let q = Q8.quants(row, full)
+                let q = F.quants(row, full)
                 var s = SIMD8<Float>()
-                for i in stride(from: 0, to: eights, by: 8) { s.addProduct(Q8.widen8(q + i), load(x + k0 + i)) }
-                return s * SIMD8(repeating: Q8.scale(row, full))
+                for i in stride(from: 0, to: eights, by: 8) { s.addProduct(F.widen8(q + i), load(x + k0 + i)) }
+                return s * SIMD8(repeating: F.scale(row, full))
             }
             a.0 += part(w4.0); a.1 += part(w4.1); a.2 += part(w4.2); a.3 += part(w4.3)
         }
         var s = (a.0.sum(), a.1.sum(), a.2.sum(), a.3.sum())
         for k in (k0 + eights)..<cols {
             let j = k - k0
-            s.0 += Float(Q8.quants(w4.0, full)[j]) * Q8.scale(w4.0, full) * x[k]
-            s.1 += Float(Q8.quants(w4.1, full)[j]) * Q8.scale(w4.1, full) * x[k]
-            s.2 += Float(Q8.quants(w4.2, full)[j]) * Q8.scale(w4.2, full) * x[k]
-            s.3 += Float(Q8.quants(w4.3, full)[j]) * Q8.scale(w4.3, full) * x[k]
+            s.0 += F.widen1(F.quants(w4.0, full) + j) * F.scale(w4.0, full) * x[k]
+            s.1 += F.widen1(F.quants(w4.1, full) + j) * F.scale(w4.1, full) * x[k]
+            s.2 += F.widen1(F.quants(w4.2, full) + j) * F.scale(w4.2, full) * x[k]
+            s.3 += F.widen1(F.quants(w4.3, full) + j) * F.scale(w4.3, full) * x[k]
         }
         return s
     }

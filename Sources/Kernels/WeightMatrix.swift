@@ -1,11 +1,24 @@
-/// Element types that weights may keep in memory: the three of checkpoints, and `q8` blocks made at load (`Q8`).
+/// Element types that weights may keep in memory: the three plain ones of checkpoints, `q8` blocks made at load
+/// (`Q8`), and `fp8` blocks (`FP8`: an FP8 checkpoint's codes and scales, or made at load).
 public enum ElementType: String, Sendable, CaseIterable {
-    case f32, bf16, f16, q8
+    case f32, bf16, f16, q8, fp8
 
-    /// Bytes per element of the three checkpoint types (a q8 weight takes 34/32 bytes: use `rowBytes`).
+    /// Bytes per element of the three plain types (a block type has none: use `rowBytes` or `bytesPerWeight`).
     public var byteSize: Int {
-        precondition(self != .q8, "q8 has no whole number of bytes per element")
+        precondition(!isBlocked, "\(rawValue) has no whole number of bytes per element")
         return self == .f32 ? 4 : 2
+    }
+
+    /// Whether elements come in blocks with scales (`q8`, `fp8`).
+    public var isBlocked: Bool { self == .q8 || self == .fp8 }
+
+    /// Bytes per weight, scales included, of long rows.
+    public var bytesPerWeight: Double {
+        switch self {
+        case .q8: return Double(Q8.blockBytes) / Double(Q8.block)
+        case .fp8: return Double(FP8.blockBytes) / Double(FP8.block)
+        default: return Double(byteSize)
+        }
     }
 
     /// Bytes of one row of `cols` elements.
@@ -15,13 +28,14 @@ public enum ElementType: String, Sendable, CaseIterable {
         case .f32: return cols * 4
         case .bf16, .f16: return cols * 2
         case .q8: return Q8.rowBytes(cols)
+        case .fp8: return FP8.rowBytes(cols)
         }
     }
 
     /// The types a checkpoint stores.
     public static let stored: [ElementType] = [.f32, .bf16, .f16]
 
-    /// The stored type named `name` (`init-model --dtype` and the like); nil for anything else, q8 included.
+    /// The stored type named `name` (`init-model --dtype` and the like); nil for anything else, block types included.
     public static func stored(_ name: String) -> ElementType? { stored.first { $0.rawValue == name } }
 }
 
@@ -72,6 +86,8 @@ public struct WeightMatrix: @unchecked Sendable {
             Widen.f16(base.assumingMemoryBound(to: UInt16.self) + start, into: dst, count: n)
         case .q8:
             for (i, r) in range.enumerated() { Q8.dequantize(row: base + r * rowBytes, cols: cols, into: dst + i * cols) }
+        case .fp8:
+            for (i, r) in range.enumerated() { FP8.dequantize(row: base + r * rowBytes, cols: cols, into: dst + i * cols) }
         }
     }
 

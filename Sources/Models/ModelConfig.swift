@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 
 /// The keys of a Hugging Face `config.json` that the MoE decoders read, across the spellings real checkpoints
 /// use (`num_experts` / `num_local_experts`, top-level `rope_theta` / `rope_parameters.rope_theta`,
@@ -38,6 +39,22 @@ public struct ModelConfig: Codable, Sendable, Equatable {
     public var dtype: String?
     public var bosTokenId: Int?
     public var eosTokenId: TokenIds?
+    public var quantizationConfig: Quantization?
+
+    /// `quantization_config`: what a quantized checkpoint declares (only `quant_method: fp8` loads).
+    public struct Quantization: Codable, Sendable, Equatable {
+        public var quantMethod: String?
+        public var fmt: String?
+        public var weightBlockSize: [Int]?
+        public var activationScheme: String?
+
+        enum CodingKeys: String, CodingKey {
+            case quantMethod = "quant_method"
+            case fmt
+            case weightBlockSize = "weight_block_size"
+            case activationScheme = "activation_scheme"
+        }
+    }
 
     /// `rope_parameters` (transformers ≥ 4.56) or `rope_scaling` (older, its type keyed `type` or `rope_type`).
     public struct RopeParameters: Codable, Sendable, Equatable {
@@ -130,6 +147,7 @@ public struct ModelConfig: Codable, Sendable, Equatable {
         case dtype
         case bosTokenId = "bos_token_id"
         case eosTokenId = "eos_token_id"
+        case quantizationConfig = "quantization_config"
     }
 
     /// Experts per MoE layer, under whichever key the checkpoint uses.
@@ -137,6 +155,27 @@ public struct ModelConfig: Codable, Sendable, Equatable {
 
     /// RoPE base frequency: top-level `rope_theta`, else `rope_parameters.rope_theta`, else 10000.
     public var resolvedRopeTheta: Double { ropeTheta ?? ropeParameters?.ropeTheta ?? ropeScaling?.ropeTheta ?? 10000 }
+
+    /// The block size (rows, columns) of an FP8 checkpoint's weight scales, or nil for a checkpoint that declares no
+    /// quantization; any other quantization is refused in one line.
+    ///
+    /// FP8 as Hugging Face stores it (Qwen3-FP8, DeepSeek-V3): `quant_method: fp8`, e4m3 codes, one scale per
+    /// block of `weight_block_size` (default 128 x 128). Weights are computed in f32 from the codes (W8A16):
+    /// activations are not quantized, whatever `activation_scheme` says.
+    public func fp8BlockSize(path: String) throws -> (rows: Int, cols: Int)? {
+        guard let q = quantizationConfig else { return nil }
+        func refuse(_ reason: String) -> ModelError { .unsupportedConfig(path: path, reason: "quantization_config: " + reason) }
+        guard let method = q.quantMethod else { throw refuse("no quant_method") }
+        guard method == "fp8" else {
+            throw refuse("quant_method '\(method)' is not supported (only 'fp8': e4m3 weights with block scales)")
+        }
+        if let fmt = q.fmt, fmt != "e4m3" { throw refuse("fmt '\(fmt)' is not supported (only 'e4m3')") }
+        let size = q.weightBlockSize ?? [128, 128]
+        guard size.count == 2, size[0] > 0, size[1] > 0, size[1] % FP8.block == 0 else {
+            throw refuse("weight_block_size \(size) is not supported (two sizes, the second a multiple of \(FP8.block))")
+        }
+        return (size[0], size[1])
+    }
 
     /// The checkpoint's declared dtype (`dtype`, else `torch_dtype`).
     public var declaredDType: String? { dtype ?? torchDtype }

@@ -17,6 +17,7 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
     case missingTensor(name: String, searched: String)
     case wrongShape(name: String, file: String, expected: [Int], found: [Int])
     case unsupportedDType(name: String, file: String, dtype: String)
+    case badFP8(name: String, file: String, reason: String)
     case tooLarge(neededBytes: Int, availableBytes: Int)
     case tokenOutOfRange(id: Int, vocabulary: Int)
     case emptyPrompt
@@ -50,6 +51,8 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
             return "\(file): tensor '\(name)' has shape \(found), expected \(expected)"
         case .unsupportedDType(let name, let file, let dtype):
             return "\(file): tensor '\(name)' has dtype \(dtype); supported: F32, BF16, F16"
+        case .badFP8(let name, let file, let reason):
+            return "\(file): FP8 tensor '\(name)' \(reason)"
         case .tooLarge(let needed, let available):
             return "model needs \(Bytes.format(needed)) of memory but only \(Bytes.format(available)) is available"
         case .tokenOutOfRange(let id, let vocabulary):

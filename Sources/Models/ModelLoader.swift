@@ -8,6 +8,8 @@ public enum WeightConversion: String, Sendable, CaseIterable {
     /// The linear layers (attention projections, experts, shared and dense feed-forwards, an untied LM head)
     /// quantized to `Q8` blocks; embeddings, norms and routers keep their stored type.
     case q8
+    /// The same layers quantized to `FP8` blocks (e4m3 codes, one scale per row and 128 columns).
+    case fp8
 }
 
 /// How a model is loaded.
@@ -38,8 +40,10 @@ extension MoEDecoder {
             throw ModelError.invalidArgument("\(directory): not a directory (give the model folder)")
         }
         let configPath = (directory as NSString).appendingPathComponent("config.json")
-        let spec = try ModelRegistry.spec(try ModelConfig.load(path: configPath), path: configPath)
+        let config = try ModelConfig.load(path: configPath)
+        let spec = try ModelRegistry.spec(config, path: configPath)
         let store = try WeightStore.open(directory: directory, conversion: options.weights)
+        store.fp8Blocks = try config.fp8BlockSize(path: configPath)
         try MemoryBudget.check(neededBytes: store.bytes(of: store.names), limit: options.memoryLimit)
         return try build(spec: spec, store: store, options: options)
     }

@@ -160,8 +160,8 @@ public enum SyntheticModel {
             for i in 0..<count {
                 out[i] = dtype == .bf16 ? Widen.toBF16(scratch[i]) : Float16(scratch[i]).bitPattern
             }
-        case .q8:
-            preconditionFailure("q8 is made at load (`WeightMatrix.quantizedQ8`), not stored: callers check `ElementType.stored`")
+        case .q8, .fp8:
+            preconditionFailure("block types are made at load (`WeightMatrix.quantized`), not stored: callers check `ElementType.stored`")
         }
     }
 }
@@ -173,7 +173,7 @@ extension ElementType {
         case .f32: return .F32
         case .bf16: return .BF16
         case .f16: return .F16
-        case .q8: preconditionFailure("q8 has no safetensors dtype: it is made at load")
+        case .q8, .fp8: preconditionFailure("block types have no safetensors dtype of their own")
         }
     }
 }

@@ -25,18 +25,18 @@ extension MoE {
         var rows: Int = 2816
         @Option var cols: Int = 1024
 
-        @Option(help: "Weight type: f32, bf16, f16, or q8 (f32 weights quantized in blocks of 32).")
+        @Option(help: "Weight type: f32, bf16, f16, q8 or fp8 (f32 weights quantized in blocks of 32 or 128 columns).")
         var dtype: String = "f32"
 
         func validate() throws {
-            guard ElementType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be f32, bf16, f16 or q8") }
+            guard ElementType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be f32, bf16, f16, q8 or fp8") }
             guard tokens > 0, threads > 0, matrices > 0, rows > 0, cols > 0 else { throw ValidationError("counts must be positive") }
         }
 
         func run() throws {
             Parallel.configure(workers: threads)
             let type = ElementType(rawValue: dtype)!
-            let stored = type == .q8 ? ElementType.f32 : type
+            let stored = type.isBlocked ? ElementType.f32 : type
             let per = rows * cols * stored.byteSize
             let storage = UnsafeMutableRawPointer.allocate(byteCount: per * matrices, alignment: 64)
             let scratch = UnsafeMutablePointer<Float>.allocate(capacity: stored == .f32 ? 1 : rows * cols * matrices)
@@ -44,7 +44,11 @@ extension MoE {
             SyntheticModel.encode(name: "bench", count: rows * cols * matrices, dtype: stored, scratch: scratch, into: storage)
             let weights = (0..<matrices).map { m in
                 let w = WeightMatrix(rows: rows, cols: cols, type: stored, base: UnsafeRawPointer(storage + m * per), owner: nil)
-                return type == .q8 ? w.quantizedQ8() : w
+                switch type {
+                case .q8: return w.quantized(Q8.self)
+                case .fp8: return w.quantized(FP8.self)
+                default: return w
+                }
             }
             let bytes = weights.reduce(0) { $0 + $1.byteCount }
             let x = [Float](repeating: 0.5, count: tokens * cols)

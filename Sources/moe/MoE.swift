@@ -54,7 +54,7 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Built-in synthetic model used without --model: \(SyntheticModel.Preset.allCases.map(\.rawValue).joined(separator: ", ")).")
     var preset: String = SyntheticModel.Preset.medium.rawValue
 
-    @Option(help: "Convert weights at load: 'f32' (widen every matrix), or 'q8' (the linear layers in blocks of 32 int8 weights with one f16 scale each, 1.06 bytes a weight; embeddings, norms and routers stay). Default: keep the checkpoint's dtype, widening inside kernels.")
+    @Option(help: "Convert weights at load: 'f32' (widen every matrix), or 'q8' (the linear layers in blocks of 32 int8 weights with one f16 scale each, 1.06 bytes a weight; embeddings, norms and routers stay), or 'fp8' (the linear layers as e4m3 in blocks of 128 with one f32 scale each, 1.03 bytes a weight). Default: keep the checkpoint's dtype (an FP8 checkpoint stays FP8), widening inside kernels.")
     var weightsDtype: String?
 
     @Option(help: "How the KV cache stores keys and values: f32 (default) or bf16 (half the memory and K/V traffic; rounded when written).")
@@ -103,7 +103,7 @@ struct ModelOptions: ParsableArguments {
         if SyntheticModel.Preset(rawValue: preset) == nil {
             throw ValidationError("unknown preset '\(preset)' (choose \(SyntheticModel.Preset.allCases.map(\.rawValue).joined(separator: ", ")))")
         }
-        if let d = weightsDtype, WeightConversion(rawValue: d) == nil { throw ValidationError("--weights-dtype must be f32 or q8, got '\(d)'") }
+        if let d = weightsDtype, WeightConversion(rawValue: d) == nil { throw ValidationError("--weights-dtype must be f32, q8 or fp8, got '\(d)'") }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
         if let n = maxModelLen, n < 1 { throw ValidationError("--max-model-len must be at least 1") }
         if let n = prefillChunk, n < 1 { throw ValidationError("--prefill-chunk must be at least 1") }

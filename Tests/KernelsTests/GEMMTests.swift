@@ -35,8 +35,9 @@ func weightMatrix(_ values: [Float], rows: Int, cols: Int, type: ElementType) ->
         let box = Box(bits)
         let held = bits.map { type == .bf16 ? Widen.bf16($0) : Widen.f16($0) }
         return (WeightMatrix(rows: rows, cols: cols, type: type, base: UnsafeRawPointer(box.pointer), owner: box), held)
-    case .q8:
-        let q = FloatStorage(values).matrix(rows: rows, cols: cols).quantizedQ8()
+    case .q8, .fp8:
+        let m = FloatStorage(values).matrix(rows: rows, cols: cols)
+        let q = type == .q8 ? m.quantized(Q8.self) : m.quantized(FP8.self)
         return (q, q.toFloatArray())
     }
 }
@@ -52,7 +53,7 @@ final class Box: @unchecked Sendable {
 
 @Suite struct GEMMTests {
     // Token counts cover one-token, the streaming small-batch kernel (odd and even), and BLAS (narrow and wide tiles).
-    @Test(arguments: [ElementType.f32, .bf16, .f16, .q8], [1, 2, 3, 8, 33, 130])
+    @Test(arguments: [ElementType.f32, .bf16, .f16, .q8, .fp8], [1, 2, 3, 8, 33, 130])
     func linearMatchesPlainLoops(type: ElementType, tokens: Int) {
         let rows = 70, cols = 45  // neither a multiple of 4 rows nor of 16 columns: every tail path runs
         let (w, held) = weightMatrix(randomFloats(rows * cols, seed: 1), rows: rows, cols: cols, type: type)
@@ -63,7 +64,7 @@ final class Box: @unchecked Sendable {
         for i in y.indices { #expect(abs(Double(y[i]) - expected[i]) < 1e-4, "element \(i)") }
     }
 
-    @Test(arguments: [ElementType.f32, .bf16, .q8], [1, 5, 64])
+    @Test(arguments: [ElementType.f32, .bf16, .q8, .fp8], [1, 5, 64])
     func stridesAndAccumulate(type: ElementType, tokens: Int) {
         let rows = 33, cols = 40, ldx = 48, ldy = 50
         let (w, held) = weightMatrix(randomFloats(rows * cols, seed: 3), rows: rows, cols: cols, type: type)

@@ -7,7 +7,11 @@ import Kernels
 enum Fixtures {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent("Fixtures")
-    static let names = ["tiny-mixtral", "tiny-qwen2moe", "tiny-olmoe", "tiny-qwen3moe", "tiny-mixtral-rope-linear", "tiny-qwen2moe-yarn"]
+    /// The checkpoints in plain float types (f32), 64 wide.
+    static let plain = ["tiny-mixtral", "tiny-qwen2moe", "tiny-olmoe", "tiny-qwen3moe", "tiny-mixtral-rope-linear", "tiny-qwen2moe-yarn"]
+    /// Every checkpoint: the plain ones and an FP8 one (e4m3 linear layers with 128 x 128 block scales, bf16
+    /// elsewhere, 160 wide; `Scripts/make_fp8_fixture.py`).
+    static let names = plain + ["tiny-qwen3moe-fp8"]
 
     static func path(_ name: String) -> String { root.appendingPathComponent(name).path }
 
@@ -77,6 +81,10 @@ func rewriteCheckpoint(from source: String, to dir: String, shards: Int = 1, dty
             let outType = dtype ?? t.dtype
             return SafeTensorsWriter.Entry(name: name, dtype: outType, shape: t.shape) { raw in
                 let n = t.elementCount
+                guard outType != t.dtype else {  // copied as stored; conversions start from f32
+                    raw.copyMemory(from: UnsafeRawBufferPointer(start: t.data, count: t.byteCount))
+                    return
+                }
                 let values = UnsafeBufferPointer(start: t.data.assumingMemoryBound(to: Float.self), count: n)
                 switch outType {
                 case .F32: raw.copyMemory(from: UnsafeRawBufferPointer(values))

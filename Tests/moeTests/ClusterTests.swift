@@ -262,6 +262,18 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         #expect((try JSONSerialization.jsonObject(with: Data(g.lastLine.utf8)) as? [String: Any])?["tokens"] as? [Int] == alone)
     }
 
+    /// An FP8 checkpoint under mpirun (each rank packs the experts it holds): the greedy tokens of the NumPy
+    /// reference on the dequantized weights.
+    @Test(arguments: ["ep2", "coherent"])
+    func fp8CheckpointGivesTheReferenceTokens(mode: String) throws {
+        let expected = try SafeTensorsFile(path: fixture("tiny-qwen3moe-fp8") + "/expected.safetensors")
+        let prompt = expected.ints("gen.prompt"), want = expected.ints("gen.tokens")
+        let g = try MPIRun.run(2, ["generate", "--model", fixture("tiny-qwen3moe-fp8"), "--prompt-ids", prompt.map(String.init).joined(separator: ","),
+                                   "--max-new-tokens", "\(want.count)", "--temperature", "0", "--json", "--dispatch", mode])
+        #expect(g.status == 0, "\(g.stderr)")
+        #expect((try JSONSerialization.jsonObject(with: Data(g.lastLine.utf8)) as? [String: Any])?["tokens"] as? [Int] == want)
+    }
+
     /// Prefill in passes of 4 tokens under mpirun: the forward logits within 1e-4 of one pass in one process.
     @Test(arguments: ["ep2", "coherent"])
     func chunkedPrefillMatchesOnePass(mode: String) throws {

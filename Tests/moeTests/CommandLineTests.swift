@@ -157,8 +157,9 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
         #expect(json?["prefill_passes"] as? Int == 3)
     }
 
-    /// `--weights-dtype q8` on the built-in preset: bench reports the type and the weights' bytes (about 0.27x
-    /// of f32: the linear layers take 34 bytes per 32 weights, the embeddings stay f32), and generate runs.
+    /// `--weights-dtype q8` and `fp8` on the built-in preset: bench reports the type and the weights' bytes (about
+    /// 0.27x of f32: the linear layers take 34 bytes per 32 weights or 132 per 128, the embeddings stay f32), and
+    /// generate runs; an FP8 checkpoint reports fp8 without the flag.
     @Test func q8WeightsReportTheirTypeAndBytes() throws {
         func bench(_ extra: [String]) throws -> [String: Any] {
             let b = try MoEBinary.run(["bench", "--preset", "tiny", "--batch", "2", "--prompt-len", "8", "--gen-len", "4",
@@ -166,12 +167,21 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
             #expect(b.status == 0, "\(b.stderr)")
             return try JSONSerialization.jsonObject(with: Data(b.lastLine.utf8)) as! [String: Any]
         }
-        let f32 = try bench([]), q8 = try bench(["--weights-dtype", "q8"])
-        #expect(f32["weights_dtype"] as? String == "f32" && q8["weights_dtype"] as? String == "q8")
-        let ratio = Double(q8["weight_bytes"] as? Int ?? 0) / Double(f32["weight_bytes"] as? Int ?? 1)
-        #expect(ratio > 0.26 && ratio < 0.5, "\(ratio)")
-        let g = try MoEBinary.run(["generate", "--preset", "tiny", "--prompt-ids", "5,9,1", "--max-new-tokens", "3", "--weights-dtype", "q8"])
-        #expect(g.status == 0, "\(g.stderr)")
+        let f32 = try bench([])
+        #expect(f32["weights_dtype"] as? String == "f32")
+        for dtype in ["q8", "fp8"] {
+            let q = try bench(["--weights-dtype", dtype])
+            #expect(q["weights_dtype"] as? String == dtype)
+            let ratio = Double(q["weight_bytes"] as? Int ?? 0) / Double(f32["weight_bytes"] as? Int ?? 1)
+            #expect(ratio > 0.25 && ratio < 0.5, "\(dtype): \(ratio)")
+            let g = try MoEBinary.run(["generate", "--preset", "tiny", "--prompt-ids", "5,9,1", "--max-new-tokens", "3", "--weights-dtype", dtype])
+            #expect(g.status == 0, "\(g.stderr)")
+        }
+        let checkpoint = try MoEBinary.run(["bench", "--model", fixture("tiny-qwen3moe-fp8"), "--batch", "2", "--prompt-len", "8",
+                                            "--gen-len", "4", "--repetitions", "1", "--format", "json"])
+        #expect(checkpoint.status == 0, "\(checkpoint.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(checkpoint.lastLine.utf8)) as? [String: Any]
+        #expect(json?["weights_dtype"] as? String == "fp8")
     }
 
     @Test func builtInPresetAndBenchJSON() throws {
