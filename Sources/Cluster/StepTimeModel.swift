@@ -81,13 +81,14 @@ public struct StepTimeModel: Sendable {
         /// K and V of one token at one layer, in bytes.
         public var kvBytes: Double
 
-        public init(spec s: DecoderSpec, weightBytes b: Int, kvDType: KVDType = .f32) {
+        /// `weightBytes`: bytes per weight of the linear layers, scales included (`ElementType.bytesPerWeight`).
+        public init(spec s: DecoderSpec, weightBytes b: Double, kvDType: KVDType = .f32) {
             layers = s.layers
             hidden = s.hiddenSize
             experts = s.experts
             topK = s.topK
             moeLayers = s.moeLayers
-            let w = Double(b)
+            let w = b
             expertBytes = w * Double(3 * s.hiddenSize * s.expertIntermediate)
             attentionBytes = w * Double(s.hiddenSize * (s.qDim + 2 * s.kvDim) + s.qDim * s.hiddenSize)
             denseBytes = w * Double(3 * s.hiddenSize * s.denseIntermediate)

@@ -139,7 +139,7 @@ struct DistributedRun {
         let model = engine.model
         let c = try calibration ?? MoE.Calibrate.measure(comm, spec: model.spec, type: model.embedding.type,
                                                          experts: model.bank.experts.joined().compactMap { $0 })
-        var m = StepTimeModel(shape: .init(spec: model.spec, weightBytes: model.embedding.type.byteSize, kvDType: model.kvDType),
+        var m = StepTimeModel(shape: .init(spec: model.spec, weightBytes: model.linearType.bytesPerWeight, kvDType: model.kvDType),
                               calibration: c, placement: engine.placement)
         m.kvReplication = engine.kvReplication
         m.wire = engine.wire

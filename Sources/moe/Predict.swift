@@ -97,7 +97,7 @@ extension MoE {
                 } else {
                     plan = .contiguous(layers: spec.layers, experts: spec.experts, ranks: ranks)
                 }
-                let model = StepTimeModel(shape: .init(spec: spec, weightBytes: ElementType(rawValue: dtype)!.byteSize), calibration: c, placement: plan,
+                let model = StepTimeModel(shape: .init(spec: spec, weightBytes: ElementType(rawValue: dtype)!.bytesPerWeight), calibration: c, placement: plan,
                                           ranksPerNode: ranks / (nodes ?? ranks))
                 for mode in [DispatchMode.ep2, .coherent] {
                     let p = Self.decode(model, mode: mode, trace: t, spec: spec, batch: batch, promptLen: promptLen, genLen: genLen)
