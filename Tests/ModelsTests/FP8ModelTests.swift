@@ -132,4 +132,37 @@ import Testing
         }
         #expect(loadError(negative.path) == "\(negative.file("model.safetensors")): FP8 tensor '\(Self.q)' has scale -0.5 at element 1 of '\(Self.q)_scale_inv'")
     }
+
+    /// Fused expert tensors (transformers 5's `[E, rows, cols]`) in FP8: each kept expert packs its own codes with
+    /// its own `[E, ⌈rows/br⌉, ⌈cols/bc⌉]` slice of the scales; an expert that `keep` refuses is not packed.
+    @Test func fusedExpertsTakeTheirOwnScales() throws {
+        let e = 3, rows = 5, cols = 130
+        let codes = ByteStorage(byteCount: e * rows * cols), scales = FloatStorage((0..<(e * 2)).map { Float($0 + 1) / 4 })
+        for i in 0..<(e * rows * cols) {
+            var c = UInt8((i * 29 + 3) % 256)
+            if FP8.isNaN(c) { c = 0x30 }
+            codes.pointer.storeBytes(of: c, toByteOffset: i, as: UInt8.self)
+        }
+        let name = "model.layers.0.mlp.experts.down_proj"
+        let store = WeightStore(tensors: [
+            name: TensorRef(name: name, dtype: .F8_E4M3, shape: [e, rows, cols], data: UnsafeRawPointer(codes.pointer),
+                            byteCount: e * rows * cols, file: "memory", owner: codes),
+            name + "_scale_inv": TensorRef(name: name + "_scale_inv", dtype: .F32, shape: [e, 1, 2], data: UnsafeRawPointer(scales.pointer),
+                                           byteCount: e * 2 * 4, file: "memory", owner: scales),
+        ], origin: "memory")
+        store.fp8Blocks = (128, 128)
+        let experts = try store.matrices(name, count: e, rows: rows, cols: cols, keep: { $0 != 1 })
+        #expect(experts[1] == nil)
+        for x in [0, 2] {
+            let m = try #require(experts[x])
+            #expect(m.type == .fp8)
+            let values = m.toFloatArray()
+            for r in 0..<rows {
+                for c in 0..<cols {
+                    let code = codes.pointer.load(fromByteOffset: (x * rows + r) * cols + c, as: UInt8.self)
+                    #expect(values[r * cols + c] == FP8.value(code) * scales.pointer[x * 2 + c / 128], "expert \(x) row \(r) column \(c)")
+                }
+            }
+        }
+    }
 }
