@@ -35,10 +35,14 @@ public struct ClusterResult: Sendable {
     public var promptLogprobs: [TokenLogprob]?
     /// Steps its prompt's chunks ran in (1 unless `maxStepTokens` or `prefillChunk` split it; 0 in one process).
     public var prefillSteps = 0
+    /// Prompt tokens read from cached pages (prefix caching) instead of computed.
+    public var cachedPromptTokens = 0
 
     public init(id: String, tokens: [Int], promptTokens: Int, finishReason: FinishReason, timeToFirstToken: Double, latency: Double,
-                sparseLayers: [Int]? = nil, logprobs: [TokenLogprob] = [], promptLogprobs: [TokenLogprob]? = nil, prefillSteps: Int = 0) {
+                sparseLayers: [Int]? = nil, logprobs: [TokenLogprob] = [], promptLogprobs: [TokenLogprob]? = nil, prefillSteps: Int = 0,
+                cachedPromptTokens: Int = 0) {
         self.prefillSteps = prefillSteps
+        self.cachedPromptTokens = cachedPromptTokens
         self.sparseLayers = sparseLayers
         self.logprobs = logprobs
         self.promptLogprobs = promptLogprobs
@@ -63,6 +67,8 @@ public struct ClusterRunStats: Sendable {
     /// in the prompt chunks' pass).
     public var prefillTokens = 0
     public var prefillSeconds = 0.0
+    /// Prompt tokens read from cached pages instead (prefix caching).
+    public var cachedPromptTokens = 0
     /// Steps whose decodes rode in the prompt chunks' pass (`ClusterEngine.mixedSteps`).
     public var mixedSteps = 0
     /// Decode steps run in each mode (`ep2`, `coherent`; under `auto` the head's choices).
@@ -106,6 +112,8 @@ public struct SequenceProgress: Sendable {
     public var promptLogprobs: [TokenLogprob]?
     /// Set once it is done.
     public var finished: FinishReason?
+    /// Prompt tokens read from cached pages (prefix caching).
+    public var cachedPromptTokens = 0
 }
 
 /// The cluster after one step, as the head sees it.
@@ -215,7 +223,7 @@ extension ClusterEngine {
             }
             let bytes = try comm.broadcastPatiently(try plan.serializedBytes() as [UInt8], root: 0)
             plan = try Moe_Control_StepPlan(serializedBytes: bytes)
-            for slot in plan.cancel { sequences[Int(slot)] = nil }
+            for slot in plan.cancel { if let s = sequences[Int(slot)] { retire(s) } }
             if plan.shutdown {
                 if !plan.error.isEmpty { throw ClusterError.refused(plan.error) }
                 try completeAllReplication()
@@ -226,6 +234,7 @@ extension ClusterEngine {
             let decoding = decodable
             for a in plan.admit {
                 try admit(slot: Int(a.sequence), id: a.request.id, request: Self.request(a.request), owner: Int(a.owner))
+                stats.cachedPromptTokens += sequences[Int(a.sequence)]?.cachedPromptTokens ?? 0
             }
             let chunks = try plan.prefill.map { c in
                 guard let s = sequences[Int(c.sequence)], c.count > 0, s.prefilled + Int(c.count) <= s.request.promptIds.count else {
@@ -302,16 +311,17 @@ extension ClusterEngine {
             if comm.rank == 0 {
                 for s in chunks.map(\.sequence) + decoding where !s.tokens.isEmpty {
                     source.progress(SequenceProgress(id: s.id, tokens: s.tokens, logprobs: s.logprobs, promptLogprobs: s.promptLogprobs,
-                                                     finished: s.done ? s.finishReason : nil))
+                                                     finished: s.done ? s.finishReason : nil, cachedPromptTokens: s.cachedPromptTokens))
                 }
                 for s in finished {
                     try onResult(ClusterResult(
                         id: s.id, tokens: s.tokens, promptTokens: s.request.promptIds.count, finishReason: s.finishReason,
                         timeToFirstToken: Double(s.firstToken - s.admitted) / 1e9, latency: Double(s.finished - s.admitted) / 1e9,
-                        sparseLayers: s.sparseLayers, logprobs: s.logprobs, promptLogprobs: s.promptLogprobs, prefillSteps: s.prefillSteps))
+                        sparseLayers: s.sparseLayers, logprobs: s.logprobs, promptLogprobs: s.promptLogprobs, prefillSteps: s.prefillSteps,
+                        cachedPromptTokens: s.cachedPromptTokens))
                 }
             }
-            for s in finished { sequences[s.slot] = nil }
+            for s in finished { retire(s) }
             step += 1
             stats.steps += 1
         }
@@ -353,8 +363,11 @@ extension ClusterEngine {
         }
         var running = batch.count
         while budget > 0, let next = pending.first, next.arrivalStep <= step, running < maxBatch {
-            let wanted = min(next.request.promptIds.count, budget, most)
-            let n = fitting(wanted, context: 0)
+            // What admission will find cached (an earlier admission of this step may take some of it back, and
+            // then the chunk ends short of the prompt, which a later step finishes).
+            let cached = cachesPrefix(next.request) ? model.kvPool!.cachedPrefix(next.request.promptIds, limit: next.request.promptIds.count - 1) : 0
+            let wanted = min(next.request.promptIds.count - cached, budget, most)
+            let n = fitting(wanted, context: cached)
             guard n > 0, let owner = placeCache(next.request, slot: nextSlot) else { break }
             running += 1
             pending.removeFirst()
@@ -363,7 +376,7 @@ extension ClusterEngine {
             admission.owner = Int32(owner)
             admission.request = Self.message(next)
             plan.admit.append(admission)
-            chunk(nextSlot, tokens: n, wanted: wanted, context: 0)
+            chunk(nextSlot, tokens: n, wanted: wanted, context: cached)
             nextSlot += 1
         }
     }

@@ -36,6 +36,8 @@ final class SequenceState {
     var prefilling: Bool { prefilled < request.promptIds.count }
     /// Steps that ran a chunk of its prompt.
     var prefillSteps = 0
+    /// Prompt tokens it read from cached pages instead of computing them (prefix caching).
+    var cachedPromptTokens = 0
     /// The layers that ran sparse attention for it, as its first token's record tells every rank.
     var sparseLayers: [Int]?
     /// Log-probabilities of its tokens (`request.logprobs`) and of its prompt's tokens after the first
@@ -208,18 +210,49 @@ public final class ClusterEngine {
 
     /// Adds a sequence on every rank (ids and owner chosen by the head, which admitted it only where its pages
     /// were free).
+    ///
+    /// With prefix caching, the cache starts with the cached pages of the longest whole-page prefix of the prompt
+    /// (never the last prompt token: its logits are needed); every rank keeping the cache finds the same ones, and
+    /// the sequence's prefill starts after them.
     func admit(slot: Int, id: String, request: GenerationRequest, owner: Int) throws {
         let keepsCache = replicatesKV || owner == comm.rank
         var cache: KVCache?
+        let limit = cachesPrefix(request) ? request.promptIds.count - 1 : 0
         do {
-            if keepsCache { cache = try model.makeCache(capacity: request.promptIds.count + request.maxNewTokens, promptLength: request.promptIds.count) }
+            if keepsCache {
+                if let pool = model.kvPool, limit > 0 {
+                    cache = try KVCache(pool: pool, capacity: request.promptIds.count + request.maxNewTokens, prompt: request.promptIds, cacheLimit: limit)
+                    cache?.promptLength = request.promptIds.count
+                } else {
+                    cache = try model.makeCache(capacity: request.promptIds.count + request.maxNewTokens, promptLength: request.promptIds.count)
+                }
+            }
         } catch {
             // The head admits only where pages are free, so this is a bug; the other ranks would wait for this one
             // in the next collective: end the job instead.
             FileHandle.standardError.write(Data("moe: error: rank \(comm.rank): admitting '\(id)': \(error)\n".utf8))
             comm.abort(code: 1)
         }
-        sequences[slot] = SequenceState(slot: slot, id: id, request: request, owner: owner, cache: cache)
+        let s = SequenceState(slot: slot, id: id, request: request, owner: owner, cache: cache)
+        // Ranks that keep no cache (ep2, one rank per sequence) take the owner's count: prefix caching runs only
+        // where every rank that matters sees the same pool (one rank, or K/V on every rank).
+        s.prefilled = cache?.length ?? 0
+        s.cachedPromptTokens = s.prefilled
+        sequences[slot] = s
+    }
+
+    /// Whether `request` may start from cached prompt pages: the pool keeps them, every rank that keeps caches
+    /// keeps this sequence's (one rank, or `coherent` / `auto`), no prompt log-probabilities are wanted (they
+    /// need every prompt position's logits), and no layer router decides attention from the first chunk's queries.
+    func cachesPrefix(_ request: GenerationRequest) -> Bool {
+        model.kvPool?.prefixCaching == true && (comm.size == 1 || replicatesKV) && request.promptLogprobs == nil
+            && model.router == nil
+    }
+
+    /// Ends `s` on this rank: its pages go back to the pool now (in the same order on every rank).
+    func retire(_ s: SequenceState) {
+        s.cache?.free()
+        sequences[s.slot] = nil
     }
 
     /// Sequences in the batch (prefilling or generating), by slot.
@@ -306,6 +339,10 @@ public final class ClusterEngine {
         for c in prefilled where c.sequence.owner != comm.rank { c.sequence.cache?.commit(c.count) }  // owners did as they ran it
         for s in decoded { s.cache?.commit(1) }
         for s in prefilled.map(\.sequence) + decoded { if let c = s.cache { model.releaseUnread(c) } }
+        // Prompts whose last chunk ran: their whole pages are stored on every rank that keeps them now.
+        for c in prefilled where !c.sequence.prefilling && cachesPrefix(c.sequence.request) {
+            c.sequence.cache?.cachePrompt(c.sequence.request.promptIds)
+        }
         return finished.sorted { $0.slot < $1.slot }
     }
 

@@ -20,6 +20,25 @@ public final class KVPool {
     private var free: [Int32]
     /// The fewest free pages there have been (for reports).
     public private(set) var lowestFree: Int
+    /// Per page, how many caches hold it (a cached prompt page may be in several sequences' tables).
+    private var holders: [Int32]
+    /// Prefix caching (`enablePrefixCaching`): full pages of prompts, by their tokens and the entry of the page
+    /// before them, so that a later prompt that starts with the same tokens reads them instead of computing them.
+    public private(set) var prefixCaching = false
+    private struct PrefixKey: Hashable {
+        /// The entry of the previous page (0: none); entries are numbered once and never reused, so an evicted
+        /// parent leaves its children unreachable rather than attached to another page's content.
+        let parent: Int
+        let tokens: [Int32]
+    }
+    private var entries: [PrefixKey: (page: Int32, id: Int)] = [:]
+    private var keyOfPage: [Int32: PrefixKey] = [:]
+    private var nextEntry = 1
+    /// Cached pages no cache holds, oldest first: taken back (their entries dropped) when the free list runs out.
+    /// `evictable` says which entries of the queue still are.
+    private var evictionQueue: [Int32] = []
+    private var evictionHead = 0
+    private var evictable = Set<Int32>()
 
     /// `keyBounds`: keep each page's key minima and maxima, for Quest's page selection.
     public init(layers: Int, kvDim: Int, dtype: KVDType, pageSize: Int, pageCount: Int, keyBounds: Bool = false) {
@@ -36,7 +55,12 @@ public final class KVPool {
         keyMaxima = (0..<(keyBounds ? layers : 0)).map { _ in .allocate(capacity: boundCount) }
         free = (0..<Int32(pageCount)).reversed()  // page 0 first
         lowestFree = pageCount
+        holders = Array(repeating: 0, count: pageCount)
     }
+
+    /// Keeps full prompt pages for reuse (`--enable-prefix-caching`). Every rank that keeps a sequence's cache
+    /// makes the same calls in the same order, so their indexes hold the same prefixes.
+    public func enablePrefixCaching() { prefixCaching = true }
 
     deinit {
         for p in keys { p.deallocate() }
@@ -80,8 +104,11 @@ public final class KVPool {
     public var rowBytes: Int { kvDim * dtype.byteSize }
     /// Bytes one page takes in all layers, keys and values.
     public var pageBytes: Int { 2 * layers * pageSize * rowBytes }
-    public var freePages: Int { free.count }
-    public var usedPages: Int { pageCount - free.count }
+    /// Pages a sequence can take: free ones and cached ones no sequence holds.
+    public var freePages: Int { free.count + evictable.count }
+    public var usedPages: Int { pageCount - freePages }
+    /// Pages that hold a cached prompt prefix.
+    public var cachedPages: Int { keyOfPage.count }
 
     /// Pages that `positions` positions need.
     public func pages(for positions: Int) -> Int { (positions + pageSize - 1) / pageSize }
@@ -91,16 +118,93 @@ public final class KVPool {
         bytes / max(2 * layers * pageSize * kvDim * dtype.byteSize + (keyBounds ? 2 * layers * kvDim * 4 : 0), 1)
     }
 
-    /// `n` pages, or nil (and nothing taken) when fewer are free.
+    /// `n` pages, or nil (and nothing taken) when fewer are free; cached pages no sequence holds are taken back,
+    /// the least recently released first, when the free list runs out.
     func take(_ n: Int) -> [Int32]? {
-        guard n <= free.count else { return nil }
+        guard n <= freePages else { return nil }
+        while free.count < n {
+            let page = evictionQueue[evictionHead]
+            evictionHead += 1
+            guard evictable.remove(page) != nil else { continue }  // held again since it was queued
+            if let key = keyOfPage.removeValue(forKey: page) { entries[key] = nil }
+            free.append(page)
+        }
+        if evictionHead > 4096 && evictionHead * 2 > evictionQueue.count {
+            evictionQueue.removeFirst(evictionHead)
+            evictionHead = 0
+        }
         let taken = Array(free.suffix(n).reversed())
         free.removeLast(n)
-        lowestFree = min(lowestFree, free.count)
+        for p in taken { holders[Int(p)] = 1 }
+        lowestFree = min(lowestFree, freePages)
         return taken
     }
 
-    func give(_ pages: [Int32]) { free.append(contentsOf: pages.reversed()) }
+    /// Lets go of `pages` (a sequence's, in table order): a page no cache holds any more is free again, or, when
+    /// it holds a cached prefix, evictable (the last page of a sequence first, so that chains lose their ends
+    /// before their starts).
+    func give(_ pages: [Int32]) {
+        for p in pages.reversed() {
+            holders[Int(p)] -= 1
+            guard holders[Int(p)] == 0 else { continue }
+            if keyOfPage[p] != nil {
+                evictable.insert(p)
+                evictionQueue.append(p)
+            } else {
+                free.append(p)
+            }
+        }
+    }
+
+    /// The cached pages that hold the longest prefix of `tokens` in whole pages, at most `limit` tokens, now held
+    /// by the caller (give them back with `give`).
+    func attachPrefix(_ tokens: [Int], limit: Int) -> [Int32] {
+        guard prefixCaching else { return [] }
+        var pages: [Int32] = [], parent = 0
+        for i in 0..<(min(limit, tokens.count) / pageSize) {
+            let key = PrefixKey(parent: parent, tokens: tokens[(i * pageSize)..<((i + 1) * pageSize)].map { Int32(truncatingIfNeeded: $0) })
+            guard let entry = entries[key] else { break }
+            pages.append(entry.page)
+            parent = entry.id
+        }
+        for p in pages {
+            holders[Int(p)] += 1
+            evictable.remove(p)
+        }
+        return pages
+    }
+
+    /// Tokens of `tokens` that `attachPrefix` would find now (whole pages, at most `limit`), attaching nothing.
+    public func cachedPrefix(_ tokens: [Int], limit: Int) -> Int {
+        guard prefixCaching else { return 0 }
+        var count = 0, parent = 0
+        for i in 0..<(min(limit, tokens.count) / pageSize) {
+            let key = PrefixKey(parent: parent, tokens: tokens[(i * pageSize)..<((i + 1) * pageSize)].map { Int32(truncatingIfNeeded: $0) })
+            guard let entry = entries[key] else { break }
+            count += pageSize
+            parent = entry.id
+        }
+        return count
+    }
+
+    /// Enters the whole pages of `tokens` (the first `pages.count` pages of a sequence, physical `pages`, -1 where
+    /// one went back) into the index; a prefix already there keeps its page.
+    func register(_ tokens: [Int], pages: [Int32]) {
+        guard prefixCaching else { return }
+        var parent = 0
+        for (i, page) in pages.enumerated() where (i + 1) * pageSize <= tokens.count {
+            let key = PrefixKey(parent: parent, tokens: tokens[(i * pageSize)..<((i + 1) * pageSize)].map { Int32(truncatingIfNeeded: $0) })
+            if let entry = entries[key] {
+                parent = entry.id
+                continue
+            }
+            guard page >= 0, keyOfPage[page] == nil else { return }
+            entries[key] = (page, nextEntry)
+            keyOfPage[page] = key
+            parent = nextEntry
+            nextEntry += 1
+        }
+    }
 
     func keyBase(_ layer: Int) -> UnsafeMutableRawPointer { keys[layer] }
     func valueBase(_ layer: Int) -> UnsafeMutableRawPointer { values[layer] }
@@ -139,20 +243,43 @@ public final class KVCache {
     /// Pages that went back to the pool (none is read again).
     public private(set) var releasedPages = 0
 
-    /// A cache with pages for `capacity` positions taken from `pool`.
-    public init(pool: KVPool, capacity: Int) throws {
+    /// A cache with pages for `capacity` positions taken from `pool`. With `prompt` (and the pool's prefix
+    /// caching on), the cached pages holding the longest whole-page prefix of it, at most `cacheLimit` tokens,
+    /// come first, already stored: `length` starts there.
+    public init(pool: KVPool, capacity: Int, prompt: [Int]? = nil, cacheLimit: Int = 0) throws {
         self.pool = pool
         routedSparse = Array(repeating: nil, count: pool.layers)
         tableCapacity = max(pool.pages(for: capacity), 4)
         table = .allocate(capacity: tableCapacity)
-        try reserve(max(capacity, 1))
+        if let prompt {
+            let cached = pool.attachPrefix(prompt, limit: cacheLimit)
+            for (i, p) in cached.enumerated() { table[i] = p }
+            pageCount = cached.count
+            length = cached.count * pool.pageSize
+        }
+        try reserve(max(capacity, 1))  // on failure deinit gives the prefix pages back
     }
 
     deinit {
+        free()
+        table.deallocate()
+    }
+
+    /// Gives every page back to the pool (a sequence that ends; deinit does it otherwise). The cluster calls it
+    /// at the same point of a step on every rank, so that pools with prefix caching change in the same order.
+    public func free() {
         var held: [Int32] = []
         for i in 0..<pageCount where table[i] >= 0 { held.append(table[i]) }
         pool.give(held)
-        table.deallocate()
+        pageCount = 0
+        releasedPages = 0
+    }
+
+    /// Enters this sequence's stored whole pages of `prompt` into the pool's prefix index.
+    public func cachePrompt(_ prompt: [Int]) {
+        guard pool.prefixCaching else { return }
+        let pages = min(pageCount, min(prompt.count, length) / pool.pageSize)
+        pool.register(prompt, pages: (0..<pages).map { table[$0] })
     }
 
     /// Bytes of one position's keys (or values) at one layer.

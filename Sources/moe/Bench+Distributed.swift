@@ -78,6 +78,7 @@ extension MoE.Bench {
             "expert_bytes_per_rank": run.expertBytes, "mode_steps": stats.modeSteps,
             // Steps whose decodes rode in a prompt chunk's pass; their time counts to prefill, their tokens not to decode.
             "mixed_steps": stats.mixedSteps,
+            "cached_prompt_tokens": stats.cachedPromptTokens,
             "kv_replication": cluster.kvReplication, "kv_wait_ms_per_step": 1e3 * stats.kvWaitSeconds / steps,
             // Inside MPI calls, each rank: moving bytes and waiting for ranks that arrive later.
             "communication_ms_per_step": all.map { 1e3 * ($0["communication_by_kind"] as! [String: Double]).values.reduce(0, +) / steps },

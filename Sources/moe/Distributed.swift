@@ -35,6 +35,9 @@ struct ClusterOptions: ParsableArguments {
     @Flag(inversion: .prefixedNo, help: "A step that runs prompt chunks while sequences decode runs both in one pass, streaming the weights once (under mpirun its decodes then reach experts as in ep2); --no-mixed-steps runs a prefill pass, then a decode pass.")
     var mixedSteps = true
 
+    @Flag(help: "Keep the whole pages of finished prompts in the KV pool and start a later prompt with the same first tokens from them (vLLM's automatic prefix caching; pages no sequence holds are reused when the pool runs short). Under mpirun: with --dispatch coherent or auto (every rank keeps every cache); ignored with ep2 on several ranks. Not for requests with prompt log-probabilities or with --attention routed.")
+    var enablePrefixCaching = false
+
     var mode: DispatchMode { DispatchMode(rawValue: dispatch)! }
 
     /// `--step-time-target` as a budget (validated).
@@ -122,10 +125,16 @@ struct DistributedRun {
             // Every rank holds the same pool: the smallest (in coherent every rank keeps every sequence).
             let pages = all.map { Int($0.kvPages) }.min()!
             if let model = engine?.model, model.kvPool?.pageCount != pages { model.kvPool = options.kvPool(model.spec, pageCount: pages) }
+            if cluster.enablePrefixCaching { engine?.model.kvPool?.enablePrefixCaching() }
         } catch let error as ClusterError {
             if comm.rank == 0 { FileHandle.standardError.write(Data("moe: error: \(error)\n".utf8)) }
             comm.finalize()
             throw ExitCode(1)
+        }
+        if cluster.enablePrefixCaching && comm.rank == 0, let engine {
+            let why = cluster.mode == .ep2 && comm.size > 1 ? "--dispatch ep2 on several ranks (each owner's pool is its own; use coherent or auto)"
+                : engine.model.router != nil ? "--attention routed (its router reads each prompt's first chunk)" : nil
+            if let why { FileHandle.standardError.write(Data("moe: warning: --enable-prefix-caching has no effect with \(why)\n".utf8)) }
         }
         let run = DistributedRun(comm: comm, engine: engine!, label: options.label, expertBytes: statuses)
         if cluster.mode == .auto { try run.useStepModel(calibration) }

@@ -193,7 +193,8 @@ func resultLine(_ r: ClusterResult, tokenizer: Tokenizers.Tokenizer? = nil) thro
     try jsonLine([
         "id": r.id, "tokens": r.tokens, "finish_reason": r.finishReason.rawValue, "prompt_tokens": r.promptTokens,
         "time_to_first_token_s": r.timeToFirstToken, "latency_s": r.latency,
-    ].merging(r.prefillSteps > 0 ? ["prefill_steps": r.prefillSteps] : [:]) { a, _ in a }.merging(sparseField(r.sparseLayers)) { a, _ in a }.merging(textField(tokenizer, r.tokens)) { a, _ in a })
+    ].merging(r.prefillSteps > 0 ? ["prefill_steps": r.prefillSteps] : [:]) { a, _ in a }
+     .merging(r.cachedPromptTokens > 0 ? ["cached_prompt_tokens": r.cachedPromptTokens] : [:]) { a, _ in a }.merging(sparseField(r.sparseLayers)) { a, _ in a }.merging(textField(tokenizer, r.tokens)) { a, _ in a })
 }
 
 /// `"text"`: the generated tokens decoded, when a tokenizer is known.

@@ -99,4 +99,39 @@ import Testing
         #expect(maxDifference(small.stepLogits, full.stepLogits) > 1e-3)
         #expect(Array(small.stepLogits.prefix(model.spec.vocabSize)) == Array(full.stepLogits.prefix(model.spec.vocabSize)), "prefill runs full")
     }
+
+    /// Prefix caching in the pool: whole prompt pages are found again by their tokens (not the last partial one,
+    /// never beyond the limit), shared pages count once and stay held while any cache holds them, pages no cache
+    /// holds are reused only when the free list runs out (the end of a chain before its start), and a prefix whose
+    /// first page was reused is not found through its later pages.
+    @Test func prefixPagesAreSharedAndReusedLast() throws {
+        let pool = KVPool(layers: 1, kvDim: 2, dtype: .f32, pageSize: 4, pageCount: 6)
+        pool.enablePrefixCaching()
+        let prompt = Array(10..<21)  // 11 tokens: two whole pages and 3 more
+        let a = try KVCache(pool: pool, capacity: 12)
+        a.commit(11)
+        a.cachePrompt(prompt)
+        #expect(pool.cachedPages == 2 && pool.freePages == 3)
+        #expect(pool.cachedPrefix(prompt, limit: 10) == 8 && pool.cachedPrefix(prompt, limit: 7) == 4)
+        #expect(pool.cachedPrefix([10, 11, 12, 13, 99, 15, 16, 17], limit: 8) == 4)  // the second page differs
+        #expect(pool.cachedPrefix([11, 12, 13, 14], limit: 4) == 0)
+
+        let b = try KVCache(pool: pool, capacity: 12, prompt: prompt, cacheLimit: 10)  // two shared pages and one new
+        #expect(b.length == 8 && pool.freePages == 2)
+        #expect(b.pageTable[0] == a.pageTable[0] && b.pageTable[1] == a.pageTable[1] && b.pageTable[2] != a.pageTable[2])
+        a.free()
+        #expect(pool.freePages == 3)  // a's third page; the shared two are still b's
+        b.free()
+        #expect(pool.freePages == 6 && pool.cachedPages == 2)  // cached pages no cache holds count as free
+
+        // Five pages for another prompt: the free list has 4, so one cached page is taken back: the chain's end.
+        let other = try KVCache(pool: pool, capacity: 20)
+        #expect(pool.cachedPages == 1 && pool.cachedPrefix(prompt, limit: 10) == 4)
+        other.free()
+        let c = try KVCache(pool: pool, capacity: 24)  // every page: the first cached page goes too
+        #expect(pool.cachedPages == 0 && pool.cachedPrefix(prompt, limit: 10) == 0)
+        #expect(throws: KVPoolExhausted.self) { _ = try KVCache(pool: pool, capacity: 4) }
+        c.free()
+        #expect(pool.freePages == 6)
+    }
 }

@@ -371,6 +371,35 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         }
     }
 
+    /// `--enable-prefix-caching`: prompts that start with another's whole pages (16 tokens) read them from the
+    /// pool, while that sequence still runs (b) and after it ended (d, e); every request gets the tokens one process
+    /// computes alone. Where it runs (one rank; coherent on two) b and e read 32 tokens, d 16 (its own last token is
+    /// always computed); ep2 on two ranks keeps no shared view of the owners' pools and reads none.
+    @Test(arguments: [(1, "ep2"), (2, "coherent"), (2, "ep2")])
+    func prefixCachingKeepsEveryToken(ranks: Int, mode: String) throws {
+        let ids = try SafeTensorsFile(path: fixture("tiny-qwen3moe") + "/expected.safetensors").ints("c.input_ids")
+        let prompts = ["a": Array(ids.prefix(34)), "b": Array(ids.prefix(32)) + [7, 9], "d": Array(ids.prefix(32)), "e": Array(ids.prefix(34))]
+        let arrivals = ["a": 0, "b": 2, "d": 12, "e": 14]
+        let requests = TemporaryPath(".jsonl")
+        try prompts.keys.sorted().map { id in
+            #"{"id": "\#(id)", "prompt_ids": \#(prompts[id]!), "max_new_tokens": 6, "temperature": 0, "arrival_step": \#(arrivals[id]!)}"#
+        }.joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let r = try MPIRun.run(ranks, ["generate", "--model", fixture("tiny-qwen3moe"), "--requests", requests.path, "--dispatch", mode,
+                                       "--enable-prefix-caching"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let results = r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(results.count == 4)
+        let engine = Engine(model: try MoEDecoder.load(directory: fixture("tiny-qwen3moe")))
+        let shares = ranks == 1 || mode == "coherent"
+        #expect(r.stderr.contains("--enable-prefix-caching has no effect with --dispatch ep2 on several ranks") == !shares)
+        for (id, prompt) in prompts {
+            let line = results.first { $0["id"] as? String == id }
+            #expect(line?["tokens"] as? [Int] == (try engine.generate([GenerationRequest(promptIds: prompt, maxNewTokens: 6)])[0].tokens), "\(id)")
+            let cached = shares ? ["a": 0, "b": 32, "d": 16, "e": 32][id]! : 0
+            #expect(line?["cached_prompt_tokens"] as? Int ?? 0 == cached, "\(id)")
+        }
+    }
+
     /// bf16 K/V (`--kv-dtype bf16`): the cluster gives what one process gives with the same choice (its K/V
     /// rows travel as the rounded bits), and the posted rows are half the bytes.
     @Test(arguments: ["ep2", "coherent"])

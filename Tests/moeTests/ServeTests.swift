@@ -237,6 +237,31 @@ import Testing
         text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last!) }
     }
 
+    /// `--enable-prefix-caching`: a prompt sent again reads its whole pages from the pool; the text is the same,
+    /// `usage.prompt_tokens_details.cached_tokens` says how many tokens were read (streamed usage too), and
+    /// `/metrics` counts them as hits among the prompt tokens queried.
+    @Test func aRepeatedPromptReadsItsCachedPages() throws {
+        let server = try Server(["--enable-prefix-caching"])
+        let ids = (0..<40).map { 3 + ($0 * 7) % 200 }
+        let body = #"{"prompt": \#(ids), "max_tokens": 5, "temperature": 0}"#
+        let first = try Self.curl(server.url + "/v1/completions", body: body)
+        #expect(first.status == 200, "\(first.body)")
+        #expect((first.json["usage"] as? [String: Any])?["prompt_tokens_details"] == nil)
+        let again = try Self.curl(server.url + "/v1/completions", body: body)
+        let text = { (r: Reply) in (r.json["choices"] as? [[String: Any]])?.first?["text"] as? String }
+        #expect(text(again) != nil && text(again) == text(first))
+        let usage = try #require(again.json["usage"] as? [String: Any])
+        #expect((usage["prompt_tokens_details"] as? [String: Int])?["cached_tokens"] == 32)  // two pages of 16
+        #expect(usage["prompt_tokens"] as? Int == 40)
+        let stream = try Self.curl(server.url + "/v1/completions", body: #"{"prompt": \#(ids), "max_tokens": 5, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}"#)
+        let streamed = Self.streamed(stream.body, chat: false)
+        #expect(streamed.text == text(first))
+        #expect((streamed.usage?["prompt_tokens_details"] as? [String: Int])?["cached_tokens"] == 32)
+        let metrics = try Self.curl(server.url + "/metrics").body
+        #expect(Self.metric(metrics, "moe_prefix_cache_queries_total") == 120)
+        #expect(Self.metric(metrics, "moe_prefix_cache_hits_total") == 64)
+    }
+
     @Test func benchServeCountsWhatTheServerMade() throws {
         let server = try Server()
         let before = Self.metric(try Self.curl(server.url + "/metrics").body, "moe_generation_tokens_total") ?? 0

@@ -167,6 +167,15 @@ final class OpenAIServer: Sendable {
         /// When asked for, the log-probabilities of the tokens made and of the prompt's.
         var logprobs: [TokenLogprob] = []
         var promptLogprobs: [TokenLogprob]?
+        /// Prompt tokens read from cached pages (prefix caching).
+        var cachedTokens = 0
+    }
+
+    /// The `usage` object: with prefix caching's hits, `prompt_tokens_details.cached_tokens` as OpenAI reports it.
+    static func usage(prompt: Int, completion: Int, cached: Int) -> [String: Any] {
+        var usage: [String: Any] = ["prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion]
+        if cached > 0 { usage["prompt_tokens_details"] = ["cached_tokens": cached] }
+        return usage
     }
 
     private func completions(_ request: Request, _ model: Model, chat: Bool) async throws -> Response {
@@ -226,9 +235,10 @@ final class OpenAIServer: Sendable {
         }
         if !parameters.stream {
             var choices: [[String: Any]] = []
-            var completionTokens = 0
+            var completionTokens = 0, cachedTokens = 0
             for (k, (rid, stream)) in submitted.enumerated() {
                 var outcome = try await run(rid, stream, requests[k], parameters, model) { _, _ in }
+                cachedTokens += outcome.cachedTokens
                 if promptOnly { outcome = Outcome(finishReason: "length", promptLogprobs: outcome.promptLogprobs) }
                 completionTokens += outcome.completionTokens
                 let finish: Any = outcome.finishReason
@@ -242,8 +252,7 @@ final class OpenAIServer: Sendable {
                 }
             }
             return Self.json(200, ["id": id, "object": object, "created": Int(Date().timeIntervalSince1970), "model": model.name,
-                                   "choices": choices, "usage": ["prompt_tokens": promptTokens, "completion_tokens": completionTokens,
-                                                                 "total_tokens": promptTokens + completionTokens]])
+                                   "choices": choices, "usage": Self.usage(prompt: promptTokens, completion: completionTokens, cached: cachedTokens)])
         }
         let chunkObject = chat ? "chat.completion.chunk" : "text_completion"
         let (jobs, generation) = (submitted, requests)
@@ -260,7 +269,7 @@ final class OpenAIServer: Sendable {
         // the producer is cancelled, and it cancels what the request still holds in the cluster.
         let (events, out) = AsyncStream<ByteBuffer>.makeStream()
         let producer = Task {
-            var completionTokens = 0
+            var completionTokens = 0, cachedTokens = 0
             var gone = false
             func send(_ b: ByteBuffer) { if case .terminated = out.yield(b) { gone = true } }
             for (k, (rid, stream)) in jobs.enumerated() {
@@ -284,6 +293,7 @@ final class OpenAIServer: Sendable {
                         if gone { throw CancellationError() }
                     }
                     completionTokens += promptOnly ? 0 : outcome.completionTokens
+                    cachedTokens += outcome.cachedTokens
                     send(chunk(k, text: chat ? nil : "", finish: promptOnly ? "length" : outcome.finishReason))
                 } catch let e as APIError {
                     send(Self.event(e.body))
@@ -296,8 +306,7 @@ final class OpenAIServer: Sendable {
             }
             if parameters.includeUsage {
                 send(Self.event(["id": id, "object": chunkObject, "created": created, "model": name, "choices": [[String: Any]](),
-                                 "usage": ["prompt_tokens": promptTokens, "completion_tokens": completionTokens,
-                                           "total_tokens": promptTokens + completionTokens]]))
+                                 "usage": Self.usage(prompt: promptTokens, completion: completionTokens, cached: cachedTokens)]))
             }
             send(ByteBuffer(string: "data: [DONE]\n\n"))
             out.finish()
@@ -341,8 +350,9 @@ final class OpenAIServer: Sendable {
         for await event in stream {
             if Task.isCancelled { break }
             switch event {
-            case .tokens(let t, let logprobs, let prompt):
+            case .tokens(let t, let logprobs, let prompt, let cached):
                 let first = firstToken == nil
+                outcome.cachedTokens = cached
                 if first { firstToken = Date().timeIntervalSince(start) }
                 tokens = t
                 let piece = assembler.feed(t)
@@ -355,7 +365,7 @@ final class OpenAIServer: Sendable {
                     queue.cancel(id)
                     outcome.finishReason = "stop"
                     outcome.completionTokens = tokens.count
-                    metrics.finished(promptTokens: request.promptIds.count, generated: tokens.count, reason: "stop",
+                    metrics.finished(promptTokens: request.promptIds.count, cachedTokens: outcome.cachedTokens, generated: tokens.count, reason: "stop",
                                      timeToFirstToken: firstToken, latency: Date().timeIntervalSince(start))
                     return outcome
                 }
@@ -365,7 +375,7 @@ final class OpenAIServer: Sendable {
                 if !tail.isEmpty { try await emit(tail, Fresh(generated: [], prompt: nil)) }
                 outcome.finishReason = reason == .stop || assembler.stopped ? "stop" : "length"
                 outcome.completionTokens = tokens.count
-                metrics.finished(promptTokens: request.promptIds.count, generated: tokens.count, reason: outcome.finishReason,
+                metrics.finished(promptTokens: request.promptIds.count, cachedTokens: outcome.cachedTokens, generated: tokens.count, reason: outcome.finishReason,
                                  timeToFirstToken: firstToken, latency: Date().timeIntervalSince(start))
                 return outcome
             case .failed(let message, let status):

@@ -6,7 +6,8 @@ import Models
 enum ServeEvent: Sendable {
     /// Every token so far (the handler detokenizes what is new), with their log-probabilities when asked for
     /// and the prompt's (`echo` with `logprobs`).
-    case tokens([Int], logprobs: [TokenLogprob], prompt: [TokenLogprob]?)
+    /// `cached`: prompt tokens read from cached pages (prefix caching).
+    case tokens([Int], logprobs: [TokenLogprob], prompt: [TokenLogprob]?, cached: Int)
     /// Generation ended: the engine's reason (length, or a stop id).
     case finished(FinishReason)
     /// The cluster cannot run it: it can never fit the KV pool (`status` 400), or the cluster stopped (500).
@@ -120,7 +121,7 @@ final class ServeQueue: RequestSource, @unchecked Sendable {  // Every field is 
         let id = p.id
         guard let c = streams[id] else { return }
         if started.insert(id).inserted { updateGauges() }
-        c.yield(.tokens(p.tokens, logprobs: p.logprobs, prompt: p.promptLogprobs))
+        c.yield(.tokens(p.tokens, logprobs: p.logprobs, prompt: p.promptLogprobs, cached: p.cachedPromptTokens))
         if let finished = p.finished {
             c.yield(.finished(finished))
             c.finish()

@@ -8,6 +8,8 @@ final class ServerMetrics: Sendable {
     let registry: PrometheusCollectorRegistry
     private let factory: PrometheusMetricsFactory
     private let promptTokens: Metrics.Counter
+    private let prefixCacheQueries: Metrics.Counter
+    private let prefixCacheHits: Metrics.Counter
     private let generationTokens: Metrics.Counter
     private let running: Metrics.Gauge
     private let waiting: Metrics.Gauge
@@ -27,6 +29,8 @@ final class ServerMetrics: Sendable {
         self.factory = factory
         promptTokens = Metrics.Counter(label: "moe_prompt_tokens_total", factory: factory)
         generationTokens = Metrics.Counter(label: "moe_generation_tokens_total", factory: factory)
+        prefixCacheQueries = Metrics.Counter(label: "moe_prefix_cache_queries_total", factory: factory)
+        prefixCacheHits = Metrics.Counter(label: "moe_prefix_cache_hits_total", factory: factory)
         running = Metrics.Gauge(label: "moe_num_requests_running", factory: factory)
         waiting = Metrics.Gauge(label: "moe_num_requests_waiting", factory: factory)
         kvPagesInUse = Metrics.Gauge(label: "moe_kv_pages_in_use", factory: factory)
@@ -43,9 +47,12 @@ final class ServerMetrics: Sendable {
         Metrics.Counter(label: "moe_http_requests_total", dimensions: [("endpoint", endpoint), ("status", String(status))], factory: factory).increment()
     }
 
-    /// A request that ended generating: tokens, reason and timings.
-    func finished(promptTokens prompt: Int, generated: Int, reason: String, timeToFirstToken ttft: Double?, latency seconds: Double) {
+    /// A request that ended generating: tokens (prompt tokens are prefix caching's queries, those read from cached
+    /// pages its hits, as vLLM counts them), reason and timings.
+    func finished(promptTokens prompt: Int, cachedTokens: Int, generated: Int, reason: String, timeToFirstToken ttft: Double?, latency seconds: Double) {
         promptTokens.increment(by: prompt)
+        prefixCacheQueries.increment(by: prompt)
+        prefixCacheHits.increment(by: cachedTokens)
         generationTokens.increment(by: generated)
         Metrics.Counter(label: "moe_request_success_total", dimensions: [("finished_reason", reason)], factory: factory).increment()
         if let ttft { timeToFirstToken.recordNanoseconds(Int64(ttft * 1e9)) }
