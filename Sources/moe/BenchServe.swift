@@ -39,6 +39,9 @@ extension MoE {
         @Option(help: "Tokens each request generates.")
         var outputLen: Int = 64
 
+        @Option(help: "Random tokens every random prompt starts with (the same for all, as vLLM's --random-prefix-len), before its own --input-len: what prefix caching can reuse.")
+        var randomPrefixLen: Int = 0
+
         @Option(help: "Prompts as JSON lines {\"prompt\": TEXT, \"output_len\": N}.")
         var dataset: String?
 
@@ -65,6 +68,8 @@ extension MoE {
             if let r = requestRate, !(r > 0) { throw ValidationError("--request-rate must be > 0") }
             if let c = maxConcurrency, c < 1 { throw ValidationError("--max-concurrency must be at least 1") }
             if inputLen < 1 || outputLen < 1 { throw ValidationError("--input-len and --output-len must be at least 1") }
+            if randomPrefixLen < 0 { throw ValidationError("--random-prefix-len must be >= 0") }
+            if randomPrefixLen > 0 && dataset != nil { throw ValidationError("--random-prefix-len is for random prompts, not --dataset") }
             if !["md", "json"].contains(format) { throw ValidationError("--format must be md or json") }
             if let n = longPromptLen, n < 1 { throw ValidationError("--long-prompt-len must be at least 1") }
             if !(longPromptAt >= 0) { throw ValidationError("--long-prompt-at must be >= 0") }
@@ -140,9 +145,9 @@ extension MoE {
                 prompts = (0..<numPrompts).map { prompts[$0 % prompts.count] }
             } else {
                 let low = min(100, vocabulary / 2)
-                prompts = (0..<numPrompts).map { _ in
-                    (.array((0..<inputLen).map { _ in .number(Double(low + Int(rng.next() % UInt64(vocabulary - low)))) }), outputLen)
-                }
+                func token() -> JSONValue { .number(Double(low + Int(rng.next() % UInt64(vocabulary - low)))) }
+                let prefix = (0..<randomPrefixLen).map { _ in token() }
+                prompts = (0..<numPrompts).map { _ in (.array(prefix + (0..<inputLen).map { _ in token() }), outputLen) }
             }
             var arrivals: [Double] = []
             var t = 0.0

@@ -329,6 +329,8 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
         ["generate", "--prompt-ids", "1", "--step-time-target", "-5ms"],
         ["bench", "serve", "--base-url", "http://127.0.0.1:1", "--long-prompt-len", "0"],
         ["bench", "serve", "--base-url", "http://127.0.0.1:1", "--long-prompt-len", "9", "--long-prompt-at=-1"],
+        ["bench", "serve", "--base-url", "http://127.0.0.1:1", "--random-prefix-len=-1"],
+        ["bench", "serve", "--base-url", "http://127.0.0.1:1", "--random-prefix-len", "4", "--dataset", "d.jsonl"],
         ["no-such-command"],
     ])
     func badFlagsExitWithUsageCode(args: [String]) throws {
