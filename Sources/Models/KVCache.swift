@@ -159,14 +159,7 @@ public final class KVPool {
     /// The cached pages that hold the longest prefix of `tokens` in whole pages, at most `limit` tokens, now held
     /// by the caller (give them back with `give`).
     func attachPrefix(_ tokens: [Int], limit: Int) -> [Int32] {
-        guard prefixCaching else { return [] }
-        var pages: [Int32] = [], parent = 0
-        for i in 0..<(min(limit, tokens.count) / pageSize) {
-            let key = PrefixKey(parent: parent, tokens: tokens[(i * pageSize)..<((i + 1) * pageSize)].map { Int32(truncatingIfNeeded: $0) })
-            guard let entry = entries[key] else { break }
-            pages.append(entry.page)
-            parent = entry.id
-        }
+        let pages = lookUp(tokens, limit: limit)
         for p in pages {
             holders[Int(p)] += 1
             evictable.remove(p)
@@ -175,16 +168,21 @@ public final class KVPool {
     }
 
     /// Tokens of `tokens` that `attachPrefix` would find now (whole pages, at most `limit`), attaching nothing.
-    public func cachedPrefix(_ tokens: [Int], limit: Int) -> Int {
-        guard prefixCaching else { return 0 }
-        var count = 0, parent = 0
+    public func cachedPrefix(_ tokens: [Int], limit: Int) -> Int { lookUp(tokens, limit: limit).count * pageSize }
+
+    private func lookUp(_ tokens: [Int], limit: Int) -> [Int32] {
+        guard prefixCaching else { return [] }
+        var pages: [Int32] = [], parent = 0
         for i in 0..<(min(limit, tokens.count) / pageSize) {
-            let key = PrefixKey(parent: parent, tokens: tokens[(i * pageSize)..<((i + 1) * pageSize)].map { Int32(truncatingIfNeeded: $0) })
-            guard let entry = entries[key] else { break }
-            count += pageSize
+            guard let entry = entries[key(tokens, page: i, parent: parent)] else { break }
+            pages.append(entry.page)
             parent = entry.id
         }
-        return count
+        return pages
+    }
+
+    private func key(_ tokens: [Int], page i: Int, parent: Int) -> PrefixKey {
+        PrefixKey(parent: parent, tokens: tokens[(i * pageSize)..<((i + 1) * pageSize)].map { Int32(truncatingIfNeeded: $0) })
     }
 
     /// Enters the whole pages of `tokens` (the first `pages.count` pages of a sequence, physical `pages`, -1 where
@@ -193,7 +191,7 @@ public final class KVPool {
         guard prefixCaching else { return }
         var parent = 0
         for (i, page) in pages.enumerated() where (i + 1) * pageSize <= tokens.count {
-            let key = PrefixKey(parent: parent, tokens: tokens[(i * pageSize)..<((i + 1) * pageSize)].map { Int32(truncatingIfNeeded: $0) })
+            let key = key(tokens, page: i, parent: parent)
             if let entry = entries[key] {
                 parent = entry.id
                 continue
