@@ -234,8 +234,8 @@ public final class ClusterEngine {
             comm.abort(code: 1)
         }
         let s = SequenceState(slot: slot, id: id, request: request, owner: owner, cache: cache)
-        // Ranks that keep no cache (ep2, one rank per sequence) take the owner's count: prefix caching runs only
-        // where every rank that matters sees the same pool (one rank, or K/V on every rank).
+        // Prefix caching runs only where every rank keeps the cache (one rank, or K/V on every rank), so every rank
+        // starts the prefill at the same position; elsewhere nothing is cached and it starts at 0.
         s.prefilled = cache?.length ?? 0
         s.cachedPromptTokens = s.prefilled
         sequences[slot] = s

@@ -96,7 +96,7 @@ public final class WeightStore: @unchecked Sendable {
     }
 
     /// A `[rows, cols]` weight matrix, kept in its stored type or converted as `conversion` says: widened to f32,
-    /// or (`linear`: a linear layer's weight, as opposed to an embedding or a router) quantized to q8.
+    /// or (`linear`: a linear layer's weight, as opposed to an embedding or a router) quantized to q8 or fp8.
     /// An F8_E4M3 tensor is packed with its block scales (`NAME_scale_inv`) into `FP8` rows; as anything but a
     /// linear layer (an embedding, a router) it is widened to f32.
     public func matrix(_ name: String, rows: Int, cols: Int, linear: Bool = false) throws -> WeightMatrix {
