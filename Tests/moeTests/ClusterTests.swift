@@ -400,6 +400,36 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         }
     }
 
+    /// Prefix caching in a pool too small to keep every prefix (8 pages of 16; each request takes 3, each of the
+    /// four prompt starts leaves 2 cached): cached pages are taken back as requests arrive, and on two coherent ranks every rank must
+    /// take back the same ones (otherwise their cached lengths, and so their prefill positions, differ). Each
+    /// request gets the tokens one process computes alone, and later requests still read what remains cached.
+    @Test func prefixCachingUnderEvictionKeepsRanksInStep() throws {
+        let ids = try SafeTensorsFile(path: fixture("tiny-qwen3moe") + "/expected.safetensors").ints("c.input_ids")
+        let starts = [Array(ids.prefix(32)), Array(ids.suffix(32)), Array(ids.prefix(32).reversed()), Array(ids.suffix(32).reversed())]
+        let prompts = (0..<8).map { i in starts[i % 4] + [3 + i, 5 + i] }
+        let requests = TemporaryPath(".jsonl")
+        try prompts.enumerated().map { i, p in
+            #"{"id": "r\#(i)", "prompt_ids": \#(p), "max_new_tokens": 6, "temperature": 0, "arrival_step": \#(10 * i)}"#
+        }.joined(separator: "\n").write(toFile: requests.path, atomically: true, encoding: .utf8)
+        let pageBytes = 2 * 3 * 16 * 2 * 24 * 4  // K and V, 3 layers, 16 positions, 2 KV heads of 24, f32
+        let r = try MPIRun.run(2, ["generate", "--model", fixture("tiny-qwen3moe"), "--requests", requests.path, "--dispatch", "coherent",
+                                   "--enable-prefix-caching", "--kv-memory", String(8 * pageBytes)])
+        #expect(r.status == 0, "\(r.stderr)")
+        let results = r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(results.count == prompts.count)
+        let engine = Engine(model: try MoEDecoder.load(directory: fixture("tiny-qwen3moe")))
+        var read = 0
+        for (i, p) in prompts.enumerated() {
+            let line = results.first { $0["id"] as? String == "r\(i)" }
+            #expect(line?["tokens"] as? [Int] == (try engine.generate([GenerationRequest(promptIds: p, maxNewTokens: 6)])[0].tokens), "r\(i)")
+            read += line?["cached_prompt_tokens"] as? Int ?? 0
+        }
+        // The repeats r4-r7 read what the others' admissions left of their starts: some, never all.
+        let repeats = results.filter { ["r4", "r5", "r6", "r7"].contains($0["id"] as? String ?? "") }.map { $0["cached_prompt_tokens"] as? Int ?? 0 }
+        #expect(read == repeats.reduce(0, +) && read > 0 && read < 4 * 32, "\(repeats)")
+    }
+
     /// bf16 K/V (`--kv-dtype bf16`): the cluster gives what one process gives with the same choice (its K/V
     /// rows travel as the rounded bits), and the posted rows are half the bytes.
     @Test(arguments: ["ep2", "coherent"])
