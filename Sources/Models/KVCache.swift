@@ -35,10 +35,12 @@ public final class KVPool {
     private var keyOfPage: [Int32: PrefixKey] = [:]
     private var nextEntry = 1
     /// Cached pages no cache holds, oldest first: taken back (their entries dropped) when the free list runs out.
-    /// `evictable` says which entries of the queue still are.
-    private var evictionQueue: [Int32] = []
+    /// `evictable` holds each such page's release number; a queue entry whose number is not its page's any more
+    /// (held again, or released again later) is skipped, so a page goes back in the order of its last release.
+    private var evictionQueue: [(page: Int32, release: Int)] = []
     private var evictionHead = 0
-    private var evictable = Set<Int32>()
+    private var evictable: [Int32: Int] = [:]
+    private var releases = 0
 
     /// `keyBounds`: keep each page's key minima and maxima, for Quest's page selection.
     public init(layers: Int, kvDim: Int, dtype: KVDType, pageSize: Int, pageCount: Int, keyBounds: Bool = false) {
@@ -123,9 +125,10 @@ public final class KVPool {
     func take(_ n: Int) -> [Int32]? {
         guard n <= freePages else { return nil }
         while free.count < n {
-            let page = evictionQueue[evictionHead]
+            let (page, release) = evictionQueue[evictionHead]
             evictionHead += 1
-            guard evictable.remove(page) != nil else { continue }  // held again since it was queued
+            guard evictable[page] == release else { continue }
+            evictable[page] = nil
             if let key = keyOfPage.removeValue(forKey: page) { entries[key] = nil }
             free.append(page)
         }
@@ -148,8 +151,9 @@ public final class KVPool {
             holders[Int(p)] -= 1
             guard holders[Int(p)] == 0 else { continue }
             if keyOfPage[p] != nil {
-                evictable.insert(p)
-                evictionQueue.append(p)
+                releases += 1
+                evictable[p] = releases
+                evictionQueue.append((p, releases))
             } else {
                 free.append(p)
             }
@@ -162,7 +166,7 @@ public final class KVPool {
         let pages = lookUp(tokens, limit: limit)
         for p in pages {
             holders[Int(p)] += 1
-            evictable.remove(p)
+            evictable[p] = nil
         }
         return pages
     }

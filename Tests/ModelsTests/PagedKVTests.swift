@@ -134,4 +134,25 @@ import Testing
         c.free()
         #expect(pool.freePages == 6)
     }
+
+    /// A cached prefix read again goes to the back of the reuse order: when pages run short, the prefix released
+    /// longer ago goes first.
+    @Test func aPrefixReadAgainIsReusedLast() throws {
+        let pool = KVPool(layers: 1, kvDim: 2, dtype: .f32, pageSize: 2, pageCount: 4)
+        pool.enablePrefixCaching()
+        let x = [1, 2, 3, 4, 9], y = [5, 6, 7, 8, 9]
+        for prompt in [x, y] {
+            let c = try KVCache(pool: pool, capacity: 4)
+            c.commit(4)
+            c.cachePrompt(prompt)
+            c.free()
+        }
+        #expect(pool.cachedPages == 4 && pool.freePages == 4)
+        let again = try KVCache(pool: pool, capacity: 4, prompt: x, cacheLimit: 4)
+        #expect(again.length == 4)
+        again.free()
+        let other = try KVCache(pool: pool, capacity: 4)  // two pages: y's, released before x's second release
+        #expect(pool.cachedPrefix(x, limit: 4) == 4 && pool.cachedPrefix(y, limit: 4) == 0)
+        other.free()
+    }
 }
