@@ -10,7 +10,7 @@ weights (no activation quantization: the engine computes FP8 weights in f32, W8A
 
 Run: python3 Scripts/make_fp8_fixture.py Tests/Fixtures/tiny-qwen3moe-fp8   (needs numpy only)
 """
-import json, os, struct, sys
+import json, os, sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -85,21 +85,6 @@ def quantized(name):
     return name.endswith("_proj.weight")  # q/k/v/o, experts' and the dense MLP's gate/up/down
 
 
-def save(path, tensors):
-    """tensors: name -> (dtype, array of the stored bits)."""
-    header, offset, blobs = {"__metadata__": {"format": "pt"}}, 0, []
-    for name in sorted(tensors):
-        dt, a = tensors[name]
-        a = np.ascontiguousarray(a)
-        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
-        blobs.append(a.tobytes()); offset += a.nbytes
-    h = json.dumps(header).encode()
-    h += b" " * (-(8 + len(h)) % 8)
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(h))); fh.write(h)
-        for b in blobs: fh.write(b)
-
-
 def main(out):
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(8)
@@ -118,7 +103,7 @@ def main(out):
             bits = to_bf16_bits(v)
             stored[name] = ("BF16", bits)
             ref[name] = bf16_value(bits).astype(np.float64)
-    save(os.path.join(out, "model.safetensors"), stored)
+    q3.save_safetensors(os.path.join(out, "model.safetensors"), stored)
     json.dump(q3.CFG, open(os.path.join(out, "config.json"), "w"), indent=2)
 
     exp = {}
@@ -142,7 +127,7 @@ def main(out):
     exp["gen.prompt"] = ("I64", np.array(prompt, np.int64)); exp["gen.tokens"] = ("I64", np.array(cur[len(prompt):], np.int64))
     exp["gen.step_logits"] = ("F32", np.array(steps, np.float32))
     meta["gen"] = {"prompt": prompt, "tokens": cur[len(prompt):]}
-    save(os.path.join(out, "expected.safetensors"), exp)
+    q3.save_safetensors(os.path.join(out, "expected.safetensors"), exp)
     json.dump(meta, open(os.path.join(out, "expected.json"), "w"), indent=1)
     print(json.dumps(meta["cases"]))
 

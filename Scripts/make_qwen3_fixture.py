@@ -107,10 +107,12 @@ def forward(w, ids):
 
 
 def save_safetensors(path, tensors):
+    """tensors: name -> an f32 or i64 array, or (safetensors dtype, array of the stored bits)."""
     header, offset, blobs = {"__metadata__": {"format": "pt"}}, 0, []
     for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
-        dt = {np.float32: "F32", np.int64: "I64"}[a.dtype.type]
+        dt, a = tensors[name] if isinstance(tensors[name], tuple) else (None, tensors[name])
+        a = np.ascontiguousarray(a)
+        dt = dt or {np.float32: "F32", np.int64: "I64"}[a.dtype.type]
         header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
         blobs.append(a.tobytes()); offset += a.nbytes
     h = json.dumps(header).encode()
