@@ -332,13 +332,15 @@ extension ClusterEngine {
     /// token, so that prompts always move), each at most `prefillChunk`: first those of sequences part-way through
     /// their prompts, in admission order, then requests admitted now (while the batch has room under `maxBatch`
     /// and their KV pages are free). With a `stepBudget` that knows the costs, while sequences decode the chunks
-    /// also fit the seconds it allows; the first chunk gets at least one token even when none fits.
+    /// also fit the seconds it allows; the first chunk gets at least one token even when none fits. A step in which
+    /// the budget wants its decodes measured alone (`StepBudget.wantsDecodeSample`) runs no prompt chunk.
     func schedule(_ plan: inout Moe_Control_StepPlan, batch: [SequenceState], pending: inout [ClusterRequest], step: Int, nextSlot: inout Int) {
         let decodes = batch.filter { !$0.prefilling }.count
         var budget = max(maxStepTokens - decodes, 1)
         if stepBudget?.probing(decoding: decodes) == true { budget = min(budget, StepBudget.probeTokens) }
+        if stepBudget?.wantsDecodeSample(decoding: decodes) == true { budget = 0 }
         let most = model.prefillChunk ?? Int.max
-        let allowance = stepBudget?.allowance(decoding: decodes)
+        let allowance = stepBudget?.allowance(decoding: decodes, fullBatch: maxBatch == Int.max ? nil : maxBatch)
         var chosen: [StepBudget.Chunk] = []
         /// Of the `wanted` tokens of a chunk after `context` cached ones, those that fit this step's time (0: none).
         func fitting(_ wanted: Int, context: Int) -> Int {

@@ -9,7 +9,9 @@ import Foundation
 /// cluster runs, what a prefill pass costs, `seconds = pass + perToken · tokens + perPair · pairs` (pairs: query
 /// and key positions its attention multiplies, a chunk of L tokens after c cached ones has L·c + L(L+1)/2), by
 /// least squares with non-negative coefficients over recent passes (older ones weigh less), and what a decode of
-/// n sequences costs (a running mean by n). A step's chunks get what the target leaves after its decodes.
+/// n sequences costs (a running mean by n, and a line through those for counts not measured; one step in
+/// `decodeSampleInterval` runs its decodes alone to keep them current). A step's chunks get what the target leaves
+/// after its decodes.
 /// Only passes beside decodes teach the fit: the long passes of steps in which nothing decodes (a new wave of
 /// prompts) are another regime (attention over long chunks runs as large GEMMs) and would skew the short ones.
 /// In a mixed step (the decodes ride in the chunks' pass, `ClusterEngine.mixedSteps`) the head sees only the whole
@@ -58,7 +60,9 @@ public struct StepBudget: Sendable {
     private var observations = 0
     /// The fitted (pass, perToken, perKiloPair) seconds; nil until there is a fit.
     public private(set) var coefficients: (pass: Double, perToken: Double, perKiloPair: Double)?
+    /// A running mean of the decode time by batch size, and the mixed steps since a decode was last measured alone.
     private var decodeSeconds: [Int: Double] = [:]
+    private var stepsSinceDecode = 0
 
     public init(target: Target) { self.target = target }
 
@@ -74,6 +78,7 @@ public struct StepBudget: Sendable {
     /// coefficients stay >= 0 anyway).
     public mutating func observeMixed(_ chunks: [Chunk], decoding: Int, seconds: Double) {
         guard decoding > 0, let d = decodeEstimate(decoding) else { return }
+        stepsSinceDecode += 1
         add(chunks, seconds: seconds - d)
     }
 
@@ -95,6 +100,19 @@ public struct StepBudget: Sendable {
     public mutating func observeDecode(sequences: Int, seconds: Double) {
         guard sequences > 0, seconds.isFinite, seconds >= 0 else { return }
         decodeSeconds[sequences] = decodeSeconds[sequences].map { 0.8 * $0 + 0.2 * seconds } ?? seconds
+        stepsSinceDecode = 0
+    }
+
+    /// Mixed steps in a row after which the head runs one step without prompt chunks, so that the decode estimates
+    /// the budget rests on stay current (contexts grow, the batch changes). Under a steady stream of requests every
+    /// step may carry a chunk, and then no decode is ever measured on its own.
+    public static let decodeSampleInterval = 64
+
+    /// Whether a step with `decoding` sequences should run no prompt chunk, to measure the decodes alone: none
+    /// has been measured yet (until then the chunks' cost cannot be told from the decodes'), or the last was
+    /// `decodeSampleInterval` mixed steps ago.
+    public func wantsDecodeSample(decoding: Int) -> Bool {
+        decoding > 0 && (decodeSeconds.isEmpty || stepsSinceDecode >= Self.decodeSampleInterval)
     }
 
     /// Predicted seconds of a prefill pass over `chunks`; nil before the fit.
@@ -115,25 +133,42 @@ public struct StepBudget: Sendable {
 
     /// Seconds a step with `decoding` sequences has left for prompt chunks: unlimited (nil) when nothing decodes
     /// (nobody waits for the step) or while the costs are not known yet (see `probing`). A multiple applies to the
-    /// slowest decode measured so far (the fullest batch), not to this step's: a step of one decode (22 ms on
-    /// `medium`) times 1.4 leaves 9 ms, less than a prefill pass costs at all (13-20 ms), so prompts would crawl
-    /// one token a step while the batch is nearly empty, and nobody would gain from it.
-    public func allowance(decoding: Int) -> Double? {
+    /// decode of a full batch (`fullBatch`, the server's `--max-batch`, or the largest batch measured so far if
+    /// that is larger or there is no limit), not to this step's: a step of one decode (22 ms on `medium`) times
+    /// 1.4 leaves 9 ms, less than a prefill pass costs at all (13-20 ms), so a prompt would crawl a token or two a
+    /// step while the batch is nearly empty (and the requests behind it wait for it), and nobody would gain.
+    public func allowance(decoding: Int, fullBatch: Int? = nil) -> Double? {
         guard decoding > 0, coefficients != nil else { return nil }
         switch target {
         case .seconds(let s):
             return s - (decodeEstimate(decoding) ?? 0)
         case .ratio(let r):
-            guard let d = decodeEstimate(decoding) else { return nil }
-            return r * max(d, decodeSeconds.values.max() ?? d) - d
+            guard let d = decodeEstimate(decoding), let largest = decodeSeconds.keys.max() else { return nil }
+            return r * max(d, decodeEstimate(max(largest, fullBatch ?? 0))!) - d
         }
     }
 
-    /// The mean decode time for `n` sequences, or for the nearest count measured (scaled by the count).
+    /// The mean decode time for `n` sequences; for a count not measured, the least-squares line `a + b·n` through
+    /// the counts measured (each count's mean one point; `a, b >= 0`). A decode step mostly streams weights, so its
+    /// time grows far slower than its batch (on `medium`, 22 ms for one sequence, 50 for eight): scaling the
+    /// nearest count by the ratio of counts, as this did before, made an estimate for 8 from a measured 4 almost
+    /// twice too long, and with it the budget of every step. With one count measured, its time.
     func decodeEstimate(_ n: Int) -> Double? {
         if let d = decodeSeconds[n] { return d }
-        guard let nearest = decodeSeconds.keys.min(by: { abs($0 - n) < abs($1 - n) }) else { return nil }
-        return decodeSeconds[nearest]! * Double(n) / Double(nearest)
+        guard !decodeSeconds.isEmpty else { return nil }
+        let points = decodeSeconds.map { (Double($0.key), $0.value) }
+        let count = Double(points.count)
+        let meanN = points.reduce(0) { $0 + $1.0 } / count, meanD = points.reduce(0) { $0 + $1.1 } / count
+        let sxx = points.reduce(0) { $0 + ($1.0 - meanN) * ($1.0 - meanN) }
+        let sxy = points.reduce(0) { $0 + ($1.0 - meanN) * ($1.1 - meanD) }
+        var slope = sxx > 0 ? max(0, sxy / sxx) : 0
+        var intercept = meanD - slope * meanN
+        if intercept < 0 {
+            // Through the origin instead: the slope that fits best with a = 0.
+            intercept = 0
+            slope = points.reduce(0) { $0 + $1.0 * $1.1 } / points.reduce(0) { $0 + $1.0 * $1.0 }
+        }
+        return intercept + slope * Double(n)
     }
 
     /// The most tokens (at most `most`) of a chunk at `context` that keep a pass over `chosen` plus it within

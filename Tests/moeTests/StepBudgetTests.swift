@@ -91,8 +91,8 @@ import Testing
         #expect(ratio.allowance(decoding: 0) == nil)
         #expect(abs(ratio.allowance(decoding: 4)! - 0.03) < 1e-12)
         #expect(abs(fixed.allowance(decoding: 4)! - 0.04) < 1e-12)
-        // An unmeasured batch size: the nearest measured one, scaled by the count.
-        #expect(abs(ratio.allowance(decoding: 8)! - 0.06) < 1e-12)
+        // An unmeasured batch size with one count measured: that count's time (not scaled by the counts).
+        #expect(abs(ratio.allowance(decoding: 8)! - 0.5 * 0.06) < 1e-12)
         // A running mean: 0.8 of the old, 0.2 of the new.
         ratio.observeDecode(sequences: 4, seconds: 0.16)
         #expect(abs(ratio.allowance(decoding: 4)! - 0.5 * 0.08) < 1e-12)
@@ -100,5 +100,49 @@ import Testing
         ratio.observeDecode(sequences: 1, seconds: 0.02)
         #expect(abs(ratio.allowance(decoding: 1)! - (1.5 * 0.08 - 0.02)) < 1e-12)
         #expect(abs(ratio.allowance(decoding: 4)! - 0.5 * 0.08) < 1e-12)
+    }
+
+    /// Batch sizes not measured get the least-squares line through the measured ones (a decode mostly streams
+    /// weights: eight sequences cost far less than eight times one), never below zero at either end.
+    @Test func unmeasuredBatchesFollowTheLineThroughTheMeasuredOnes() {
+        var b = StepBudget(target: .ratio(1.5))
+        for chunks in Self.varied.prefix(3) { b.observePrefill(chunks, seconds: 0.01 * Double(chunks.count)) }
+        b.observeDecode(sequences: 1, seconds: 0.02)
+        b.observeDecode(sequences: 4, seconds: 0.05)
+        // d(n) = 0.01 + 0.01 n: d(8) = 0.09, the reference of the multiple is the largest count measured (4).
+        #expect(abs(b.allowance(decoding: 8)! - (1.5 * 0.09 - 0.09)) < 1e-12)
+        #expect(abs(b.allowance(decoding: 2)! - (1.5 * 0.05 - 0.03)) < 1e-12)
+        // With a full batch named (the server's --max-batch), the multiple applies to its estimate.
+        #expect(abs(b.allowance(decoding: 2, fullBatch: 8)! - (1.5 * 0.09 - 0.03)) < 1e-12)
+        #expect(abs(b.allowance(decoding: 2, fullBatch: 3)! - (1.5 * 0.05 - 0.03)) < 1e-12, "the larger of the two")
+        // A falling line (noise) is held flat at the mean; one whose intercept would be negative goes through 0.
+        var flat = StepBudget(target: .seconds(1)), origin = StepBudget(target: .seconds(1))
+        for chunks in Self.varied.prefix(3) {
+            flat.observePrefill(chunks, seconds: 0.01)
+            origin.observePrefill(chunks, seconds: 0.01)
+        }
+        flat.observeDecode(sequences: 2, seconds: 0.06)
+        flat.observeDecode(sequences: 6, seconds: 0.04)
+        #expect(abs(flat.allowance(decoding: 4)! - (1 - 0.05)) < 1e-12)
+        origin.observeDecode(sequences: 2, seconds: 0.01)
+        origin.observeDecode(sequences: 4, seconds: 0.05)
+        // Through the origin: slope = (2·0.01 + 4·0.05) / (4 + 16) = 0.011.
+        #expect(abs(origin.allowance(decoding: 8)! - (1 - 0.088)) < 1e-12)
+    }
+
+    /// The head runs a step without prompt chunks when no decode has been measured alone, and again after
+    /// `decodeSampleInterval` mixed steps, so that every step carrying a chunk cannot leave the decode estimate
+    /// unknown (the budget would probe forever) or stale.
+    @Test func decodesAreMeasuredAloneAgainAfterAWhile() {
+        var b = StepBudget(target: .ratio(1.5))
+        #expect(b.wantsDecodeSample(decoding: 3) && !b.wantsDecodeSample(decoding: 0))
+        b.observeDecode(sequences: 3, seconds: 0.05)
+        #expect(!b.wantsDecodeSample(decoding: 3))
+        for _ in 0..<(StepBudget.decodeSampleInterval - 1) { b.observeMixed(Self.varied[0], decoding: 3, seconds: 0.07) }
+        #expect(!b.wantsDecodeSample(decoding: 3))
+        b.observeMixed(Self.varied[0], decoding: 3, seconds: 0.07)
+        #expect(b.wantsDecodeSample(decoding: 3))
+        b.observeDecode(sequences: 2, seconds: 0.04)
+        #expect(!b.wantsDecodeSample(decoding: 3))
     }
 }
