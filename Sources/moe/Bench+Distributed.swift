@@ -73,6 +73,8 @@ extension MoE.Bench {
             "placement": cluster.placement ?? "contiguous",
             "prefill_tokens_per_s": Double(stats.prefillTokens) / prefill,
             "decode_tokens_per_s": Double(stats.decodeTokens) / stats.decodeSeconds,
+            // The whole run of the median decode as a client sees it: every sequence's genLen + 1 tokens over its time.
+            "output_tokens_per_s": Double(batch * (genLen + 1)) / (stats.prefillSeconds + stats.decodeSeconds),
             "collectives_per_moe_layer": collectives, "cross_rank_bytes_per_token": bytes,
             "max_mean_tokens_per_rank": imbalance.isEmpty ? 1 : imbalance.reduce(0, +) / Double(imbalance.count),
             "expert_bytes_per_rank": run.expertBytes, "mode_steps": stats.modeSteps,

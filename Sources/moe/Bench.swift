@@ -99,6 +99,8 @@ extension MoE {
                     "prefill_passes": runs[0].prefillPasses,
                     "prefill_tokens_per_s": Double(batch * promptLen) / prefill,
                     "decode_tokens_per_s": Double(batch * genLen) / decode,
+                    // The whole run as a client sees it: the prefill's first tokens and the decodes' over both times.
+                    "output_tokens_per_s": Double(batch * (genLen + 1)) / (prefill + decode),
                     "prefill_gflops": gflops, "prefill_peak_fraction": gflops / (peakGflopsPerCore * Double(threads)),
                     "decode_gb_per_s": gbps, "decode_dram_fraction": gbps / dram,
                     "dram_gbps": dram, "dram_gbps_source": dramGbps == nil ? "measured" : "flag",

@@ -306,7 +306,11 @@ func shuffledPlan(layers: Int, experts: Int, ranks: Int, topK: Int) throws -> Te
         let r = try MPIRun.run(ranks, ["bench", "--model", fixture("tiny-mixtral"), "--batch", "3", "--prompt-len", "4", "--gen-len", "4",
                                        "--repetitions", "1", "--format", "json", "--dispatch", mode] + extra)
         #expect(r.status == 0, "\(r.stderr)")
-        return try JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as! [String: Any]
+        let report = try JSONSerialization.jsonObject(with: Data(r.lastLine.utf8)) as! [String: Any]
+        // The whole run's output rate (every sequence's tokens over the prefill's and the decodes' seconds).
+        let output = report["output_tokens_per_s"] as? Double ?? 0
+        #expect(output > 0 && output.isFinite, "\(report)")
+        return report
     }
 
     @Test(arguments: [2, 3, 4])

@@ -196,6 +196,9 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
         }
         #expect(json["batch"] as? Int == 2)
         #expect(json["prefill_passes"] as? Int == 1)
+        // The whole run: 2 x (4 + 1) tokens over the prefill's and the decodes' seconds, as the two rates give them.
+        let seconds = 2.0 * 8 / (json["prefill_tokens_per_s"] as? Double ?? 1) + 2.0 * 4 / (json["decode_tokens_per_s"] as? Double ?? 1)
+        #expect(abs((json["output_tokens_per_s"] as? Double ?? 0) * seconds / 10 - 1) < 1e-9, "\(json)")
         for key in ["prefill_attention_share", "decode_attention_share"] {
             #expect((json[key] as? Double).map { $0 > 0 && $0 < 1 } == true, "\(key)")
         }
