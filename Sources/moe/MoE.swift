@@ -10,6 +10,13 @@ struct MoE: ParsableCommand {
         commandName: "moe",
         abstract: "A Mixture-of-Experts inference engine (Mixtral, Qwen2-MoE, OLMoE, Qwen3-MoE) on the CPU.",
         subcommands: [Forward.self, Generate.self, Serve.self, Tokenize.self, ChatTemplateCommand.self, InitModel.self, Trace.self, Plan.self, Bench.self, Calibrate.self, Predict.self, CommBench.self, KernelBench.self])
+
+    static func main() {
+        // A reader that closed stdout (`moe ... | head`) then fails the write, which `emit` reports, in every
+        // command alike (SwiftNIO, which serve and bench serve start, ignores SIGPIPE anyway).
+        signal(SIGPIPE, SIG_IGN)
+        main(nil)
+    }
 }
 
 /// Runs a command body, turning domain errors into one line on stderr and exit code 1.
@@ -211,9 +218,15 @@ struct ModelOptions: ParsableArguments {
     var label: String { model ?? "preset \(preset)" }
 }
 
-/// Writes one line to stdout and flushes it (results must not wait in a buffer).
+/// Writes one line to stdout and flushes it (results must not wait in a buffer). When stdout is gone (a reader
+/// such as `head` closed the pipe), says so on stderr and exits with status 1 instead of trapping.
 func emit(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    do {
+        try FileHandle.standardOutput.write(contentsOf: Data((line + "\n").utf8))
+    } catch {
+        FileHandle.standardError.write(Data("moe: cannot write to standard output (\(error.localizedDescription)); stopping\n".utf8))
+        exit(1)
+    }
 }
 
 /// One-line JSON of a dictionary with sorted keys.

@@ -184,6 +184,25 @@ func fixture(_ name: String) -> String { MoEBinary.fixtures.appendingPathCompone
         #expect(json?["weights_dtype"] as? String == "fp8")
     }
 
+    /// A reader that closed stdout before the results come (`moe bench | head -0`): one line on stderr and exit
+    /// status 1, not a trap.
+    @Test func aClosedStdoutIsOneErrorLine() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        close(fds[0])  // no reader from the start
+        let p = Process()
+        p.executableURL = MoEBinary.url
+        p.arguments = ["bench", "--preset", "tiny", "--batch", "1", "--prompt-len", "4", "--gen-len", "2", "--repetitions", "1", "--format", "json"]
+        let err = Pipe()
+        p.standardOutput = FileHandle(fileDescriptor: fds[1], closeOnDealloc: true)
+        p.standardError = err
+        try p.run()
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationReason == .exit && p.terminationStatus == 1, "\(p.terminationReason) \(p.terminationStatus) \(message)")
+        #expect(message.contains("moe: cannot write to standard output"), "\(message)")
+    }
+
     @Test func builtInPresetAndBenchJSON() throws {
         let g = try MoEBinary.run(["generate", "--preset", "tiny", "--prompt-ids", "5,9,1", "--max-new-tokens", "3"])
         #expect(g.status == 0, "\(g.stderr)")
