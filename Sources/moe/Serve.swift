@@ -98,6 +98,7 @@ extension MoE {
             }
 
             let run: DistributedRun
+            var loaded: OpenAIServer.Model?  // rank 0's, once its tokenizer and template are read
             do {
                 run = try DistributedRun.start(model: modelOptions, cluster: cluster) { model, rank in
                     guard rank == 0 else { return }
@@ -112,10 +113,8 @@ extension MoE {
                     }
                     let template = try source.map { try ChatTemplate($0) }
                     let eos = tokenizer.config.eosToken.flatMap { tokenizer.id(of: $0) }
-                    server.model.withLock {
-                        $0 = OpenAIServer.Model(name: modelName, maxModelLen: model.maxModelLen, vocabulary: model.spec.vocabSize,
+                    loaded = OpenAIServer.Model(name: modelName, maxModelLen: model.maxModelLen, vocabulary: model.spec.vocabSize,
                                                 tokenizer: tokenizer, template: template, eos: eos.map { [$0] } ?? [])
-                    }
                 }
             } catch {
                 http?.stop()
@@ -125,8 +124,15 @@ extension MoE {
             run.engine.sharesCounters = true  // every rank: expert rows and bytes for /metrics
             run.engine.maxBatch = maxBatch
             run.engine.maxStepTokens = cluster.maxStepTokens ?? 2048
-            if rank == 0 { emit("moe serve: ready, \(run.comm.size) rank\(run.comm.size == 1 ? "" : "s"), model '\(modelName)'") }
             do {
+                // /health stays "loading" until the warm-up pass is done.
+                let warmUp = run.engine.warmUpTokens, start = Clock.now
+                try run.engine.warmUp(tokens: warmUp)
+                if let loaded { server.model.withLock { $0 = loaded } }
+                if rank == 0 {
+                    emit(String(format: "moe serve: ready, %d rank%@, model '%@' (warm-up pass of %d tokens: %.1f s)", run.comm.size,
+                                run.comm.size == 1 ? "" : "s", modelName, warmUp, Clock.since(start)))
+                }
                 _ = try run.engine.run(source: queue) { _ in }
             } catch {
                 queue.failAll("the cluster stopped: \(error)")
