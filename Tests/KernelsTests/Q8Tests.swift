@@ -41,7 +41,7 @@ import Testing
     /// magnitudes) on odd shapes: rows not a multiple of 4, columns not a multiple of 8, 32 or 128, odd and even
     /// token counts, for the streaming kernel (up to 32 tokens) and the dequantized tiles through sgemm; with one
     /// worker and two.
-    @Test(arguments: [(13, 45), (70, 100), (3, 257), (300, 512), (9, 392)], [1, 2, 5, 8, 17, 32, 33, 64])
+    @Test(arguments: [(13, 45), (70, 100), (3, 257), (300, 512), (9, 392)], [1, 2, 5, 7, 8, 17, 32, 33, 64])
     func productEqualsDequantizedF32(shape: (rows: Int, cols: Int), tokens: Int) {
         for type in [ElementType.q8, .fp8] { product(type, rows: shape.rows, cols: shape.cols, tokens: tokens) }
     }
@@ -63,6 +63,25 @@ import Testing
                 let i = t * rows + r
                 #expect(abs(got[i] - want[i]) <= 1e-6 * magnitude, "\(type) token \(t) row \(r): \(got[i]) against \(want[i])")
             }
+        }
+    }
+
+    /// The streaming kernel sums every token in one order whatever the batch (four, two or one at a time): each
+    /// token's outputs beside others equal, bit for bit, its outputs alone, so a sequence's tokens do not depend on
+    /// what else runs in its step.
+    @Test(arguments: [ElementType.q8, .fp8], [3, 4, 6, 7, 9, 32])
+    func aTokenGetsTheSameOutputsInAnyBatch(type: ElementType, tokens: Int) {
+        let rows = 37, cols = 300
+        let source = FloatStorage(randomFloats(rows * cols, seed: 21)).matrix(rows: rows, cols: cols)
+        let q = type == .q8 ? source.quantized(Q8.self) : source.quantized(FP8.self)
+        let x = randomFloats(tokens * cols, seed: 22)
+        var together = [Float](repeating: .nan, count: tokens * rows)
+        GEMM.linear(x, tokens: tokens, weight: q, into: &together)
+        for t in 0..<tokens {
+            var alone = [Float](repeating: .nan, count: rows)
+            let xt = Array(x[(t * cols)..<((t + 1) * cols)])
+            GEMM.linear(xt, tokens: 1, weight: q, into: &alone)
+            #expect(Array(together[(t * rows)..<((t + 1) * rows)]) == alone, "\(type) token \(t) of \(tokens)")
         }
     }
 
