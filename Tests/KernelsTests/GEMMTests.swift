@@ -64,6 +64,24 @@ final class Box: @unchecked Sendable {
         for i in y.indices { #expect(abs(Double(y[i]) - expected[i]) < 1e-4, "element \(i)") }
     }
 
+    /// The streaming kernels sum every token in one order whatever the batch (q8 four at a time, then two, then
+    /// one): each token's outputs beside others equal, bit for bit, its outputs alone, so a sequence's tokens do
+    /// not depend on what else runs in its step. Columns past the last full vector and rows not a multiple of 4.
+    @Test(arguments: [ElementType.f32, .bf16, .q8, .fp8], [3, 4, 6, 7, 9, 32])
+    func aTokenGetsTheSameOutputsInAnyBatch(type: ElementType, tokens: Int) {
+        let rows = 37, cols = 300
+        let (w, _) = weightMatrix(randomFloats(rows * cols, seed: 21), rows: rows, cols: cols, type: type)
+        let x = randomFloats(tokens * cols, seed: 22)
+        var together = [Float](repeating: .nan, count: tokens * rows)
+        GEMM.linear(x, tokens: tokens, weight: w, into: &together)
+        for t in 0..<tokens {
+            var alone = [Float](repeating: .nan, count: rows)
+            let xt = Array(x[(t * cols)..<((t + 1) * cols)])
+            GEMM.linear(xt, tokens: 1, weight: w, into: &alone)
+            #expect(Array(together[(t * rows)..<((t + 1) * rows)]) == alone, "\(type) token \(t) of \(tokens)")
+        }
+    }
+
     @Test(arguments: [ElementType.f32, .bf16, .q8, .fp8], [1, 5, 64])
     func stridesAndAccumulate(type: ElementType, tokens: Int) {
         let rows = 33, cols = 40, ldx = 48, ldy = 50

@@ -66,25 +66,6 @@ import Testing
         }
     }
 
-    /// The streaming kernel sums every token in one order whatever the batch (four, two or one at a time): each
-    /// token's outputs beside others equal, bit for bit, its outputs alone, so a sequence's tokens do not depend on
-    /// what else runs in its step.
-    @Test(arguments: [ElementType.q8, .fp8], [3, 4, 6, 7, 9, 32])
-    func aTokenGetsTheSameOutputsInAnyBatch(type: ElementType, tokens: Int) {
-        let rows = 37, cols = 300
-        let source = FloatStorage(randomFloats(rows * cols, seed: 21)).matrix(rows: rows, cols: cols)
-        let q = type == .q8 ? source.quantized(Q8.self) : source.quantized(FP8.self)
-        let x = randomFloats(tokens * cols, seed: 22)
-        var together = [Float](repeating: .nan, count: tokens * rows)
-        GEMM.linear(x, tokens: tokens, weight: q, into: &together)
-        for t in 0..<tokens {
-            var alone = [Float](repeating: .nan, count: rows)
-            let xt = Array(x[(t * cols)..<((t + 1) * cols)])
-            GEMM.linear(xt, tokens: 1, weight: q, into: &alone)
-            #expect(Array(together[(t * rows)..<((t + 1) * rows)]) == alone, "\(type) token \(t) of \(tokens)")
-        }
-    }
-
     /// A view of some rows of a q8 matrix (how fused expert tensors are split) reads the same blocks as the whole.
     @Test func rowViewsReadTheirOwnBlocks() {
         let rows = 12, cols = 40
