@@ -96,7 +96,7 @@ import Testing
         // A running mean: 0.8 of the old, 0.2 of the new.
         ratio.observeDecode(sequences: 4, seconds: 0.16)
         #expect(abs(ratio.allowance(decoding: 4)! - 0.5 * 0.08) < 1e-12)
-        // A smaller batch gets the multiple of the slowest decode measured, less its own.
+        // A smaller batch gets the multiple of the largest batch measured, less its own.
         ratio.observeDecode(sequences: 1, seconds: 0.02)
         #expect(abs(ratio.allowance(decoding: 1)! - (1.5 * 0.08 - 0.02)) < 1e-12)
         #expect(abs(ratio.allowance(decoding: 4)! - 0.5 * 0.08) < 1e-12)
