@@ -399,9 +399,15 @@ extension ClusterEngine {
     /// One forward pass over `tokens` as one sequence owned by rank 0 (every rank takes part); on rank 0 the
     /// logits `[tokens, vocab]` of every position, elsewhere an empty array.
     public func forward(tokens: [Int]) throws -> [Float] {
-        try admit(slot: 0, id: "forward", request: GenerationRequest(promptIds: tokens, maxNewTokens: 1), owner: 0)
+        try passAlone(tokens, id: "forward", logits: .all)
+    }
+
+    /// One prefill pass over `tokens` as a sequence of its own in slot 0, owned by rank 0, outside any run: nothing
+    /// of it stays (its cache and what the step-end allgather would have carried are dropped).
+    func passAlone(_ tokens: [Int], id: String, logits rows: MoEDecoder.LogitRows) throws -> [Float] {
+        try admit(slot: 0, id: id, request: GenerationRequest(promptIds: tokens, maxNewTokens: 1), owner: 0)
         defer { sequences[0] = nil }
-        let logits = try prefill([PrefillChunk(sequences[0]!, count: tokens.count)], logits: .all)
+        let logits = try prefill([PrefillChunk(sequences[0]!, count: tokens.count)], logits: rows)
         tokenOut = ByteWriter()
         kvOut = ByteWriter()
         tokenCount = 0
@@ -424,16 +430,8 @@ extension ClusterEngine {
     public func warmUp(tokens count: Int) throws {
         guard count > 0 else { return }
         let vocab = model.spec.vocabSize
-        try admit(slot: 0, id: "warm-up", request: GenerationRequest(promptIds: (0..<count).map { $0 % vocab }, maxNewTokens: 1), owner: 0)
-        defer { sequences[0] = nil }
-        _ = try prefill([PrefillChunk(sequences[0]!, count: count)])
-        tokenOut = ByteWriter()
-        kvOut = ByteWriter()
-        tokenCount = 0
-        routingThisStep = [:]
-        reportedRows = expertRows
-        reportedBytes = CommCounters.Kind.allCases.map { comm.counters.bytes[$0] ?? 0 }
-        reportedRemote = remoteExpertRows
+        _ = try passAlone((0..<count).map { $0 % vocab }, id: "warm-up", logits: .lastOfEachSegment)
+        markCountersReported()
     }
 
     /// Indices of `requests` in the order the head admits them (and numbers their slots): by arrival step, then

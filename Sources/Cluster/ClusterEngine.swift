@@ -260,6 +260,16 @@ public final class ClusterEngine {
     /// Of those, the ones whose prompts are done: a step decodes them.
     var decodable: [SequenceState] { running.filter { !$0.prefilling } }
 
+    /// Bytes this rank sent so far, by kind (`CommCounters.Kind.allCases` order).
+    var sentBytes: [Int] { CommCounters.Kind.allCases.map { comm.counters.bytes[$0] ?? 0 } }
+
+    /// The counters as they are now count as reported: the next report carries only what grows after this.
+    func markCountersReported() {
+        reportedRows = expertRows
+        reportedBytes = sentBytes
+        reportedRemote = remoteExpertRows
+    }
+
     /// Shares the tokens sampled this step (and, coherent or auto, the K/V rows; auto, the routing) with every
     /// rank: one allgather. `prefilled`: the prompt chunks the step ran. Returns the sequences that finished.
     func synchronise(prefilled: [PrefillChunk], decoded: [SequenceState]) throws -> [SequenceState] {
@@ -270,13 +280,10 @@ public final class ClusterEngine {
         header.int(model.kvPool?.freePages ?? Int(Int32.max))
         if sharesCounters {
             // What grew since the last step (a step's counts fit the message's 32-bit integers; totals would not).
-            let bytes = CommCounters.Kind.allCases.map { comm.counters.bytes[$0] ?? 0 }
             for (n, before) in zip(expertRows, reportedRows) { header.int(n - before) }
-            for (n, before) in zip(bytes, reportedBytes) { header.int(n - before) }
+            for (n, before) in zip(sentBytes, reportedBytes) { header.int(n - before) }
             header.int(remoteExpertRows - reportedRemote)
-            reportedRows = expertRows
-            reportedBytes = bytes
-            reportedRemote = remoteExpertRows
+            markCountersReported()
         }
         for (slot, layers) in routingThisStep.sorted(by: { $0.key < $1.key }) {
             routes.int(slot)
