@@ -11,7 +11,7 @@ let simdFlags: [SwiftSetting] = []
 
 let package = Package(
     name: "moe",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "moe", targets: ["moe"]),
         .library(name: "Models", targets: ["Models"]),
@@ -42,9 +42,11 @@ let package = Package(
             pkgConfig: "ompi-c",
             providers: [.apt(["libopenmpi-dev"])]
         ),
+        // A header only: the processor's spin-wait hint for the kernel threads (no library to link).
+        .systemLibrary(name: "CSpin"),
         .target(
             name: "Kernels",
-            dependencies: ["COpenBLAS"],
+            dependencies: ["COpenBLAS", "CSpin"],
             swiftSettings: simdFlags
         ),
         .target(

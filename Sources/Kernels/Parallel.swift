@@ -1,5 +1,6 @@
 import COpenBLAS
 import Dispatch
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -22,15 +23,31 @@ public enum Parallel {
     public static func configure(workers: Int) {
         openblas_set_num_threads(1)
         self.workers = max(1, workers)
+        pool.withLock { pool in
+            pool?.retire()
+            pool = nil
+        }
     }
 
+    /// The spinning threads beside the caller (`workers - 1` of them), started at the first job that needs them.
+    private static let pool = Mutex<WorkerPool?>(nil)
+
     /// Runs `body(i)` for `i` in `0..<count`, spread over the worker threads; runs inline when `count == 1`.
-    @inlinable
+    ///
+    /// Jobs go to `WorkerPool`'s spinning threads; a job that finds them taken (a call from inside a job, or from a
+    /// second thread at the same time) goes to Dispatch instead. Either way every index runs once, and the call
+    /// returns after all have finished.
     public static func run(_ count: Int, _ body: (Int) -> Void) {
         if count <= 1 {
             if count == 1 { body(0) }
             return
         }
+        let threads = workers - 1
+        let current = threads < 1 ? nil : pool.withLock { pool -> WorkerPool? in
+            if pool == nil { pool = WorkerPool(threads: threads) }
+            return pool
+        }
+        if let current, current.run(count, body) { return }
         withoutActuallyEscaping(body) { escapable in
             // The closure only touches disjoint output ranges chosen by the caller; concurrentPerform returns
             // after every iteration has finished, so nothing outlives this call.
