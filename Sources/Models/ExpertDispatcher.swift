@@ -101,9 +101,10 @@ public final class ExpertBank {
     public var byteCount: Int { experts.joined().reduce(0) { $0 + ($1?.byteCount ?? 0) } }
 
     /// Up to this many rows an expert gets in a step, the experts of a layer run side by side, one whole expert
-    /// on one thread each, instead of one after another with each product split over the threads: a decode
-    /// step's products are too small to split well (two threads on one 4 MB matrix streamed no faster than
-    /// one), and a layer then synchronises the threads once, not three times per expert.
+    /// on one thread each, instead of one after another with each product split over the threads: each thread
+    /// streams whole matrices, and a layer synchronises the threads once, not three times per expert. The experts
+    /// left over after whole rounds (7 experts on 2 threads: the 7th) are split, so no thread idles through a
+    /// whole expert (`medium` bf16 batch 8, alternated: 204.9 -> 229.6 tok/s, medians of three).
     public static let sideBySideRows = 8
 
     /// Sorts `assignments` by expert (stable), then writes `weight · expert(hidden[row])` for each into `output`
@@ -138,10 +139,14 @@ public final class ExpertBank {
         }
         if sideBySide {
             // At most `Parallel.workers` at once (the kernel threads asked for): lane i takes experts i, i + lanes, ...
+            // of the first whole rounds; the experts left over (fewer than the lanes) split their products over the
+            // threads, so that no lane waits out a whole expert's stream at the end of the layer.
             let lanes = min(groups.count, Parallel.workers)
+            let rounds = groups.count / lanes * lanes
             Parallel.run(lanes) { lane in
-                for g in stride(from: lane, to: list.count, by: lanes) { run(g, threads: 1) }
+                for g in stride(from: lane, to: rounds, by: lanes) { run(g, threads: 1) }
             }
+            for g in rounds..<groups.count { run(g, threads: nil) }
         } else {
             for g in groups.indices { run(g, threads: nil) }
         }
