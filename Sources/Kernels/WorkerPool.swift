@@ -39,7 +39,7 @@ final class WorkerPool: @unchecked Sendable {
     private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
 
     /// Starts `threads` threads. Returns nil when the system refuses to start one (the caller falls back to
-    /// Dispatch).
+    /// Dispatch; the threads already started leave).
     init?(threads: Int) {
         self.threads = threads
         pthread_mutex_init(lock, nil)
@@ -59,6 +59,7 @@ final class WorkerPool: @unchecked Sendable {
             }, context)
             if started != 0 {
                 Unmanaged<WorkerPool>.fromOpaque(context).release()
+                retire()  // the threads already started leave
                 return nil
             }
             pthread_detach(thread)
