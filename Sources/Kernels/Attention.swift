@@ -185,13 +185,19 @@ public enum Attention {
 
     // MARK: Decode
 
+    /// How many threads one decode query against `keys` visible keys is split over (1: it runs on the calling
+    /// thread, so several such queries can run side by side).
+    public static func decodeParts(keys n: Int, shape: Shape) -> Int {
+        n * shape.heads * shape.headDim < parallelWork ? 1 : min(Parallel.workers, (n + keysPerDecodeThread - 1) / keysPerDecodeThread)
+    }
+
     /// One query at `position` against the keys of `visible` (ascending, disjoint ranges), split across the
     /// worker threads.
     static func decode(
         q: UnsafePointer<Float>, position: Int, rows kv: Rows, shape: Shape, keys visible: [Range<Int>], into out: UnsafeMutablePointer<Float>
     ) {
         let n = visible.reduce(0) { $0 + $1.count }, d = shape.headDim, heads = shape.heads
-        let parts = n * heads * d < parallelWork ? 1 : min(Parallel.workers, (n + keysPerDecodeThread - 1) / keysPerDecodeThread)
+        let parts = decodeParts(keys: n, shape: shape)
         // Each thread's share of the visible keys, as position ranges.
         let chunks = Parallel.ranges(n, parts: parts, align: 16).map { share -> [Range<Int>] in
             var out: [Range<Int>] = [], skipped = 0

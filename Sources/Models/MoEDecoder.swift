@@ -282,6 +282,9 @@ public final class MoEDecoder {
         let started = Clock.now
         defer { attentionSeconds += Clock.since(started) }
         var row = 0
+        // Decode queries short enough to run on one thread each: run side by side after the loop, one sequence per
+        // thread, instead of one after another on the calling thread (each gives the same result either way).
+        var alone: [(row: Int, first: Int, rows: Attention.Rows, visibility: Visibility)] = []
         for s in batch.segments {
             let first = s.cache.length
             s.cache.write(layer: l, first: first, count: s.count, keys: k + row * kvDim, values: v + row * kvDim)
@@ -294,9 +297,21 @@ public final class MoEDecoder {
                 row += s.count
                 continue
             }
+            let seen = visibility(layer: l, cache: s.cache)
+            if s.count == 1, case let keys = seen.ranges(first), Attention.decodeParts(keys: keys.sink.count + keys.recent.count, shape: shape) == 1 {
+                alone.append((row, first, s.cache.rows(l), seen))
+                row += 1
+                continue
+            }
             Attention.causal(q: q + row * qDim, tokens: s.count, first: first, rows: s.cache.rows(l),
-                             shape: shape, visibility: visibility(layer: l, cache: s.cache), into: out + row * qDim)
+                             shape: shape, visibility: seen, into: out + row * qDim)
             row += s.count
+        }
+        nonisolated(unsafe) let (qp, op) = (UnsafePointer(q), out)
+        Parallel.run(alone.count) { i in
+            let a = alone[i]
+            Attention.causal(q: qp + a.row * qDim, tokens: 1, first: a.first, rows: a.rows, shape: shape,
+                             visibility: a.visibility, into: op + a.row * qDim)
         }
         GEMM.linear(out, tokens: t, weight: w.o, into: x, accumulate: true)
     }

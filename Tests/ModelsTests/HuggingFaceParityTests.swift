@@ -27,6 +27,23 @@ import Testing
         #expect(maxDifference(result.stepLogits, expected.floats("gen.step_logits")) < 1e-4)
     }
 
+    /// Sequences decoding together (their attention runs side by side on the kernel threads, their experts' rows
+    /// share products) get every step's logits bit for bit as each alone: prompts of 3, 5 and 7 tokens keep every
+    /// product in the streaming kernels, whose sums do not depend on the batch.
+    @Test(arguments: Fixtures.names)
+    func sequencesDecodeTogetherAsAlone(fixture: String) throws {
+        let expected = try Fixtures.expected(fixture)
+        let model = try MoEDecoder.load(directory: Fixtures.path(fixture))
+        let ids = expected.ints("c.input_ids")
+        let requests = [3, 5, 7].map { GenerationRequest(promptIds: Array(ids.prefix($0)), maxNewTokens: 6) }
+        let together = try Engine(model: model).generate(requests, keepLogits: true)
+        for (i, request) in requests.enumerated() {
+            let alone = try Engine(model: model).generate([request], keepLogits: true)[0]
+            let sameTokens = together[i].tokens == alone.tokens, sameLogits = together[i].stepLogits == alone.stepLogits
+            #expect(sameTokens && sameLogits, "request \(i): largest logit difference \(maxDifference(together[i].stepLogits, alone.stepLogits))")
+        }
+    }
+
     /// Prefill in passes of 1, 4 and 7 tokens (`--prefill-chunk`): transformers' step logits within 1e-4 and its
     /// greedy tokens, for prompts of several lengths prefilled together.
     @Test(arguments: Fixtures.names, [1, 4, 7])
