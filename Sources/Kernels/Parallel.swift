@@ -23,27 +23,30 @@ public enum Parallel {
     public static func configure(workers: Int) {
         openblas_set_num_threads(1)
         self.workers = max(1, workers)
-        pool.withLock { pool in
-            pool?.retire()
-            pool = nil
+        // Retired outside the lock: a job in flight may itself call `run`, which takes the lock.
+        let old = pool.withLock { pool -> WorkerPool? in
+            defer { pool = nil }
+            return pool
         }
+        old?.retire()
     }
 
     /// The spinning threads beside the caller (`workers - 1` of them), started at the first job that needs them.
     private static let pool = Mutex<WorkerPool?>(nil)
 
-    /// Runs `body(i)` for `i` in `0..<count`, spread over the worker threads; runs inline when `count == 1`.
+    /// Runs `body(i)` for `i` in `0..<count`, spread over the worker threads; runs inline, in order, when
+    /// `count == 1` or the kernels have one thread (an MPI rank given one core).
     ///
     /// Jobs go to `WorkerPool`'s spinning threads; a job that finds them taken (a call from inside a job, or from a
     /// second thread at the same time) goes to Dispatch instead. Either way every index runs once, and the call
     /// returns after all have finished.
     public static func run(_ count: Int, _ body: (Int) -> Void) {
-        if count <= 1 {
-            if count == 1 { body(0) }
+        let threads = workers - 1
+        if count <= 1 || threads < 1 {
+            for i in 0..<max(count, 0) { body(i) }
             return
         }
-        let threads = workers - 1
-        let current = threads < 1 ? nil : pool.withLock { pool -> WorkerPool? in
+        let current = pool.withLock { pool -> WorkerPool? in
             if pool == nil { pool = WorkerPool(threads: threads) }
             return pool
         }

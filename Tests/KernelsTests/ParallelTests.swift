@@ -84,6 +84,24 @@ import Testing
         #expect(bad.load(ordering: .relaxed) == 0)
     }
 
+    /// With one kernel thread (an MPI rank given one core) a job of several indices runs on the calling thread, in
+    /// order; with two again, on the pool. (Other tests running meanwhile only see their products split differently.)
+    @Test func oneWorkerRunsEveryIndexOnTheCaller() {
+        let before = Parallel.workers
+        defer { Parallel.configure(workers: before) }
+        Parallel.configure(workers: 1)
+        let caller = pthread_self()
+        var order: [Int] = []
+        var elsewhere = 0
+        Parallel.run(6) { i in
+            order.append(i)
+            if pthread_equal(pthread_self(), caller) == 0 { elsewhere += 1 }
+        }
+        #expect(order == Array(0..<6) && elsewhere == 0)
+        Parallel.configure(workers: 2)
+        #expect(tally(7) { Parallel.run($0, $1); return true } == once(7))
+    }
+
     /// A retired pool takes no more jobs (its threads have left).
     @Test func aRetiredPoolRefusesJobs() throws {
         let pool = try #require(WorkerPool(threads: 2))
