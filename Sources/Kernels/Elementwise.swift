@@ -65,16 +65,22 @@ public enum Elementwise {
     /// SiLU-GLU in place over `[rows, 2·n]` holding `gate | up` per row: the first `n` floats of each row
     /// become `silu(gate) * up`.
     public static func siluGLU(_ gu: UnsafeMutablePointer<Float>, rows: Int, n: Int) {
+        siluGLU(gu, rows: rows, n: n, columns: 0..<n)
+    }
+
+    /// The same over `columns` of the gate half alone. A range whose bounds are multiples of 16 (or `n`) gives each
+    /// of its columns the value the whole row gives it: the same columns take the SIMD path and the scalar one.
+    public static func siluGLU(_ gu: UnsafeMutablePointer<Float>, rows: Int, n: Int, columns: Range<Int>) {
         for r in 0..<rows {
             let g = gu + r * 2 * n, u = g + n
-            var i = 0
-            while i + 16 <= n {
+            var i = columns.lowerBound
+            while i + 16 <= columns.upperBound {
                 let x = load(g + i)
                 let s = x / (SIMD16<Float>(repeating: 1) + VectorMath.exp(-x))
                 store(s * load(u + i), g + i)
                 i += 16
             }
-            while i < n { let x = g[i]; g[i] = x / (1 + VectorMath.exp(-x)) * u[i]; i += 1 }
+            while i < columns.upperBound { let x = g[i]; g[i] = x / (1 + VectorMath.exp(-x)) * u[i]; i += 1 }
         }
     }
 

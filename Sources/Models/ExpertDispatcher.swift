@@ -58,7 +58,7 @@ public struct FeedForwardWeights: Sendable {
     public var byteCount: Int { gate.byteCount + up.byteCount + down.byteCount }
 
     /// `out = down(silu(gate·x) * (up·x))` for `rows` tokens; `scratch` holds at least `rows * 2 * intermediate`.
-    /// `threads`: as `GEMM.linear` takes it (1 when experts run side by side).
+    /// `threads`: as `GEMM.linear` takes it (1 for a caller that already runs products side by side).
     public func apply(_ x: UnsafePointer<Float>, rows: Int, scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>,
                       threads: Int? = nil) {
         let i = intermediate
@@ -100,29 +100,33 @@ public final class ExpertBank {
     /// Bytes of the routed experts held.
     public var byteCount: Int { experts.joined().reduce(0) { $0 + ($1?.byteCount ?? 0) } }
 
-    /// Up to this many rows an expert gets in a step, the experts of a layer run side by side, one whole expert
-    /// on one thread each, instead of one after another with each product split over the threads: each thread
-    /// streams whole matrices, and a layer synchronises the threads once, not three times per expert. The experts
-    /// left over after whole rounds (7 experts on 2 threads: the 7th) are split, so no thread idles through a
-    /// whole expert (`medium` bf16 batch 8, alternated: 204.9 -> 229.6 tok/s, medians of three).
-    public static let sideBySideRows = 8
+    /// Up to this many rows an expert gets in a step (decode), the experts' products are cut into pieces of about
+    /// `pieceBytes` of weights that the threads take one at a time from a shared counter, in two passes per layer:
+    /// first gate and up (with SiLU-GLU on the piece's columns), then down. Each thread streams long runs of
+    /// weights, a thread that drew light pieces takes more, and a layer synchronises the threads twice. Above it
+    /// (prefill), each product is split over the threads by rows.
+    public static let piecewiseRows = 8
+
+    /// Weight bytes of one piece: a few hundred microseconds of streaming, so that a layer's pieces (about 200
+    /// for 8 experts of `medium`) keep both threads busy to within one piece.
+    public static let pieceBytes = 512 << 10
 
     /// Sorts `assignments` by expert (stable), then writes `weight · expert(hidden[row])` for each into `output`
     /// (`[assignments.count, hiddenSize]`, in the sorted order). Every expert named must be held. Results do not
-    /// depend on whether the experts run side by side.
+    /// depend on how the products are cut: each output is one row of one product, summed in one order.
     public func apply(layer: Int, hidden: UnsafePointer<Float>, assignments: inout [ExpertAssignment],
                       into output: UnsafeMutablePointer<Float>) {
         let h = hiddenSize, bank = experts[layer]
         assignments.sort { $0.expert < $1.expert || ($0.expert == $1.expert && $0.row < $1.row) }
         // Each expert's rows: a run of the sorted assignments.
-        var groups: [(ffn: FeedForwardWeights, rows: Range<Int>, scratch: Int)] = []
+        var groups: [Group] = []
         var start = 0, scratchFloats = 0
         while start < assignments.count {
             let e = Int(assignments[start].expert)
             var end = start
             while end < assignments.count && Int(assignments[end].expert) == e { end += 1 }
             guard let ffn = bank[e] else { preconditionFailure("layer \(layer) expert \(e) is not held by this process") }
-            groups.append((ffn, start..<end, scratchFloats))
+            groups.append(Group(ffn: ffn, rows: start..<end, scratch: scratchFloats))
             scratchFloats += (end - start) * 2 * ffn.intermediate
             start = end
         }
@@ -130,29 +134,62 @@ public final class ExpertBank {
         let x = gathered.reserve(assignments.count * h), y = results.reserve(assignments.count * h)
         let work = scratch.reserve(scratchFloats)
         for (r, a) in assignments.enumerated() { (x + r * h).update(from: hidden + Int(a.row) * h, count: h) }
-        let sideBySide = groups.count > 1 && Parallel.workers > 1 && groups.allSatisfy { $0.rows.count <= Self.sideBySideRows }
-        nonisolated(unsafe) let (xp, yp, sp) = (x, y, work)
-        let list = groups
-        func run(_ g: Int, threads: Int?) {
-            let (ffn, rows, offset) = list[g]
-            ffn.apply(xp + rows.lowerBound * h, rows: rows.count, scratch: sp + offset, into: yp + rows.lowerBound * h, threads: threads)
-        }
-        if sideBySide {
-            // At most `Parallel.workers` at once (the kernel threads asked for): lane i takes experts i, i + lanes, ...
-            // of the first whole rounds; the experts left over (fewer than the lanes) split their products over the
-            // threads, so that no lane waits out a whole expert's stream at the end of the layer.
-            let lanes = min(groups.count, Parallel.workers)
-            let rounds = groups.count / lanes * lanes
-            Parallel.run(lanes) { lane in
-                for g in stride(from: lane, to: rounds, by: lanes) { run(g, threads: 1) }
-            }
-            for g in rounds..<groups.count { run(g, threads: nil) }
+        if Parallel.workers > 1 && groups.allSatisfy({ $0.rows.count <= Self.piecewiseRows }) {
+            Self.piecewise(groups, hidden: x, hiddenSize: h, scratch: work, into: y)
         } else {
-            for g in groups.indices { run(g, threads: nil) }
+            for g in groups {
+                g.ffn.apply(x + g.rows.lowerBound * h, rows: g.rows.count, scratch: work + g.scratch,
+                            into: y + g.rows.lowerBound * h)
+            }
         }
         for (r, a) in assignments.enumerated() {
             let src = y + r * h, dst = output + r * h
             for i in 0..<h { dst[i] = a.weight * src[i] }
+        }
+    }
+}
+
+extension ExpertBank {
+    /// One expert's share of a layer: its weights, its run of the sorted assignments, its scratch offset.
+    struct Group {
+        let ffn: FeedForwardWeights
+        let rows: Range<Int>
+        let scratch: Int
+    }
+
+    /// `matrix`'s rows in pieces of about `bytes` of weights: at least 16 rows, bounds at multiples of 16 (the
+    /// last at the end), so that SiLU-GLU over a piece's columns computes what it computes over the whole row.
+    static func pieces(_ matrix: WeightMatrix, bytes: Int) -> [Range<Int>] {
+        let rows = max(16, bytes / max(matrix.rowBytes, 1) / 16 * 16)
+        return Parallel.ranges(matrix.rows, parts: (matrix.rows + rows - 1) / rows)
+    }
+
+    /// The experts of `groups` in two passes of pieces (see `piecewiseRows`): every output the sum that
+    /// `FeedForwardWeights.apply` gives it. x: the groups' rows `[*, h]`; scratch: each group's `[rows, 2·intermediate]`
+    /// at its offset; y: `[*, h]`, overwritten.
+    static func piecewise(_ groups: [Group], hidden x: UnsafeMutablePointer<Float>, hiddenSize h: Int,
+                          scratch: UnsafeMutablePointer<Float>, into y: UnsafeMutablePointer<Float>, pieceBytes: Int = pieceBytes) {
+        var first: [(group: Int, rows: Range<Int>)] = [], second: [(group: Int, rows: Range<Int>)] = []
+        for (g, group) in groups.enumerated() {
+            for r in pieces(group.ffn.gate, bytes: pieceBytes) { first.append((g, r)) }
+            for r in pieces(group.ffn.down, bytes: pieceBytes) { second.append((g, r)) }
+        }
+        nonisolated(unsafe) let (xp, yp, sp) = (x, y, scratch)
+        // Gate and up rows r of an expert, then SiLU-GLU on those columns of its scratch rows.
+        Parallel.run(first.count) { k in
+            let (g, r) = first[k]
+            let group = groups[g], ffn = group.ffn, n = ffn.intermediate, tokens = group.rows.count
+            let input = xp + group.rows.lowerBound * h, gu = sp + group.scratch
+            GEMM.linear(input, tokens: tokens, weight: ffn.gate.rows(r), into: gu + r.lowerBound, ldy: 2 * n, threads: 1)
+            GEMM.linear(input, tokens: tokens, weight: ffn.up.rows(r), into: gu + n + r.lowerBound, ldy: 2 * n, threads: 1)
+            Elementwise.siluGLU(gu, rows: tokens, n: n, columns: r)
+        }
+        // Down rows r (output features r of hidden).
+        Parallel.run(second.count) { k in
+            let (g, r) = second[k]
+            let group = groups[g], ffn = group.ffn, n = ffn.intermediate
+            GEMM.linear(sp + group.scratch, tokens: group.rows.count, ldx: 2 * n, weight: ffn.down.rows(r),
+                        into: yp + group.rows.lowerBound * h + r.lowerBound, ldy: h, threads: 1)
         }
     }
 }
